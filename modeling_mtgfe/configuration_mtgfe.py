@@ -1,0 +1,252 @@
+"""MTGFE configuration.
+
+MTGFE is an ALBEF-style fusion encoder: a vision backbone, BERT text layers, and BERT fusion layers
+with cross-attention to the image tokens. One ``BertConfig`` describes the whole text stack; the first
+``fusion_layer`` layers are text-only, the rest are fusion layers (ALBEF's split of BERT-base at
+layer 6). The vision side is any transformers vision config (ViT by default) or the package's own
+EfficientNet-Lite.
+
+This file travels as Hub remote code: it imports only third-party packages and single-dot siblings.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoConfig, BertConfig
+from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
+
+from .configuration_efficientnet_lite import EfficientNetLiteConfig
+
+IMAGE_POOLINGS = ("auto", "cls", "mean", "pooler")
+TEXT_POOLINGS = ("cls", "mean")
+MVJRC_VARIANTS = ("simsiam", "infonce")
+
+# Vision model types whose first output token is a [CLS] token (ALBEF reads the image [CLS]).
+_CLS_VISION_TYPES = {"vit", "deit", "dinov2", "clip_vision_model", "siglip_vision_model", "beit", "vit_mae"}
+
+_BERT_BASE = dict(
+    vocab_size=30522,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    max_position_embeddings=512,
+)
+_VIT_B16_256 = dict(
+    model_type="vit",
+    image_size=256,
+    patch_size=16,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    qkv_bias=True,
+)
+
+PRESETS: dict[str, dict] = {
+    # Paper scale: ViT-B/16 + BERT-base split 6 text + 6 fusion layers (ALBEF's layout).
+    "base": dict(vision_config=_VIT_B16_256, text_config=_BERT_BASE, fusion_layer=6),
+    # CPU-trainable: EfficientNet-Lite0 (49..64 tokens, 1280 wide, projected to 384) + a MiniLM-L6
+    # sized text side split 3 text + 3 fusion layers. Matches the offline weights in README.
+    "small": dict(
+        vision_config=dict(model_type="mtgfe_efficientnet_lite", variant="lite0", image_size=256),
+        text_config=dict(
+            vocab_size=30522,
+            hidden_size=384,
+            num_hidden_layers=6,
+            num_attention_heads=12,
+            intermediate_size=1536,
+            max_position_embeddings=512,
+        ),
+        fusion_layer=3,
+        mvjrc_hidden_dim=1024,
+    ),
+    # Tests: a few hundred thousand parameters besides the embedding table.
+    "tiny": dict(
+        vision_config=dict(
+            model_type="vit",
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+        ),
+        text_config=dict(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        ),
+        fusion_layer=2,
+        embed_dim=16,
+        mvjrc_dim=16,
+        mvjrc_hidden_dim=32,
+        mvjrc_predictor_dim=16,
+    ),
+}
+
+
+class MTGFEConfig(PreTrainedConfig):
+    r"""Configuration of an MTGFE fusion encoder.
+
+    Args:
+        vision_config (`dict` or `PreTrainedConfig`, *optional*):
+            Any transformers vision backbone config (resolved through `AutoConfig` by its `model_type`).
+            Defaults to ViT-B/16 at 256 px.
+        text_config (`dict` or `BertConfig`, *optional*):
+            A BERT-family config describing text *and* fusion layers. Defaults to BERT-base.
+        fusion_layer (`int`, defaults to 6):
+            Number of text-only layers; the remaining `text_config.num_hidden_layers - fusion_layer` layers
+            get cross-attention to the image and form the fusion encoder.
+        embed_dim (`int`, defaults to 256): width of the filter (ITC) embeddings.
+        image_pooling (`str`, defaults to `"auto"`): how the global image vector for the filter is read:
+            `cls` (first token), `mean` (token mean), `pooler` (the backbone's pooler output) or `auto`
+            (`cls` for ViT-like backbones, else `pooler`/`mean`).
+        text_pooling (`str`, defaults to `"cls"`): `cls` or `mean` over the text-layer states.
+        temperature (`float`, defaults to 0.07): initial ITC temperature (learnable, clamped to [0.001, 0.5]).
+        mvjrc_variant (`str`, defaults to `"simsiam"`): `simsiam` (consistency, no negatives) or `infonce`.
+        mvjrc_dim, mvjrc_hidden_dim, mvjrc_predictor_dim (`int`): MVJRC projector/predictor widths.
+        mvjrc_temperature (`float`, defaults to 0.1): temperature of the InfoNCE variant.
+        itc_weight, itm_weight, mlm_weight, mvjrc_weight (`float`, default 1.0): loss weights. A weight of 0
+            switches the task off and costs no compute.
+        mlm_probability (`float`, defaults to 0.15): share of maskable tokens masked for MLM.
+        itm_random_negative_prob (`float`, defaults to 0.0): share of ITM negatives drawn uniformly instead of
+            by ITC similarity. RS captions repeat within a class, so pure hard negatives are often false
+            negatives (method.md §3.2); random ones also teach ITM the easy cases it meets at large k.
+        pad_token_id, cls_token_id, sep_token_id, mask_token_id (`int`): special token ids of the tokenizer
+            (BERT uncased defaults). MLM never masks [PAD], [CLS] or [SEP].
+        tie_word_embeddings (`bool`, defaults to `True`): tie the MLM decoder to the word embeddings.
+    """
+
+    model_type = "mtgfe"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="vit", init_kwargs=_VIT_B16_256),
+        "text_config": SubConfigSpec(config_class=BertConfig, init_kwargs=_BERT_BASE),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    fusion_layer: int = 6
+    embed_dim: int = 256
+    image_pooling: str = "auto"
+    text_pooling: str = "cls"
+    temperature: float = 0.07
+    mvjrc_variant: str = "simsiam"
+    mvjrc_dim: int = 256
+    mvjrc_hidden_dim: int = 2048
+    mvjrc_predictor_dim: int = 512
+    mvjrc_temperature: float = 0.1
+    itc_weight: float = 1.0
+    itm_weight: float = 1.0
+    mlm_weight: float = 1.0
+    mvjrc_weight: float = 1.0
+    mlm_probability: float = 0.15
+    itm_random_negative_prob: float = 0.0
+    pad_token_id: int = 0
+    cls_token_id: int = 101
+    sep_token_id: int = 102
+    mask_token_id: int = 103
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self._validate()
+
+    # ------------------------------------------------------------------ validation
+    def _validate(self) -> None:
+        """Fail at construction (and at load) with a message naming the field, never later in forward."""
+        text = self.text_config
+        n_layers = text.num_hidden_layers
+        if not isinstance(self.fusion_layer, int) or not 1 <= self.fusion_layer < n_layers:
+            raise ValueError(
+                f"fusion_layer={self.fusion_layer!r} is out of range: it must be an int in [1, {n_layers - 1}] "
+                f"(text_config.num_hidden_layers={n_layers}; at least one text-only and one fusion layer)."
+            )
+        if text.hidden_size % text.num_attention_heads:
+            raise ValueError(
+                f"text_config.hidden_size={text.hidden_size} is not divisible by "
+                f"text_config.num_attention_heads={text.num_attention_heads}."
+            )
+        self.vision_hidden_size  # raises if the vision width cannot be read
+        for name in ("embed_dim", "mvjrc_dim", "mvjrc_hidden_dim", "mvjrc_predictor_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive int.")
+        for name in ("itc_weight", "itm_weight", "mlm_weight", "mvjrc_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name}={value!r} must be a number >= 0 (0 switches the task off).")
+        if not 0.0 < self.temperature <= 1.0:
+            raise ValueError(f"temperature={self.temperature!r} must be in (0, 1].")
+        if not 0.0 < self.mvjrc_temperature <= 1.0:
+            raise ValueError(f"mvjrc_temperature={self.mvjrc_temperature!r} must be in (0, 1].")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability={self.mlm_probability!r} must be in (0, 1).")
+        if not 0.0 <= self.itm_random_negative_prob <= 1.0:
+            raise ValueError(f"itm_random_negative_prob={self.itm_random_negative_prob!r} must be in [0, 1].")
+        if self.image_pooling not in IMAGE_POOLINGS:
+            raise ValueError(f"image_pooling={self.image_pooling!r}; allowed: {IMAGE_POOLINGS}.")
+        if self.text_pooling not in TEXT_POOLINGS:
+            raise ValueError(f"text_pooling={self.text_pooling!r}; allowed: {TEXT_POOLINGS}.")
+        if self.mvjrc_variant not in MVJRC_VARIANTS:
+            raise ValueError(f"mvjrc_variant={self.mvjrc_variant!r}; allowed: {MVJRC_VARIANTS}.")
+        for name in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 <= value < text.vocab_size:
+                raise ValueError(f"{name}={value!r} must be a token id in [0, {text.vocab_size}).")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def vision_hidden_size(self) -> int:
+        """Width of the vision backbone's output tokens (projected to the text width when different)."""
+        vision = self.vision_config
+        width = getattr(vision, "hidden_size", None)
+        if width is None and getattr(vision, "hidden_sizes", None):
+            width = vision.hidden_sizes[-1]
+        if not isinstance(width, int) or width < 1:
+            raise ValueError(
+                f"Cannot bridge vision_config (model_type={getattr(vision, 'model_type', '?')!r}) to the text width: "
+                "it has neither `hidden_size` nor `hidden_sizes`."
+            )
+        return width
+
+    @property
+    def num_fusion_layers(self) -> int:
+        return self.text_config.num_hidden_layers - self.fusion_layer
+
+    @property
+    def resolved_image_pooling(self) -> str:
+        if self.image_pooling != "auto":
+            return self.image_pooling
+        if getattr(self.vision_config, "model_type", "") in _CLS_VISION_TYPES:
+            return "cls"
+        return "pooler" if isinstance(self.vision_config, EfficientNetLiteConfig) else "mean"
+
+    @property
+    def image_size(self) -> int:
+        size = getattr(self.vision_config, "image_size", 256)
+        return size[0] if isinstance(size, (list, tuple)) else int(size)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "MTGFEConfig":
+        """Build one of the named presets (`base`, `small`, `tiny`); keyword overrides win.
+
+        `vision_config` / `text_config` overrides given as dicts are merged into the preset's dicts, so
+        `from_preset("small", text_config={"vocab_size": 3000})` changes only the vocabulary.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"Unknown MTGFE preset {name!r}; allowed: {sorted(PRESETS)}.")
+        kwargs = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS[name].items()}
+        for key, value in overrides.items():
+            if key in ("vision_config", "text_config") and isinstance(value, dict) and isinstance(kwargs.get(key), dict):
+                kwargs[key] = {**kwargs[key], **value}
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+
+AutoConfig.register("mtgfe", MTGFEConfig, exist_ok=True)
+
+__all__ = ["MTGFEConfig", "PRESETS"]

