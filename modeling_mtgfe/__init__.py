@@ -31,7 +31,7 @@ def _register() -> None:
     AutoModel.register(MTGFEConfig, MTGFEModel, exist_ok=True)
     AutoModelForPreTraining.register(MTGFEConfig, MTGFEForImageTextRetrieval, exist_ok=True)
     AutoModel.register(EfficientNetLiteConfig, EfficientNetLiteModel, exist_ok=True)
-    AutoImageProcessor.register(MTGFEConfig, slow_image_processor_class=MTGFEImageProcessor, exist_ok=True)
+    AutoImageProcessor.register(MTGFEConfig, image_processor_classes={"pil": MTGFEImageProcessor}, exist_ok=True)
     AutoProcessor.register(MTGFEConfig, MTGFEProcessor, exist_ok=True)
 
     MTGFEConfig.register_for_auto_class()
