@@ -39,9 +39,13 @@ def run_isolated(code: str, tmp_path, timeout: int = 300) -> subprocess.Complete
 
 
 def save_tiny_checkpoint(folder):
+    from mtgfe.processing import MTGFEImageProcessor, MTGFEProcessor, build_wordpiece_tokenizer
+
     torch.manual_seed(0)
     model = MTGFEForImageTextRetrieval(MTGFEConfig.from_preset("tiny")).eval()
     model.save_pretrained(folder)
+    tokenizer = build_wordpiece_tokenizer(["two white planes near a terminal", "a river with a bridge"] * 5, vocab_size=200)
+    MTGFEProcessor(MTGFEImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(folder)
     g = torch.Generator().manual_seed(0)
     pixel_values = torch.randn(2, 3, 32, 32, generator=g)
     input_ids = torch.tensor([[101, 2048, 2300, 102, 0], [101, 2500, 102, 0, 0]])
@@ -74,12 +78,22 @@ def test_checkpoint_loads_with_remote_code_without_the_package(tmp_path):
             out = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
                         attention_mask=(inputs["input_ids"] != 0).long())
         print("LOGITS", out.itm_logits.flatten().tolist())
+        from PIL import Image
+        from transformers import AutoProcessor
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+        batch = processor(images=[Image.new("RGB", (40, 40), (10, 120, 30))], text=["two white planes"])
+        assert batch["pixel_values"].shape == (1, 3, 32, 32), batch["pixel_values"].shape
+        with torch.no_grad():
+            model(**batch)
+        print("PROCESSOR OK")
         """,
         tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(l for l in result.stdout.splitlines() if l.startswith("LOGITS"))
     logits = torch.tensor(json.loads(line.split(" ", 1)[1]))
+    assert "PROCESSOR OK" in result.stdout
     torch.testing.assert_close(logits, expected.flatten(), atol=1e-6, rtol=1e-6)
 
 
