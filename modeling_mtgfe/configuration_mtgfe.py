@@ -48,7 +48,7 @@ PRESETS: dict[str, dict] = {
     # CPU-trainable: EfficientNet-Lite0 (49..64 tokens, 1280 wide, projected to 384) + a MiniLM-L6
     # sized text side split 3 text + 3 fusion layers. Matches the offline weights in README.
     "small": dict(
-        vision_config=dict(model_type="mtgfe_efficientnet_lite", variant="lite0", image_size=256),
+        vision_config=dict(model_type="mtgfe_efficientnet_lite", image_size=256),  # defaults are Lite0
         text_config=dict(
             vocab_size=30522,
             hidden_size=384,

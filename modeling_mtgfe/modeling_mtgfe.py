@@ -280,9 +280,16 @@ def _build_vision_model(config: MTGFEConfig) -> PreTrainedModel:
 class MTGFEModel(MTGFEPreTrainedModel):
     """Encoders, fusion layers, filter projections and ITM head: everything two-stage retrieval needs."""
 
+    # A checkpoint of MTGFEForImageTextRetrieval also carries the training-only heads; retrieval skips them.
+    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^mvjrc_head\."]
+
     def __init__(self, config: MTGFEConfig):
         super().__init__(config)
         text_config = config.text_config
+        if text_config._attn_implementation is None:
+            # transformers resolves the top-level implementation at init; the text stack has no PreTrainedModel
+            # of its own, so it inherits it here (set_attn_implementation later updates both).
+            text_config._attn_implementation_internal = config._attn_implementation
         hidden = text_config.hidden_size
         self.vision_model = _build_vision_model(config)
         vision_width = config.vision_hidden_size
