@@ -1,1 +1,1 @@
-X=1
+"""Training-side code of mtgfe: data loaders, synthetic data, MVJRC views, metrics, trainer."""
