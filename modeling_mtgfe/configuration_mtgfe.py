@@ -14,9 +14,9 @@ from __future__ import annotations
 from transformers import AutoConfig, BertConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
-from .configuration_efficientnet_lite import EfficientNetLiteConfig
+from .configuration_efficientnet_lite import EfficientNetLiteConfig  # noqa: F401  (registers it with AutoConfig)
 
-IMAGE_POOLINGS = ("auto", "cls", "mean", "pooler")
+IMAGE_POOLINGS = ("auto", "cls", "mean")
 TEXT_POOLINGS = ("cls", "mean")
 MVJRC_VARIANTS = ("simsiam", "infonce")
 
@@ -101,9 +101,10 @@ class MTGFEConfig(PreTrainedConfig):
             Number of text-only layers; the remaining `text_config.num_hidden_layers - fusion_layer` layers
             get cross-attention to the image and form the fusion encoder.
         embed_dim (`int`, defaults to 256): width of the filter (ITC) embeddings.
-        image_pooling (`str`, defaults to `"auto"`): how the global image vector for the filter is read:
-            `cls` (first token), `mean` (token mean), `pooler` (the backbone's pooler output) or `auto`
-            (`cls` for ViT-like backbones, else `pooler`/`mean`).
+        image_pooling (`str`, defaults to `"auto"`): how the global image vector for the filter is read from
+            the backbone tokens: `cls` (first token, ALBEF), `mean` (token mean; EfficientNet-Lite's own global
+            pool) or `auto` (`cls` for ViT-like backbones with a [CLS] token, else `mean`). Reading it from the
+            tokens (not a backbone-specific pooler) lets cached backbone tokens reproduce it exactly.
         text_pooling (`str`, defaults to `"cls"`): `cls` or `mean` over the text-layer states.
         temperature (`float`, defaults to 0.07): initial ITC temperature (learnable, clamped to [0.001, 0.5]).
         mvjrc_variant (`str`, defaults to `"simsiam"`): `simsiam` (consistency, no negatives) or `infonce`.
@@ -220,9 +221,7 @@ class MTGFEConfig(PreTrainedConfig):
     def resolved_image_pooling(self) -> str:
         if self.image_pooling != "auto":
             return self.image_pooling
-        if getattr(self.vision_config, "model_type", "") in _CLS_VISION_TYPES:
-            return "cls"
-        return "pooler" if isinstance(self.vision_config, EfficientNetLiteConfig) else "mean"
+        return "cls" if getattr(self.vision_config, "model_type", "") in _CLS_VISION_TYPES else "mean"
 
     @property
     def image_size(self) -> int:

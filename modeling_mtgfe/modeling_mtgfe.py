@@ -271,8 +271,9 @@ def _build_vision_model(config: MTGFEConfig) -> PreTrainedModel:
         model = EfficientNetLiteModel(vision_config)
     else:
         model = AutoModel.from_config(vision_config)
-    if config.resolved_image_pooling != "pooler" and getattr(model, "pooler", None) is not None:
-        # An unused pooler would be a parameter without gradient (breaks DDP without find_unused_parameters).
+    if getattr(model, "pooler", None) is not None:
+        # The global vector is read from the tokens (config.image_pooling); an unused pooler would be a
+        # parameter without gradient (DDP would need find_unused_parameters).
         model.pooler = None
     return model
 
@@ -308,21 +309,34 @@ class MTGFEModel(MTGFEPreTrainedModel):
         self.post_init()
 
     # ------------------------------------------------------------------ unimodal encoders
-    def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the global image vector `(B, D_vision)` (for the filter) and tokens `(B, T, H)` (for fusion)."""
+    def backbone_hidden_states(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Raw vision-backbone tokens `(B, T, D_vision)`.
+
+        With a frozen backbone these can be computed once per (image, view) and passed back later as
+        `vision_hidden_states`, which is what makes CPU training of the rest of the model cheap.
+        """
         if pixel_values.dim() != 4:
             raise ValueError(f"pixel_values must be (batch, channels, height, width); got shape {tuple(pixel_values.shape)}.")
-        out = self.vision_model(pixel_values=pixel_values)
-        hidden = out.last_hidden_state
+        hidden = self.vision_model(pixel_values=pixel_values).last_hidden_state
         if hidden.dim() == 4:  # convolutional backbones: (B, C, H, W) → (B, H*W, C)
             hidden = hidden.flatten(2).transpose(1, 2)
-        pooling = self.config.resolved_image_pooling
-        if pooling == "cls":
-            global_vector = hidden[:, 0]
-        elif pooling == "pooler" and getattr(out, "pooler_output", None) is not None:
-            global_vector = out.pooler_output.flatten(1)
+        return hidden
+
+    def encode_image(
+        self, pixel_values: torch.Tensor | None = None, vision_hidden_states: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the global image vector `(B, D_vision)` (for the filter) and tokens `(B, T, H)` (for fusion).
+
+        Give `pixel_values`, or precomputed `vision_hidden_states` from `backbone_hidden_states`.
+        """
+        if vision_hidden_states is None:
+            if pixel_values is None:
+                raise ValueError("encode_image needs pixel_values or vision_hidden_states.")
+            hidden = self.backbone_hidden_states(pixel_values)
         else:
-            global_vector = hidden.mean(1)
+            hidden = vision_hidden_states
+        pooling = self.config.resolved_image_pooling
+        global_vector = hidden[:, 0] if pooling == "cls" else hidden.mean(1)
         return global_vector, self.vision_token_proj(hidden)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -527,12 +541,14 @@ class MTGFEForImageTextRetrieval(MTGFEPreTrainedModel):
     @can_return_tuple
     def forward(
         self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         image_ids: torch.Tensor | None = None,
         text_ids: torch.Tensor | None = None,
         pixel_values_view2: torch.Tensor | None = None,
+        vision_hidden_states: torch.Tensor | None = None,
+        vision_hidden_states_view2: torch.Tensor | None = None,
         return_loss: bool = True,
         **kwargs: Any,
     ) -> MTGFEOutput:
@@ -544,23 +560,28 @@ class MTGFEForImageTextRetrieval(MTGFEPreTrainedModel):
             image_ids: `(B,)` image identity; rows with equal ids are positives for each other.
             text_ids: `(B,)` caption-string identity; identical captions are never used as ITM negatives.
             pixel_values_view2: `(B, 3, H, W)` second MVJRC view; required when `mvjrc_weight > 0`.
+            vision_hidden_states, vision_hidden_states_view2: precomputed backbone tokens (frozen backbone)
+                that replace `pixel_values` / `pixel_values_view2`.
         """
         config, base = self.config, self.mtgfe
-        batch = pixel_values.shape[0]
+        image_input = pixel_values if pixel_values is not None else vision_hidden_states
+        if image_input is None or input_ids is None:
+            raise ValueError("forward needs input_ids and pixel_values (or vision_hidden_states).")
+        batch = image_input.shape[0]
         if input_ids.shape[0] != batch:
-            raise ValueError(f"pixel_values has {batch} rows but input_ids has {input_ids.shape[0]}.")
+            raise ValueError(f"The images have {batch} rows but input_ids has {input_ids.shape[0]}.")
         if attention_mask is None:
             attention_mask = (input_ids != config.pad_token_id).long()
-        device = pixel_values.device
+        device = image_input.device
         if image_ids is None:
             image_ids = torch.arange(batch, device=device)
         if text_ids is None:
             text_ids = -1 - torch.arange(batch, device=device)  # all distinct
         mvjrc_on = return_loss and config.mvjrc_weight > 0
-        if mvjrc_on and pixel_values_view2 is None:
+        if mvjrc_on and pixel_values_view2 is None and vision_hidden_states_view2 is None:
             raise ValueError("mvjrc_weight > 0 needs pixel_values_view2 (the second MVJRC view); or set mvjrc_weight=0.")
 
-        global_vector, image_tokens = base.encode_image(pixel_values)
+        global_vector, image_tokens = base.encode_image(pixel_values, vision_hidden_states)
         text_states = base.encode_text(input_ids, attention_mask)
         image_embeds = base._image_embed(global_vector)
         text_embeds = base._text_embed(text_states, attention_mask)
@@ -618,7 +639,7 @@ class MTGFEForImageTextRetrieval(MTGFEPreTrainedModel):
         if mvjrc_on:
             if joint_pos_cls is None:
                 joint_pos_cls = base.fuse(text_states, attention_mask, image_key_values=key_values)[:, 0]
-            _, tokens_view2 = base.encode_image(pixel_values_view2)
+            _, tokens_view2 = base.encode_image(pixel_values_view2, vision_hidden_states_view2)
             joint_view2_cls = base.fuse(text_states, attention_mask, image_tokens=tokens_view2)[:, 0]
             head = self.mvjrc_head
             e1, e2 = head.projector(joint_pos_cls), head.projector(joint_view2_cls)

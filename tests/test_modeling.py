@@ -339,3 +339,19 @@ def test_loading_mismatched_shapes_fails_clearly(tmp_path, tiny_config):
     wrong = MTGFEConfig.from_preset("tiny", embed_dim=24)
     with pytest.raises(ValueError, match="does not match the model config"):
         MTGFEForImageTextRetrieval.from_pretrained(tmp_path, config=wrong)
+
+
+def test_cached_backbone_tokens_reproduce_the_pixel_path(tiny_config):
+    """A frozen backbone's tokens, computed once, give the same embeddings and losses as pixels."""
+    model = MTGFEForImageTextRetrieval(tiny_config).eval()
+    batch = make_batch(tiny_config)
+    with torch.no_grad():
+        hidden = model.mtgfe.backbone_hidden_states(batch["pixel_values"])
+        hidden2 = model.mtgfe.backbone_hidden_states(batch["pixel_values_view2"])
+        torch.manual_seed(3)
+        from_pixels = model(**batch)
+        cached = {k: v for k, v in batch.items() if not k.startswith("pixel_values")}
+        torch.manual_seed(3)
+        from_cache = model(**cached, vision_hidden_states=hidden, vision_hidden_states_view2=hidden2)
+    torch.testing.assert_close(from_pixels.image_embeds, from_cache.image_embeds, atol=0, rtol=0)
+    torch.testing.assert_close(from_pixels.loss, from_cache.loss, atol=0, rtol=0)
