@@ -14,6 +14,7 @@ export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
+export OMP_WAIT_POLICY=PASSIVE
 
 .PHONY: setup test test-fast demo bench clean
 

@@ -1,0 +1,155 @@
+"""evaluate_model and mtgfe-eval: filtered vs exhaustive, filter-only vs retrieval_metrics, JSON, CLI, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtgfe.training.evaluation import evaluate_model, format_table, main
+from mtgfe.training.metrics import TIE_RULES, retrieval_metrics
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: 2 OpenMP threads on shared cores only add contention
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """A tiny model, its processor, and 12 synthetic val images (60 captions)."""
+    from modeling_mtgfe import MTGFEConfig, MTGFEForImageTextRetrieval
+    from mtgfe.processing import MTGFEImageProcessor, MTGFEProcessor, build_wordpiece_tokenizer
+    from mtgfe.training.synthetic import load_synthetic
+
+    dataset = load_synthetic("val", num_scenes=12, image_size=32, view="images")
+    captions = [c for caps in dataset["captions"] for c in caps]
+    tokenizer = build_wordpiece_tokenizer(captions, vocab_size=300)
+    processor = MTGFEProcessor(MTGFEImageProcessor(size={"height": 32, "width": 32}), tokenizer, max_length=40)
+    torch.manual_seed(0)
+    config = MTGFEConfig.from_preset(
+        "tiny", text_config={"vocab_size": len(tokenizer)}, pad_token_id=tokenizer.pad_token_id,
+        cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id,
+    )
+    model = MTGFEForImageTextRetrieval(config).eval()
+    return model, processor, dataset
+
+
+def test_k_equal_n_filtered_equals_exhaustive_exactly(setup):
+    model, processor, dataset = setup
+    n_txt = sum(len(c) for c in dataset["captions"])
+    filtered = evaluate_model(model, processor, dataset, k=n_txt, return_scores=True)
+    exhaustive = evaluate_model(model, processor, dataset, exhaustive=True, return_scores=True)
+    assert torch.equal(filtered["scores"]["i2t"], exhaustive["scores"]["i2t"])
+    assert torch.equal(filtered["scores"]["t2i"], exhaustive["scores"]["i2t"].t())  # same numbers both ways
+    assert filtered["metrics_by_tie_rule"] == exhaustive["metrics_by_tie_rule"]
+    assert filtered["fusion_passes"] == exhaustive["fusion_passes"] == exhaustive["exhaustive_pairs"]
+    small_k = evaluate_model(model, processor, dataset, k=3)
+    assert 0 < small_k["fusion_passes"] < exhaustive["fusion_passes"]
+
+
+def test_filter_only_equals_metrics_of_the_cosine_matrix(setup):
+    model, processor, dataset = setup
+    report = evaluate_model(model, processor, dataset, filter_only=True)
+    captions = [c for caps in dataset["captions"] for c in caps]
+    txt2img = [i for i, caps in enumerate(dataset["captions"]) for _ in caps]
+    with torch.no_grad():
+        images = processor(images=list(dataset["image"]))["pixel_values"]
+        image_embeds = model.get_image_features(images)
+        text = processor(text=captions)
+        text_embeds = model.get_text_features(text["input_ids"], text["attention_mask"])
+    cosine = image_embeds @ text_embeds.t()
+    for rule in TIE_RULES:
+        expected = retrieval_metrics(cosine, txt2img, tie_rule=rule)
+        for key, value in report["metrics_by_tie_rule"][rule].items():
+            assert value == pytest.approx(expected[key], abs=1e-9), (rule, key)
+    assert report["fusion_passes"] == 0 and report["score"] == "itc" and report["k"] is None
+
+
+def test_report_fields_json_and_training_mode(setup, tmp_path):
+    model, processor, dataset = setup
+    model.train()
+    out = tmp_path / "results.json"
+    report = evaluate_model(model, processor, dataset, k=4, score="itm+itc", alpha=0.3, output=out,
+                            dataset_name="synthetic", split="val")
+    assert model.training  # restored
+    model.eval()
+    saved = json.loads(out.read_text())
+    assert saved == json.loads(json.dumps(report))
+    for key in ("dataset", "split", "k", "score", "alpha", "tie_rule", "metrics", "metrics_by_tie_rule", "timings",
+                "num_images", "num_captions", "fusion_passes", "model_path"):
+        assert key in saved, key
+    assert saved["tie_rule"] == "expected" and saved["k"] == 4 and saved["alpha"] == 0.3
+    assert set(saved["metrics"]) == {"i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR"}
+    assert set(saved["metrics_by_tie_rule"]) == set(TIE_RULES)
+    assert set(saved["timings"]) == {"encode_s", "rerank_s", "total_s"}
+    assert saved["num_images"] == 12 and saved["num_captions"] == 60
+    assert "| expected |" in format_table(report)
+
+
+def test_bad_arguments(setup):
+    model, processor, dataset = setup
+    with pytest.raises(ValueError, match="alpha"):
+        evaluate_model(model, processor, dataset, k=4, alpha=0.5)
+    with pytest.raises(ValueError, match="images view"):
+        evaluate_model(model, processor, dataset.rename_column("captions", "caption"), k=4)
+
+
+def test_cli_on_a_saved_model(setup, tmp_path, capsys):
+    model, processor, _ = setup
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    out = tmp_path / "eval.json"
+    rc = main(["--model", str(folder), "--dataset", "synthetic", "--split", "val", "--max-images", "6",
+               "--synthetic-size", "32", "--k", "4", "--output", str(out), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "| tie rule |" in printed and "k=4" in printed
+    report = json.loads(out.read_text())
+    assert report["num_images"] == 6 and report["model_path"] == str(folder.resolve())
+    assert main(["--model", str(folder), "--dataset", "synthetic", "--split", "val", "--max-images", "6",
+                 "--synthetic-size", "32", "--filter-only", "--no-progress"]) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(setup, tmp_path):
+    model, processor, _ = setup
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    args = ["--model", str(folder), "--dataset", "synthetic", "--split", "val", "--max-images", "9",
+            "--synthetic-size", "32", "--no-progress"]
+    for mode in (["--k", "4"], ["--exhaustive"]):
+        one, two = tmp_path / "one.json", tmp_path / "two.json"
+        assert main(args + mode + ["--output", str(one)]) == 0
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "mtgfe.training.evaluation", *args, *mode, "--output", str(two)]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert two.is_file(), proc.stderr[-3000:]
+        if proc.returncode != 0:  # tolerated only as the known SIGABRT-at-exit quirk (hf-v5-notes §7)
+            assert "terminate called without an active exception" in proc.stderr, proc.stderr[-3000:]
+        a, b = json.loads(one.read_text()), json.loads(two.read_text())
+        assert b["num_processes"] == 2
+        assert a["metrics_by_tie_rule"] == b["metrics_by_tie_rule"]
+        if mode == ["--exhaustive"]:
+            assert a["fusion_passes"] == b["fusion_passes"] == a["exhaustive_pairs"]

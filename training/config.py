@@ -1,0 +1,734 @@
+"""`TrainConfig`: the whole training run in one typed, validated dataclass.
+
+A run is described by a YAML (or JSON) file plus `--set section.key=value` overrides. Everything is
+checked here, before any dataset is read or model built, so a typo or an impossible setting costs a
+second, not the minutes it takes to load backbones and start training:
+
+* unknown keys raise and name the key with close matches (also from other sections: `lr` at the top
+  level suggests `optim.lr`);
+* values are converted to the declared field types (YAML reads `1e-4` as a *string*; a `float` field
+  accepts it) and a value that does not convert names the key and the expected type;
+* `validate()` rejects impossible combinations (negative loss weights, batches too small for ITM hard
+  negatives, lr <= 0, warm-up longer than the run, unknown dataset/preset/precision, ...).
+
+Checks that need the data (number of steps of an epoch, captions per image when all captions are
+used) are in `check_data_dependent`, which the trainer calls right after loading the annotations and
+still before building the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+
+DATASETS = ("ucm", "sydney", "rsicd", "rsitmd", "synthetic", "jsonl")
+BENCHMARK_DATASETS = ("ucm", "sydney", "rsicd", "rsitmd")
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+EVAL_SCORES = ("itm", "itm+itc")
+MVJRC_VARIANTS = ("simsiam", "infonce")
+SELECTION_METRICS = ("mR", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10")
+LOSS_NAMES = ("itc", "itm", "mlm", "mvjrc")
+TOKENIZER_CHOICES = ("default", "wordpiece")
+
+
+class ConfigError(ValueError):
+    """A training configuration is invalid; the message names the key, the value and the source file."""
+
+
+# ------------------------------------------------------------------------------------------ schema
+@dataclass
+class InitConfig:
+    """Backbones for `MTGFEForImageTextRetrieval.from_vision_text_pretrained` (offline names or folders)."""
+
+    vision: str = "efficientnet-lite0"
+    text: str = "minilm-l6"
+
+
+@dataclass
+class ModelConfig:
+    """Which model to train.
+
+    Exactly one source of weights: `preset` alone (random init), `init` (pretrained backbones; a
+    `preset` given beside it supplies the non-backbone fields such as `fusion_layer`, `embed_dim` and
+    the MVJRC widths), or `pretrained` (a saved MTGFE folder, e.g. to fine-tune a checkpoint).
+    The loss weights and task switches are explicit fields so they are validated here; any other
+    `MTGFEConfig` field goes in `config` (e.g. `{embed_dim: 128, mlm_probability: 0.2}`).
+    """
+
+    preset: str | None = None
+    init: InitConfig | None = None
+    pretrained: str | None = None
+    itc_weight: float = 1.0
+    itm_weight: float = 1.0
+    mlm_weight: float = 1.0
+    mvjrc_weight: float = 1.0
+    mvjrc_variant: str = "simsiam"
+    itm_random_negative_prob: float = 0.0
+    fusion_layer: int | None = None
+    config: dict = field(default_factory=dict)
+
+
+@dataclass
+class FreezeConfig:
+    """Parameter freezing: cheaper CPU steps, and protects pretrained backbones early in fine-tuning.
+
+    `batchnorm_stats` keeps EfficientNet's BatchNorm running statistics frozen (always eval-mode
+    BN): small single-domain batches would otherwise overwrite the ImageNet statistics and make an
+    image's features depend on its batch mates. `null` (default) freezes them when the backbone is
+    pretrained (`model.init` / `model.pretrained`) and trains them for a model built from scratch.
+    Text freezing covers the embeddings (hence the tied MLM decoder) and the text-only layers.
+    """
+
+    vision: bool = False
+    text: bool = False
+    unfreeze_after_steps: int | None = None
+    batchnorm_stats: bool | None = None
+
+
+@dataclass
+class SyntheticConfig:
+    """Size of the procedural dataset (`mtgfe.training.synthetic`); `None` = its default split size."""
+
+    train_scenes: int | None = None
+    val_scenes: int | None = None
+    seed: int = 0
+    render_size: int = 128
+
+
+@dataclass
+class DataConfig:
+    """Where the captions come from and how they are turned into batches.
+
+    `captions_per_image: 1` trains on each image once per epoch with one caption drawn per epoch
+    (UCM: 1,680 steps' worth of images instead of 8,400 captions), `k` draws up to k distinct
+    captions, `null` uses every caption. The draw depends only on (seed, epoch, image), so it is the
+    same after a resume and on any number of processes.
+    """
+
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    image_dir: str | None = None
+    train_file: str | None = None
+    val_file: str | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    image_size: int = 256
+    max_length: int = 40
+    num_workers: int = 0
+    captions_per_image: int | None = 1
+    tokenizer: str = "default"
+    tokenizer_vocab_size: int = 1000
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ViewsConfig:
+    """Training augmentation (`mtgfe.training.views`, method.md §4).
+
+    `base` configures the ITM/MLM view (`BaseTransform`: scale, ratio, hflip, interpolation) and
+    `mvjrc` the second MVJRC view (`ViewConfig` fields: rescale, colour jitter, rot90, flips, ...),
+    passed through as given. The base view doubles as MVJRC view 1 (the model reuses its fusion
+    pass), so MVJRC costs one extra view. `augment: false` replaces the base view by a plain resize
+    (the second MVJRC view stays random: it is what the task is about). The size is `data.image_size`.
+    """
+
+    augment: bool = True
+    base: dict = field(default_factory=dict)
+    mvjrc: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW. `head_lr` is the peak lr of parameters that start fresh on top of pretrained backbones
+    (cross-attention, projections, ITM/MLM/MVJRC heads, temperature): they need a larger step than the
+    backbones (ALBEF fine-tuning: 1e-5 backbone). `null` = `lr`. Models built from a preset are all
+    fresh and train at `lr`."""
+
+    lr: float = 1e-5
+    head_lr: float | None = 5e-5
+    weight_decay: float = 0.02
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    """Linear warm-up then cosine decay. `min_lr` is the floor of the `lr` group; every other group
+    decays to the same fraction (`min_lr / lr`) of its own peak. `warmup_steps` wins over `warmup_ratio`."""
+
+    warmup_steps: int | None = None
+    warmup_ratio: float = 0.0
+    min_lr: float = 1e-6
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation on the validation split during training and best-checkpoint selection.
+
+    `every`: optimizer steps between evaluations (0 = none during training); `at_end` also evaluates
+    after the last step. `k` is the filter's top-k (the fusion model re-ranks k candidates per query);
+    `max_images` evaluates on the first N validation images to bound the cost of in-loop evaluation.
+    """
+
+    every: int = 0
+    at_end: bool = True
+    k: int = 16
+    exhaustive: bool = False
+    score: str = "itm"
+    alpha: float = 0.0
+    batch_size: int = 32
+    max_images: int | None = None
+    selection_metric: str = "mR"
+
+
+@dataclass
+class CheckpointConfig:
+    """Resumable checkpoints (`accelerator.save_state` + a small JSON of the loop position).
+
+    `save_every` optimizer steps (0 = only at the end, when `save_last`); `keep_last` most recent
+    `checkpoint-*` folders are kept (`null` keeps all). `resume_from`: a checkpoint folder or `latest`
+    (the newest `checkpoint-*` in `output_dir`; starts from scratch when there is none).
+    """
+
+    save_every: int = 0
+    save_last: bool = True
+    keep_last: int | None = 2
+    resume_from: str | None = None
+
+
+@dataclass
+class LogConfig:
+    """`metrics.jsonl` is always written; TensorBoard when installed (`tensorboard: null` = auto).
+    `sample_ids` adds the dataset indices of every step to the log (used to check the data order)."""
+
+    every: int = 1
+    tensorboard: bool | None = None
+    sample_ids: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Sections: model, freeze, data, views, optim, schedule, eval, checkpoint, log.
+
+    `batch_size` is per process and per micro-batch; the effective batch is
+    `batch_size * grad_accum * num_processes`. `max_steps` (optimizer steps) wins over `epochs`.
+    `num_threads`: torch intra-op threads per process (null = torch's default). On a CPU shared with
+    other jobs, 1 avoids OpenMP oversubscription, which was measured to slow small models ~10x.
+    """
+
+    output_dir: str = "outputs/mtgfe"
+    seed: int = 42
+    batch_size: int = 8
+    grad_accum: int = 1
+    epochs: int = 1
+    max_steps: int | None = None
+    mixed_precision: str = "no"
+    activation_checkpointing: bool = False
+    num_threads: int | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    freeze: FreezeConfig = field(default_factory=FreezeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        return {name: getattr(self.model, f"{name}_weight") for name in LOSS_NAMES}
+
+
+# ------------------------------------------------------------------------------------------ parsing
+def _all_paths(cls, prefix: str = "") -> list[str]:
+    """Every dotted field path of the schema (for "did you mean" across sections)."""
+    paths = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        paths.append(path)
+        inner = _dataclass_in(hints[f.name])
+        if inner is not None:
+            paths.extend(_all_paths(inner, f"{path}."))
+    return paths
+
+
+def _dataclass_in(tp) -> type | None:
+    """The dataclass in `X` or `X | None`, else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if _is_union(tp):
+        for arg in typing.get_args(tp):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def _is_union(tp) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _suggest(key: str, path: str, siblings: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(siblings), n=3, cutoff=0.6)
+    prefix = path.rsplit(".", 1)[0] + "." if "." in path else ""
+    names = [prefix + c for c in close]
+    # The same name in another section is the most common mistake (`lr` instead of `optim.lr`).
+    names += [p for p in _all_paths(TrainConfig) if p.rsplit(".", 1)[-1] == key and p != path and p not in names]
+    return f"; did you mean {' or '.join(repr(n) for n in names)}?" if names else ""
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp, value, path: str):
+    """Convert a YAML/CLI value to the field type `tp`, or raise naming the key."""
+    if _is_union(tp):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        if len(args) == 1:
+            return _coerce(args[0], value, path)
+        raise ConfigError(f"{path}: unsupported union type {tp}")  # pragma: no cover - schema bug
+    if value is None:
+        raise ConfigError(f"{path}: null is not allowed (expected {_type_name(tp)})")
+    if dataclasses.is_dataclass(tp):
+        if dataclasses.is_dataclass(value):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, path + ".")
+    origin = typing.get_origin(tp)
+    if tp is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_coerce(item_tp, v, f"{path}[{i}]") if item_tp is not Any else v for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if number is not None and number.is_integer():
+                return int(number)
+        raise ConfigError(f"{path}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"{path}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{path}: expected a string, got {value!r}")
+    return value  # Any
+
+
+def _build(cls, data: Mapping, prefix: str = ""):
+    """Build dataclass `cls` from a mapping, refusing unknown keys."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in hints:
+            raise ConfigError(f"unknown config key {path!r}{_suggest(str(key), path, names)}")
+        kwargs[key] = _coerce(hints[key], value, path)
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict, dotted: str, value) -> None:
+    """`data["a"]["b"] = value` for `a.b`, creating (or replacing null) intermediate mappings."""
+    parts = dotted.split(".")
+    node = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {'.'.join(parts[: depth + 1])} is not a section (it holds {child!r})")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: Sequence[str] | None) -> list[tuple[str, Any]]:
+    """`["optim.lr=1e-4", "data.dataset=ucm"]` → `[("optim.lr", "1e-4"), ...]`; values are YAML."""
+    parsed = []
+    for item in overrides or ():
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {error}") from error
+        parsed.append((key, value))
+    return parsed
+
+
+def config_from_dict(data: Mapping | None, overrides: Sequence[str] | None = None, source: str = "<dict>") -> TrainConfig:
+    """Build and validate a `TrainConfig` from a mapping and `key=value` overrides."""
+    raw = json.loads(json.dumps(dict(data or {})))  # deep copy; also rejects non-JSON values early
+    for key, value in parse_overrides(overrides):
+        _set_dotted(raw, key, value)
+    try:
+        cfg = _build(TrainConfig, raw)
+    except ConfigError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    except TypeError as error:  # a required nested field missing
+        raise ConfigError(f"{source}: {error}") from None
+    validate(cfg, source)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] | None = None) -> TrainConfig:
+    """Read a YAML/JSON config file (or none: defaults), apply `--set` overrides, validate.
+
+    A bare name like `synthetic_tiny` (or `synthetic_tiny.yaml`) resolves to the configs shipped in
+    `mtgfe/training/configs/` when no such file exists in the working directory. A file may start
+    from another one with `extends: other.yaml` (relative to the file, or a shipped name); its
+    mappings are merged key by key, so an ablation config states only what it changes.
+    """
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        file = resolve_config_path(path)
+        source = str(file)
+        data = _read_with_extends(file, seen=())
+    return config_from_dict(data, overrides, source)
+
+
+def _read_mapping(file: Path) -> dict:
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{file}: not valid YAML/JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _read_with_extends(file: Path, seen: tuple[Path, ...]) -> dict:
+    data = _read_mapping(file)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    parent_file = file.parent / str(parent)
+    parent_file = parent_file if parent_file.is_file() else resolve_config_path(str(parent))
+    if parent_file.resolve() in seen:
+        raise ConfigError(f"{file}: 'extends' loops back to {parent_file}")
+    return _merge(_read_with_extends(parent_file, seen + (file.resolve(),)), data)
+
+
+def _merge(base: dict, child: dict) -> dict:
+    """Recursive dict merge; the child's values win, mappings merge key by key."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    file = Path(path)
+    if file.is_file():
+        return file
+    shipped = Path(__file__).resolve().parent / "configs"
+    for candidate in (shipped / file.name, shipped / f"{file.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    available = sorted(p.stem for p in shipped.glob("*.yaml"))
+    raise ConfigError(f"config file {path} does not exist (shipped configs: {available})")
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _fail(source: str, message: str) -> None:
+    raise ConfigError(f"{source}: {message}")
+
+
+def validate(cfg: TrainConfig, source: str = "<config>") -> None:
+    """Static checks: everything decidable without reading data or building the model."""
+    m, d, o, s, e = cfg.model, cfg.data, cfg.optim, cfg.schedule, cfg.eval
+
+    # model source
+    from modeling_mtgfe.configuration_mtgfe import PRESETS  # light: configuration only, no model code
+
+    if m.preset is None and m.init is None and m.pretrained is None:
+        _fail(source, "model needs one of model.preset (e.g. 'tiny'), model.init {vision, text} or model.pretrained")
+    if m.pretrained is not None and (m.preset is not None or m.init is not None):
+        _fail(source, "model.pretrained loads a saved MTGFE model: do not combine it with model.preset/model.init")
+    if m.preset is not None and m.preset not in PRESETS:
+        _fail(source, f"unknown model.preset {m.preset!r}; allowed: {sorted(PRESETS)}")
+    if m.init is not None and (not m.init.vision or not m.init.text):
+        _fail(source, f"model.init needs both vision and text, got {dataclasses.asdict(m.init)}")
+    if m.pretrained is not None and not Path(m.pretrained).is_dir():
+        _fail(source, f"model.pretrained={m.pretrained!r} is not a folder")
+    weights = cfg.loss_weights
+    for name, weight in weights.items():
+        if weight < 0:
+            _fail(source, f"model.{name}_weight={weight} is negative; loss weights must be >= 0 (0 switches a task off)")
+    if not any(w > 0 for w in weights.values()):
+        _fail(source, "every loss weight is 0 (model.itc/itm/mlm/mvjrc_weight): nothing to train")
+    if m.mvjrc_variant not in MVJRC_VARIANTS:
+        _fail(source, f"unknown model.mvjrc_variant {m.mvjrc_variant!r}; allowed: {list(MVJRC_VARIANTS)}")
+    if not 0.0 <= m.itm_random_negative_prob <= 1.0:
+        _fail(source, f"model.itm_random_negative_prob={m.itm_random_negative_prob} must be in [0, 1]")
+    reserved = {"itc_weight", "itm_weight", "mlm_weight", "mvjrc_weight", "mvjrc_variant", "itm_random_negative_prob", "fusion_layer"}
+    for key in m.config:
+        if key in reserved:
+            _fail(source, f"model.config.{key}: set it as model.{key} instead")
+    known_fields = _mtgfe_config_fields()
+    for key in m.config:
+        if key not in known_fields:
+            _fail(source, f"unknown MTGFEConfig field model.config.{key}{_close(key, known_fields, 'model.config.')}")
+
+    # freezing
+    if cfg.freeze.unfreeze_after_steps is not None:
+        if cfg.freeze.unfreeze_after_steps < 1:
+            _fail(source, f"freeze.unfreeze_after_steps={cfg.freeze.unfreeze_after_steps} must be >= 1 (or null)")
+        if not (cfg.freeze.vision or cfg.freeze.text):
+            _fail(source, "freeze.unfreeze_after_steps is set but neither freeze.vision nor freeze.text is true")
+
+    # data
+    if d.dataset not in DATASETS:
+        _fail(source, f"unknown data.dataset {d.dataset!r}; allowed: {list(DATASETS)}{_close(d.dataset, DATASETS, '')}")
+    if d.dataset == "jsonl":
+        if not d.train_file:
+            _fail(source, "data.dataset=jsonl needs data.train_file (a JSONL/CSV caption file)")
+        for key in ("train_file", "val_file"):
+            value = getattr(d, key)
+            if value and not Path(value).is_file():
+                _fail(source, f"data.{key}={value!r} does not exist")
+    if d.dataset in BENCHMARK_DATASETS and d.data_dir is not None and not Path(d.data_dir).is_dir():
+        _fail(source, f"data.data_dir={d.data_dir!r} is not a folder")
+    if d.image_dir is not None and not Path(d.image_dir).is_dir():
+        _fail(source, f"data.image_dir={d.image_dir!r} is not a folder")
+    if d.image_size < 16:
+        _fail(source, f"data.image_size={d.image_size} is too small (>= 16)")
+    if d.max_length < 3:
+        _fail(source, f"data.max_length={d.max_length} must be >= 3 ([CLS], a token, [SEP])")
+    if d.num_workers < 0:
+        _fail(source, f"data.num_workers={d.num_workers} must be >= 0")
+    if d.captions_per_image is not None and d.captions_per_image < 1:
+        _fail(source, f"data.captions_per_image={d.captions_per_image} must be >= 1, or null for all captions")
+    if d.tokenizer not in TOKENIZER_CHOICES and not Path(d.tokenizer).exists():
+        _fail(source, f"data.tokenizer={d.tokenizer!r} is neither one of {list(TOKENIZER_CHOICES)} nor an existing folder")
+    if d.tokenizer == "wordpiece" and d.tokenizer_vocab_size <= 5:
+        _fail(source, f"data.tokenizer_vocab_size={d.tokenizer_vocab_size} must be > 5 (the special tokens)")
+    if d.tokenizer == "wordpiece" and (m.init is not None or m.pretrained is not None):
+        _fail(source, "data.tokenizer=wordpiece builds a new vocabulary, which does not match pretrained text "
+                      "weights (model.init / model.pretrained); use data.tokenizer=default or a saved tokenizer folder")
+    syn = d.synthetic
+    for key in ("train_scenes", "val_scenes"):
+        value = getattr(syn, key)
+        if value is not None and value < 1:
+            _fail(source, f"data.synthetic.{key}={value} must be >= 1")
+    if syn.render_size < 16:
+        _fail(source, f"data.synthetic.render_size={syn.render_size} must be >= 16")
+
+    # batch: ITM needs a negative image in the batch; BatchNorm (MVJRC heads) needs > 1 row
+    if cfg.batch_size < 2:
+        _fail(source, f"batch_size={cfg.batch_size} is too small: ITC/ITM need at least 2 pairs per batch and "
+                      "MVJRC's BatchNorm heads more than one row")
+    if weights["itm"] > 0 and d.captions_per_image is not None and cfg.batch_size <= d.captions_per_image:
+        _fail(source, f"batch_size={cfg.batch_size} with data.captions_per_image={d.captions_per_image}: a batch may hold "
+                      "a single image, and ITM hard negatives need at least 2 distinct images per batch; use "
+                      f"batch_size >= {d.captions_per_image + 1}")
+    if cfg.grad_accum < 1:
+        _fail(source, f"grad_accum={cfg.grad_accum} must be >= 1")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        _fail(source, f"max_steps={cfg.max_steps} must be >= 1 (or null to train for `epochs`)")
+    if cfg.max_steps is None and cfg.epochs < 1:
+        _fail(source, f"epochs={cfg.epochs} must be >= 1 (or set max_steps)")
+    if cfg.mixed_precision not in MIXED_PRECISIONS:
+        _fail(source, f"mixed_precision={cfg.mixed_precision!r} is not one of {list(MIXED_PRECISIONS)}")
+
+    # augmentation: build the transforms once (cheap, PIL only) so a bad policy fails now
+    for section in ("base", "mvjrc"):
+        if "image_size" in getattr(cfg.views, section):
+            _fail(source, f"views.{section}.image_size: the view size is data.image_size")
+    try:
+        build_view_transforms(cfg)
+    except (TypeError, ValueError) as error:
+        _fail(source, f"views: {error}")
+
+    # optimiser and schedule
+    if o.lr <= 0:
+        _fail(source, f"optim.lr={o.lr} must be > 0")
+    if o.head_lr is not None and o.head_lr <= 0:
+        _fail(source, f"optim.head_lr={o.head_lr} must be > 0 (or null to use optim.lr)")
+    if o.weight_decay < 0:
+        _fail(source, f"optim.weight_decay={o.weight_decay} must be >= 0")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        _fail(source, f"optim.betas={o.betas} must be two numbers in [0, 1)")
+    if o.eps <= 0:
+        _fail(source, f"optim.eps={o.eps} must be > 0")
+    if o.max_grad_norm is not None and o.max_grad_norm <= 0:
+        _fail(source, f"optim.max_grad_norm={o.max_grad_norm} must be > 0 (or null for no clipping)")
+    if not 0.0 <= s.min_lr <= o.lr:
+        _fail(source, f"schedule.min_lr={s.min_lr} must be in [0, optim.lr={o.lr}]")
+    if not 0.0 <= s.warmup_ratio < 1.0:
+        _fail(source, f"schedule.warmup_ratio={s.warmup_ratio} must be in [0, 1)")
+    if s.warmup_steps is not None and s.warmup_steps < 0:
+        _fail(source, f"schedule.warmup_steps={s.warmup_steps} must be >= 0")
+    if s.warmup_steps is not None and cfg.max_steps is not None and s.warmup_steps > cfg.max_steps:
+        _fail(source, f"schedule.warmup_steps={s.warmup_steps} is longer than the run (max_steps={cfg.max_steps})")
+
+    # evaluation, checkpoints, logging
+    if e.every < 0:
+        _fail(source, f"eval.every={e.every} must be >= 0 (0: no evaluation during training)")
+    if e.k < 1:
+        _fail(source, f"eval.k={e.k} must be >= 1")
+    if e.score not in EVAL_SCORES:
+        _fail(source, f"eval.score={e.score!r} is not one of {list(EVAL_SCORES)}")
+    if e.score == "itm" and e.alpha != 0.0:
+        _fail(source, f"eval.alpha={e.alpha} only applies to eval.score='itm+itc'")
+    if e.batch_size < 1:
+        _fail(source, f"eval.batch_size={e.batch_size} must be >= 1")
+    if e.max_images is not None and e.max_images < 2:
+        _fail(source, f"eval.max_images={e.max_images} must be >= 2 (or null for the whole split)")
+    if e.selection_metric not in SELECTION_METRICS:
+        _fail(source, f"eval.selection_metric={e.selection_metric!r} is not one of {list(SELECTION_METRICS)}")
+    c = cfg.checkpoint
+    if c.save_every < 0:
+        _fail(source, f"checkpoint.save_every={c.save_every} must be >= 0")
+    if c.keep_last is not None and c.keep_last < 1:
+        _fail(source, f"checkpoint.keep_last={c.keep_last} must be >= 1 (or null to keep all)")
+    if c.resume_from not in (None, "latest") and not Path(c.resume_from).is_dir():
+        _fail(source, f"checkpoint.resume_from={c.resume_from!r} is not a checkpoint folder (or use 'latest')")
+    if cfg.log.every < 1:
+        _fail(source, f"log.every={cfg.log.every} must be >= 1")
+    if cfg.num_threads is not None and cfg.num_threads < 1:
+        _fail(source, f"num_threads={cfg.num_threads} must be >= 1 (or null for torch's default)")
+    if cfg.seed < 0:
+        _fail(source, f"seed={cfg.seed} must be >= 0")
+    if cfg.log.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            _fail(source, "log.tensorboard=true but tensorboard is not installed (pip install tensorboard)")
+    if not cfg.output_dir:
+        _fail(source, "output_dir is empty")
+
+
+def check_data_dependent(cfg: TrainConfig, total_steps: int, max_captions_per_image: int) -> None:
+    """Checks that need the training annotations; called before the model is built.
+
+    `total_steps`: optimizer steps of the whole run; `max_captions_per_image`: the largest number of
+    captions any training image contributes per epoch (after `captions_per_image` sampling).
+    """
+    warmup = warmup_steps(cfg, total_steps)
+    if warmup > total_steps:
+        raise ConfigError(
+            f"schedule.warmup_steps={warmup} is longer than the whole run ({total_steps} optimizer steps)"
+        )
+    if cfg.model.itm_weight > 0 and cfg.batch_size <= max_captions_per_image:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} but an image contributes up to {max_captions_per_image} captions per epoch "
+            "(data.captions_per_image): a batch may show a single image, and ITM hard negatives need at least 2 "
+            f"distinct images; use batch_size >= {max_captions_per_image + 1} or data.captions_per_image: 1"
+        )
+
+
+def build_view_transforms(cfg: TrainConfig, seed: int | None = None):
+    """`(base_transform, mvjrc_transform)` from `cfg.views`; the second is None when MVJRC is off."""
+    from . import views
+
+    size = cfg.data.image_size
+    if cfg.views.augment:
+        base = views.BaseTransform(image_size=size, seed=seed, **cfg.views.base)
+    else:
+        if cfg.views.base:
+            raise ValueError(f"views.base {sorted(cfg.views.base)} is set but views.augment is false")
+        base = None
+    second = None
+    if cfg.model.mvjrc_weight > 0 or cfg.views.mvjrc:
+        config = views.ViewConfig.from_dict({**cfg.views.mvjrc, "image_size": size})
+        second = views.MultiViewTransform(config=config, num_views=1, seed=seed)
+    return base, (second if cfg.model.mvjrc_weight > 0 else None)
+
+
+def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    if cfg.schedule.warmup_steps is not None:
+        return cfg.schedule.warmup_steps
+    return int(round(cfg.schedule.warmup_ratio * total_steps))
+
+
+def _close(key: str, choices, prefix: str) -> str:
+    close = difflib.get_close_matches(str(key), list(choices), n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
+
+
+def _mtgfe_config_fields() -> set[str]:
+    from modeling_mtgfe.configuration_mtgfe import MTGFEConfig
+
+    return {f.name for f in dataclasses.fields(MTGFEConfig)}
+
+
+__all__ = [
+    "CheckpointConfig",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "FreezeConfig",
+    "InitConfig",
+    "LogConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "SyntheticConfig",
+    "TrainConfig",
+    "ViewsConfig",
+    "build_view_transforms",
+    "check_data_dependent",
+    "config_from_dict",
+    "load_config",
+    "parse_overrides",
+    "validate",
+    "warmup_steps",
+]

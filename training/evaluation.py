@@ -1,0 +1,382 @@
+"""Retrieval evaluation of an MTGFE model on an images-view split: filtered, exhaustive or filter-only.
+
+The scoring itself is `modeling_mtgfe.retrieval` (encode each image and distinct caption once, coarse
+top-k by filter cosine with whole tie groups kept, ITM re-rank of every distinct candidate pair once);
+this module only feeds it a dataset, spreads the work over processes and turns the score matrices
+into the field's numbers with `mtgfe.training.metrics`:
+
+* `mtgfe-eval --model DIR --dataset ucm --split test --k 16` (filtered), `--exhaustive` (every pair,
+  the "no filter" row), `--filter-only` (ITC cosine alone, no fusion: the dual-encoder baseline row);
+* the headline numbers use the expected tie rule (method.md §6b); pessimistic, optimistic and argsort
+  variants are reported beside them, because UCM/RSICD repeat captions and R@1 depends on tie order.
+
+Across processes (`accelerate launch`): images are encoded in shards and gathered; every rank
+encodes the captions (cheap, and identical captions must share one encoding for exact ties); the
+re-rank queries (images for i2t, distinct captions for t2i) are split between ranks, each rank fuses
+the pairs of its queries, and the score rows are gathered. Memory is bounded by the retrieval
+module's chunking and by fusing candidate pairs in `batch_size` groups.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers.utils import logging
+
+from .metrics import TIE_RULES, all_tie_rules
+
+
+logger = logging.get_logger(__name__)
+
+HEADLINE_RULE = "expected"
+RECALL_KEYS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR")
+
+
+def _image_sources(dataset) -> list[Any]:
+    """Encoded bytes or paths of the split's images, without decoding them all into memory.
+
+    `load_image` (inside the processor) then decodes each batch, with the RS-robust rules.
+    """
+    from datasets import Image as ImageFeature
+
+    if "image" not in dataset.column_names:
+        raise ValueError("The evaluation dataset has no 'image' column (was it loaded with require_images=False?)")
+    raw = dataset.cast_column("image", ImageFeature(decode=False))["image"]
+    sources = []
+    for index, item in enumerate(raw):
+        if item.get("bytes") is not None:
+            sources.append(item["bytes"])
+        elif item.get("path"):
+            sources.append(item["path"])
+        else:
+            raise ValueError(f"image {index} of the evaluation dataset has neither bytes nor a path")
+    return sources
+
+
+def _captions(dataset) -> tuple[list[str], list[int]]:
+    """Flattened captions and the image row of each (`txt2img`)."""
+    if "captions" not in dataset.column_names:
+        raise ValueError(
+            f"evaluate_model needs the images view (a 'captions' list per image); got columns {dataset.column_names}. "
+            "Load the split with view='images'."
+        )
+    texts, txt2img = [], []
+    for row, captions in enumerate(dataset["captions"]):
+        for caption in captions:
+            texts.append(caption)
+            txt2img.append(row)
+    return texts, txt2img
+
+
+def _shard(n: int, rank: int, world: int) -> range:
+    """Contiguous block of `range(n)` for `rank` (sizes differ by at most one)."""
+    per, extra = divmod(n, world)
+    start = rank * per + min(rank, extra)
+    return range(start, start + per + (1 if rank < extra else 0))
+
+
+def _gather(accelerator, obj: list) -> list:
+    """Concatenate per-rank lists in rank order (single process: the list itself)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return obj
+    from accelerate.utils import gather_object
+
+    return gather_object(obj)
+
+
+def _empty_like(candidates, keep: range):
+    """Candidates with the rows outside `keep` emptied: `score_candidates` then fuses only this rank's queries."""
+    from modeling_mtgfe.retrieval import Candidates
+
+    empty_index = torch.empty(0, dtype=torch.long)
+    empty_score = torch.empty(0, dtype=torch.float32)
+    keep = set(keep)
+    return Candidates(
+        indices=[ix if q in keep else empty_index for q, ix in enumerate(candidates.indices)],
+        scores=[sc if q in keep else empty_score for q, sc in enumerate(candidates.scores)],
+    )
+
+
+@torch.no_grad()
+def evaluate_model(
+    model,
+    processor,
+    dataset,
+    k: int | None = 16,
+    exhaustive: bool = False,
+    score: str = "itm",
+    alpha: float = 0.0,
+    batch_size: int = 32,
+    accelerator=None,
+    filter_only: bool = False,
+    rerank_batch_size: int = 256,
+    dataset_name: str | None = None,
+    split: str | None = None,
+    model_path: str | None = None,
+    output: str | os.PathLike | None = None,
+    progress: bool = False,
+    return_scores: bool = False,
+) -> dict:
+    """Evaluate `model` on `dataset` (images view) and return (and optionally write) a result dict.
+
+    Args:
+        model: `MTGFEModel` or `MTGFEForImageTextRetrieval` (a DDP-wrapped model is unwrapped).
+        processor: `MTGFEProcessor` (image decoding/normalisation and the tokenizer).
+        dataset: `datasets.Dataset` with `image`, `captions` (list) rows; `txt2img` follows row order.
+        k: filter top-k per query (ignored with `exhaustive` or `filter_only`).
+        exhaustive: fuse every (image, distinct caption) pair: the "no filter" baseline.
+        score: `itm` (ITM probability) or `itm+itc` (`itm + alpha * cosine`).
+        filter_only: rank by the filter cosine alone (no fusion).
+        batch_size: images per encoding batch; `rerank_batch_size`: pairs per fusion batch.
+        accelerator: an `accelerate.Accelerator` to spread the work over its processes (all ranks must
+            call this function; every rank gets the same result).
+        output: write the result as JSON there (main process only).
+        return_scores: also return the score matrices under `"scores"` (`{"i2t": (N_img, N_txt),
+            "t2i": (N_txt, N_img) or None}`; None: t2i ranks the columns of `i2t`). Not written to JSON.
+
+    Returns:
+        `{dataset, split, k, exhaustive, filter_only, score, alpha, tie_rule, metrics, metrics_by_tie_rule,
+        ties, timings {encode_s, rerank_s, total_s}, num_images, num_captions, num_distinct_captions,
+        fusion_passes, exhaustive_pairs, model_path}`; `metrics` holds i2t/t2i R@1/5/10 and mR (percent,
+        expected tie rule).
+    """
+    from modeling_mtgfe.retrieval import (
+        ImageFeatures,
+        SCORES,
+        coarse_topk,
+        encode_images,
+        encode_texts,
+        score_candidates,
+    )
+
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if score == "itm" and alpha != 0.0:
+        raise ValueError(f"alpha={alpha} only applies to score='itm+itc'")
+    if not exhaustive and not filter_only and (k is None or k < 1):
+        raise ValueError(f"k must be >= 1 for filtered evaluation, got {k!r} (use exhaustive=True for all pairs)")
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model)
+    was_training = model.training
+    model.eval()
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    show = progress and rank == 0
+
+    start = time.perf_counter()
+    texts, txt2img = _captions(dataset)
+    sources = _image_sources(dataset)
+    num_images, num_texts = len(sources), len(texts)
+    if num_images < 1 or num_texts < 1:
+        raise ValueError(f"nothing to evaluate: {num_images} images, {num_texts} captions")
+
+    # 1. encode: image shards gathered in rank order; captions on every rank (dedupe must see them all)
+    my_images = _shard(num_images, rank, world)
+    keep_tokens = not filter_only
+    local = encode_images(model, processor, [sources[i] for i in my_images], batch_size=batch_size,
+                          keep_tokens=keep_tokens, progress=show) if len(my_images) else None
+    pieces = _gather(accelerator, [(local.embeds, local.tokens)] if local is not None else [])
+    image_feats = ImageFeatures(
+        embeds=torch.cat([embeds for embeds, _ in pieces]),
+        tokens=torch.cat([tokens for _, tokens in pieces]) if keep_tokens else None,
+    )
+    text_feats = encode_texts(model, processor, texts, batch_size=max(batch_size, 128), keep_states=keep_tokens,
+                              progress=show)
+    encode_s = time.perf_counter() - start
+
+    # 2. score
+    rerank_start = time.perf_counter()
+    fusion_passes = 0
+    if filter_only:
+        scores_i2t = image_feats.embeds @ text_feats.embeds[text_feats.inverse].t()
+        scores_t2i = None  # t2i ranks the columns of the same cosine matrix
+    else:
+        # Exhaustive: every pair is fused once and both directions read the same matrix, so only the
+        # i2t queries are shared out (t2i ranks its columns); filtered: each direction has its own top-k.
+        topk = None if exhaustive else k
+        cand_i2t = coarse_topk(image_feats.embeds, text_feats.embeds, topk, gallery_inverse=text_feats.inverse)
+        cand_t2i = None if exhaustive else coarse_topk(text_feats.embeds, image_feats.embeds, topk)
+        my_i2t = _shard(num_images, rank, world)
+        my_t2i = _shard(text_feats.num_distinct, rank, world)
+        if world > 1:
+            cand_i2t = _empty_like(cand_i2t, my_i2t)
+            cand_t2i = _empty_like(cand_t2i, my_t2i) if cand_t2i is not None else None
+        result = score_candidates(model, image_feats, text_feats, cand_i2t, cand_t2i, score=score, alpha=alpha,
+                                  batch_size=rerank_batch_size, progress=show)
+        scores_i2t = torch.cat(_gather(accelerator, [result.scores_i2t[list(my_i2t)]]))
+        scores_t2i = None
+        if cand_t2i is not None:
+            # gather distinct-caption rows (the result expands them to every input caption)
+            first_input = torch.full((text_feats.num_distinct,), -1, dtype=torch.long)
+            first_input[text_feats.inverse.flip(0)] = torch.arange(num_texts - 1, -1, -1)
+            t2i_rows = _gather(accelerator, [result.scores_t2i[first_input[list(my_t2i)]]])
+            scores_t2i = torch.cat(t2i_rows)[text_feats.inverse]
+        fusion_passes = sum(_gather(accelerator, [int(result.stats.get("fusion_passes", 0))]))
+    rerank_s = time.perf_counter() - rerank_start
+
+    # 3. metrics under every tie rule, scanning the scores once
+    by_rule = all_tie_rules(scores_i2t, txt2img, scores_t2i=scores_t2i)
+    headline = by_rule[HEADLINE_RULE]
+    total_s = time.perf_counter() - start
+    if was_training:
+        model.train()
+    report = {
+        "dataset": dataset_name,
+        "split": split,
+        "k": None if (exhaustive or filter_only) else k,
+        "exhaustive": bool(exhaustive and not filter_only),
+        "filter_only": bool(filter_only),
+        "score": "itc" if filter_only else score,
+        "alpha": alpha,
+        "tie_rule": HEADLINE_RULE,
+        "metrics": {key: headline[key] for key in RECALL_KEYS},
+        "metrics_by_tie_rule": {rule: {key: by_rule[rule][key] for key in RECALL_KEYS} for rule in TIE_RULES},
+        "ties": headline.get("ties", {}),
+        "timings": {"encode_s": round(encode_s, 4), "rerank_s": round(rerank_s, 4), "total_s": round(total_s, 4)},
+        "num_images": num_images,
+        "num_captions": num_texts,
+        "num_distinct_captions": text_feats.num_distinct,
+        "fusion_passes": fusion_passes,
+        "exhaustive_pairs": num_images * text_feats.num_distinct,
+        "num_processes": world,
+        "model_path": model_path,
+    }
+    if output is not None and rank == 0:
+        write_json(report, output)
+    if return_scores:
+        report["scores"] = {"i2t": scores_i2t, "t2i": scores_t2i}
+    return report
+
+
+def write_json(obj: dict, path: str | os.PathLike) -> None:
+    """Write JSON atomically (temp file + rename) so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def format_table(report: dict) -> str:
+    """Markdown table: one row per tie rule, the headline rule first."""
+    header = "| tie rule | " + " | ".join(RECALL_KEYS) + " |"
+    rule_line = "|---|" + "---:|" * len(RECALL_KEYS)
+    rows = []
+    for rule in (HEADLINE_RULE, *[r for r in TIE_RULES if r != HEADLINE_RULE]):
+        values = report["metrics_by_tie_rule"][rule]
+        rows.append(f"| {rule} | " + " | ".join(f"{values[key]:.2f}" for key in RECALL_KEYS) + " |")
+    mode = "filter only (ITC)" if report["filter_only"] else ("exhaustive" if report["exhaustive"] else f"k={report['k']}")
+    t = report["timings"]
+    title = (
+        f"{report.get('dataset')} {report.get('split')}: {report['num_images']} images, {report['num_captions']} "
+        f"captions ({report['num_distinct_captions']} distinct); {mode}, score={report['score']}"
+        + (f" alpha={report['alpha']}" if report["score"] == "itm+itc" else "")
+    )
+    footer = (
+        f"fusion passes {report['fusion_passes']} (exhaustive {report['exhaustive_pairs']}); "
+        f"encode {t['encode_s']:.1f} s, re-rank {t['rerank_s']:.1f} s, total {t['total_s']:.1f} s"
+    )
+    return "\n".join([title, "", header, rule_line, *rows, "", footer])
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def load_eval_dataset(name: str, split: str, data_dir: str | None = None, image_dir: str | None = None,
+                      data_file: str | None = None, max_images: int | None = None, synthetic_size: int = 128,
+                      synthetic_scenes: int | None = None, synthetic_seed: int = 0):
+    """The images view of a split: a benchmark, the synthetic data, or a user's JSONL/CSV file."""
+    if name == "synthetic":
+        from .synthetic import load_synthetic
+
+        dataset = load_synthetic(split, num_scenes=synthetic_scenes, seed=synthetic_seed, image_size=synthetic_size,
+                                 view="images")
+    elif name == "jsonl":
+        from .data import load_caption_file
+
+        if not data_file:
+            raise ValueError("--dataset jsonl needs --data-file (a JSONL/CSV caption file)")
+        dataset = load_caption_file(data_file, image_dir=image_dir, view="images")
+    else:
+        from .data import load_rs_benchmark
+
+        dataset = load_rs_benchmark(name, data_dir, split=split, view="images", image_dir=image_dir)
+    if max_images is not None and max_images < len(dataset):
+        dataset = dataset.select(range(max_images))
+    return dataset
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtgfe-eval",
+        description="Evaluate an MTGFE model on text-image retrieval (R@1/5/10 both directions, mR).",
+    )
+    parser.add_argument("--model", required=True, help="folder saved by save_pretrained (model + processor)")
+    parser.add_argument("--dataset", required=True, help="ucm | sydney | rsicd | rsitmd | synthetic | jsonl")
+    parser.add_argument("--data-dir", default=None, help="benchmark data folder (default: $MTGFE_DATA_DIR or shared/data)")
+    parser.add_argument("--image-dir", default=None, help="folder of the images, if not the dataset default")
+    parser.add_argument("--data-file", default=None, help="JSONL/CSV caption file for --dataset jsonl")
+    parser.add_argument("--split", default="test")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--k", type=int, default=16, help="filter top-k per query (default 16)")
+    mode.add_argument("--exhaustive", action="store_true", help="fuse every pair (no filter)")
+    mode.add_argument("--filter-only", action="store_true", help="rank by the ITC filter cosine alone")
+    parser.add_argument("--score", choices=("itm", "itm+itc"), default="itm")
+    parser.add_argument("--alpha", type=float, default=0.0, help="weight of the cosine in --score itm+itc")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per encoding batch")
+    parser.add_argument("--rerank-batch-size", type=int, default=256, help="pairs per fusion batch")
+    parser.add_argument("--max-images", type=int, default=None, help="evaluate on the first N images only")
+    parser.add_argument("--synthetic-size", type=int, default=128, help="render size of --dataset synthetic")
+    parser.add_argument("--output", default=None, help="write the result JSON here")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`mtgfe-eval`: parse, load model + processor + split, evaluate, print a table, write JSON."""
+    args = build_parser().parse_args(argv)
+    if args.score == "itm" and args.alpha != 0.0:
+        raise SystemExit("mtgfe-eval: --alpha only applies with --score itm+itc")
+    if not Path(args.model).is_dir():
+        raise SystemExit(f"mtgfe-eval: --model {args.model} is not a folder")
+    from accelerate import Accelerator
+
+    import modeling_mtgfe  # noqa: F401  (registers the Auto classes)
+    from modeling_mtgfe import MTGFEModel
+    from mtgfe.processing import MTGFEProcessor
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    dataset = load_eval_dataset(args.dataset, args.split, args.data_dir, args.image_dir, args.data_file,
+                                args.max_images, args.synthetic_size)
+    model = MTGFEModel.from_pretrained(args.model).to(accelerator.device).eval()
+    processor = MTGFEProcessor.from_pretrained(args.model)
+    report = evaluate_model(
+        model,
+        processor,
+        dataset,
+        k=args.k,
+        exhaustive=args.exhaustive,
+        filter_only=args.filter_only,
+        score=args.score,
+        alpha=args.alpha,
+        batch_size=args.batch_size,
+        rerank_batch_size=args.rerank_batch_size,
+        accelerator=accelerator,
+        dataset_name=args.dataset,
+        split=args.split,
+        model_path=str(Path(args.model).resolve()),
+        output=args.output,
+        progress=not args.no_progress,
+    )
+    accelerator.print(format_table(report))
+    if args.output:
+        accelerator.print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
