@@ -13,7 +13,7 @@ import os
 # takes effect before torch is first imported, and an explicit user setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from transformers import AutoConfig  # noqa: E402, AutoImageProcessor, AutoModel, AutoModelForPreTraining, AutoProcessor
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining, AutoProcessor  # noqa: E402
 
 from .configuration_efficientnet_lite import EfficientNetLiteConfig
 from .configuration_mtgfe import PRESETS, MTGFEConfig

@@ -16,10 +16,12 @@ absolute imports.
 
 import importlib.util
 import logging
+import string
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import normalizers, pre_tokenizers
 from transformers import BertTokenizer
 
 
@@ -52,9 +54,15 @@ def build_wordpiece_tokenizer(
     model_max_length: int = 40,
     lowercase: bool = True,
 ) -> BertTokenizer:
-    """Train a BERT-style WordPiece tokenizer on `captions`, offline.
+    """Build a BERT-style WordPiece tokenizer for `captions`, offline and deterministically.
 
-    The trained `tokenizers` model only supplies the vocabulary: `BertTokenizer(vocab=...)` then builds the
+    The vocabulary is every character of the corpus (as a word start and as a `##` continuation, so no
+    caption ever maps to [UNK]) plus the most frequent whole words, ties broken alphabetically. The
+    `tokenizers` WordPieceTrainer was used first, but it breaks merge ties in hash order: two runs on the
+    same captions gave different vocabularies, which made training runs irreproducible. Remote-sensing
+    captions use a few thousand words, so whole words with a character fallback cover them well.
+
+    `BertTokenizer(vocab=...)` then builds the
     standard BERT normalizer, pre-tokenizer, decoder and `[CLS] x [SEP]` template itself, so the result
     saves and loads like any BERT tokenizer (`AutoTokenizer` included).
 
@@ -62,7 +70,7 @@ def build_wordpiece_tokenizer(
         captions (`Iterable[str]`): Training texts (e.g. all training captions of a benchmark).
         vocab_size (`int`, defaults to 3000): Upper bound on the vocabulary size (special tokens included).
             A small corpus yields fewer tokens.
-        min_frequency (`int`, defaults to 1): Minimum count for a merge to enter the vocabulary.
+        min_frequency (`int`, defaults to 1): Minimum count for a whole word to enter the vocabulary.
         model_max_length (`int`, defaults to 40): Stored as the tokenizer's maximum length; RS captions are
             short (UCM/RSICD/RSITMD captions rarely exceed 30 word pieces).
         lowercase (`bool`, defaults to `True`): Lowercase (and strip accents, as BERT uncased does).
@@ -83,28 +91,8 @@ def build_wordpiece_tokenizer(
     if model_max_length < 3:
         raise ValueError(f"`model_max_length` must be >= 3 ([CLS], one token, [SEP]), got {model_max_length}.")
     texts = _validated_captions(captions)
-
-    trained = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    # Same normalisation / pre-tokenisation as BertTokenizer applies at inference, so the vocabulary
-    # is learnt on exactly the pieces it will be asked for.
-    trained.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
-    )
-    trained.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trained.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
-        min_frequency=min_frequency,
-        special_tokens=SPECIAL_TOKENS,
-        continuing_subword_prefix="##",
-        show_progress=False,
-    )
-    trained.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    vocab = trained.get_vocab()
-    for expected_id, token in enumerate(SPECIAL_TOKENS):
-        if vocab.get(token) != expected_id:
-            raise RuntimeError(f"WordPiece trainer gave {token} id {vocab.get(token)}, expected {expected_id}.")
-    logger.info("Trained a WordPiece vocabulary of %d tokens on %d captions", len(vocab), len(texts))
+    vocab = _deterministic_vocab(texts, vocab_size, min_frequency, lowercase)
+    logger.info("Built a WordPiece vocabulary of %d tokens on %d captions", len(vocab), len(texts))
     return BertTokenizer(vocab=vocab, model_max_length=model_max_length, do_lower_case=lowercase)
 
 
@@ -156,3 +144,27 @@ __all__ = [
     "default_tokenizer_path",
     "load_default_tokenizer",
 ]
+
+
+def _deterministic_vocab(texts: list[str], vocab_size: int, min_frequency: int, lowercase: bool) -> dict[str, int]:
+    """Specials, then sorted characters (`c` and `##c`), then words by (−count, word), up to `vocab_size`."""
+    normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    # Letters and digits always, so a user's query with a letter the captions never used still tokenizes.
+    always = string.ascii_lowercase + string.digits + ("" if lowercase else string.ascii_uppercase)
+    characters = sorted({char for word in counts for char in word} | set(always))
+    tokens = list(SPECIAL_TOKENS) + characters + [f"##{char}" for char in characters]
+    if len(tokens) > vocab_size:
+        raise ValueError(
+            f"`vocab_size`={vocab_size} cannot hold the {len(characters)} distinct characters of the corpus "
+            f"(needs at least {len(tokens)} with their ## forms and the special tokens)."
+        )
+    known = set(tokens)
+    words = sorted((w for w, c in counts.items() if c >= min_frequency and w not in known), key=lambda w: (-counts[w], w))
+    tokens += words[: vocab_size - len(tokens)]
+    return {token: index for index, token in enumerate(tokens)}

@@ -441,3 +441,25 @@ def test_processor_save_load_round_trip(wordpiece, decoder_files, ucm_captions, 
     assert set(actual) == set(expected)
     for key in expected:
         assert torch.equal(actual[key], expected[key]), key
+
+
+def test_wordpiece_vocabulary_is_reproducible_across_processes(tmp_path):
+    """Regression: the `tokenizers` trainer broke merge ties in hash order, so runs differed."""
+    import subprocess
+    import sys
+
+    code = (
+        "from mtgfe.processing import build_wordpiece_tokenizer\n"
+        "caps = ['two white planes parked near the terminal', 'a river with a bridge', 'many planes on the apron'] * 3\n"
+        "print(sorted(build_wordpiece_tokenizer(caps, vocab_size=150).get_vocab().items()))\n"
+    )
+    outputs = {
+        subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ, "PYTHONHASHSEED": seed},
+                       capture_output=True, text=True, check=True).stdout
+        for seed in ("1", "2")
+    }
+    assert len(outputs) == 1
+    from mtgfe.processing import build_wordpiece_tokenizer
+
+    tokenizer = build_wordpiece_tokenizer(["two planes"], vocab_size=120)
+    assert "[UNK]" not in tokenizer.tokenize("a runway with 3 jets")  # unseen letters still tokenize
