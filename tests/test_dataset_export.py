@@ -7,13 +7,13 @@ import shutil
 
 import numpy as np
 import pytest
-from datasets import Dataset, DatasetDict, Features, Image, List, Value, load_dataset
+from datasets import DatasetDict, Image, load_dataset
 from huggingface_hub import DatasetCard
 from PIL import Image as PILImage
 
 from mtgfe.hub_cards import export_benchmark_to_parquet
 
-N_TRAIN, N_TEST = 12, 8
+N_VAL, N_TEST = 12, 8
 
 
 def _ucm_source(data_dir):
@@ -26,38 +26,25 @@ def _ucm_source(data_dir):
 
 
 def _build_ucm_subset(data_dir, image_dir) -> DatasetDict:
-    """A tiny evaluation-view DatasetDict (docs/CONTRACTS.md) over copies of real UCM images.
+    """UCM val/test subsets (images view) loaded by the real benchmark loader from *copies* of the images.
 
-    Stand-in for ``mtgfe.training.data.load_rs_benchmark`` until that loader lands; the copies live in
-    ``image_dir`` so the test can delete them and prove the export does not need them.
+    The copies live in ``image_dir`` so the test can delete them and prove the export does not need them.
     """
-    entries, src = _ucm_source(data_dir)
-    wanted = {"train": N_TRAIN, "test": N_TEST}
-    picked = {}
-    for split, n in wanted.items():
-        rows = [e for e in entries if e["split"] == split]
-        picked[split] = rows[:: len(rows) // n][:n]  # spread over the class blocks
+    from mtgfe.training.data import load_rs_benchmark
+
+    _, src = _ucm_source(data_dir)
     image_dir.mkdir()
-    features = Features(
-        {"image": Image(), "captions": List(Value("string")), "image_id": Value("int64"), "filename": Value("string")}
-    )
     splits = {}
-    for split, rows in picked.items():
-        assert len(rows) == wanted[split]
-        paths = []
-        for e in rows:
-            name = e["filename"].replace(".tif", ".jpg")
-            shutil.copyfile(src / name, image_dir / name)
-            paths.append(str(image_dir / name))
-        splits[split] = Dataset.from_dict(
-            {
-                "image": paths,
-                "captions": [[s["raw"] for s in e["sentences"]] for e in rows],
-                "image_id": list(range(len(rows))),
-                "filename": [p.rsplit("/", 1)[-1] for p in paths],
-            },
-            features=features,
-        )
+    for split, n in {"val": N_VAL, "test": N_TEST}.items():
+        full = load_rs_benchmark("ucm", data_dir=data_dir, split=split, view="images")
+        for name in full["filename"]:
+            jpg = name.replace(".tif", ".jpg")
+            shutil.copyfile(src / jpg, image_dir / jpg)
+        copied = load_rs_benchmark("ucm", data_dir=data_dir, split=split, view="images", image_dir=image_dir)
+        subset = copied.select(range(0, len(copied), len(copied) // n)[:n])  # spread over the class blocks
+        # keep the exported file names equal to the files on disk
+        subset = subset.map(lambda row: {"filename": row["filename"].replace(".tif", ".jpg")})
+        splits[split] = subset.select_columns(["image", "captions", "image_id", "filename"])
     return DatasetDict(splits)
 
 
@@ -67,13 +54,13 @@ def test_export_embeds_images_and_reloads_without_sources(data_dir, tmp_path):
     expected = {split: d.remove_columns("image").to_dict() for split, d in ds.items()}
     out = tmp_path / "export"
     files = export_benchmark_to_parquet(ds, out, dataset_name="ucm")
-    assert files == {"train": out / "data" / "train.parquet", "test": out / "data" / "test.parquet"}
+    assert files == {"val": out / "data" / "val.parquet", "test": out / "data" / "test.parquet"}
     shutil.rmtree(image_dir)  # the exported files must not need the image paths any more
 
     _, src = _ucm_source(data_dir)
     cache = tmp_path / "hf_cache"
     loaded = load_dataset("parquet", data_files={s: str(p) for s, p in files.items()}, cache_dir=str(cache))
-    for split in ("train", "test"):
+    for split in ("val", "test"):
         got = loaded[split]
         assert isinstance(got.features["image"], Image)
         assert got.remove_columns("image").to_dict() == expected[split]
@@ -87,12 +74,12 @@ def test_export_embeds_images_and_reloads_without_sources(data_dir, tmp_path):
 
     # The card's `configs` let load_dataset find the splits from the folder alone.
     by_folder = load_dataset(str(out), cache_dir=str(cache))
-    assert {s: len(d) for s, d in by_folder.items()} == {"train": N_TRAIN, "test": N_TEST}
+    assert {s: len(d) for s, d in by_folder.items()} == {"val": N_VAL, "test": N_TEST}
 
     card = DatasetCard.load(out / "README.md")
     assert card.data.pretty_name == "UCM-Captions"
     assert card.data.to_dict()["dataset_info"]["splits"] == [
-        {"name": "train", "num_examples": N_TRAIN},
+        {"name": "val", "num_examples": N_VAL},
         {"name": "test", "num_examples": N_TEST},
     ]
     assert f"| test | {N_TEST} | {5 * N_TEST} |" in card.text
