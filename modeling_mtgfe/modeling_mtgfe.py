@@ -267,7 +267,9 @@ class MTGFEPreTrainedModel(PreTrainedModel):
 
 def _build_vision_model(config: MTGFEConfig) -> PreTrainedModel:
     vision_config = config.vision_config
-    if isinstance(vision_config, EfficientNetLiteConfig):
+    # Compare model types, not classes: under trust_remote_code, transformers loads the config module and
+    # the modeling module into different folders, each with its own copy of configuration_efficientnet_lite.
+    if getattr(vision_config, "model_type", None) == EfficientNetLiteConfig.model_type:
         model = EfficientNetLiteModel(vision_config)
     else:
         model = AutoModel.from_config(vision_config)

@@ -112,3 +112,35 @@ def test_remote_code_without_trust_is_refused(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REFUSED" in result.stdout
+
+
+def test_efficientnet_lite_checkpoint_loads_with_remote_code(tmp_path):
+    """Regression: under trust_remote_code the config and modeling modules live in different folders, each
+    with its own copy of configuration_efficientnet_lite, so an isinstance check sent the EfficientNet-Lite
+    vision config to AutoModel ("Unrecognized configuration class")."""
+    from modeling_mtgfe import EfficientNetLiteConfig
+
+    vision = EfficientNetLiteConfig(image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_size=64)
+    config = MTGFEConfig.from_preset("tiny", vision_config=vision)
+    torch.manual_seed(0)
+    model = MTGFEForImageTextRetrieval(config).eval()
+    folder = tmp_path / "effnet"
+    model.save_pretrained(folder)
+    pixel_values = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model.mtgfe.get_image_features(pixel_values)
+    torch.save(pixel_values, folder / "pixels.pt")
+    result = run_isolated(
+        f"""
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        assert type(model.vision_model).__name__ == "EfficientNetLiteModel", type(model.vision_model)
+        with torch.no_grad():
+            print("EMBED", model.get_image_features(torch.load({str(folder / "pixels.pt")!r})).flatten().tolist())
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(l for l in result.stdout.splitlines() if l.startswith("EMBED"))
+    torch.testing.assert_close(torch.tensor(json.loads(line.split(" ", 1)[1])), expected.flatten(), atol=1e-6, rtol=1e-6)
