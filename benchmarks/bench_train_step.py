@@ -10,14 +10,18 @@ Prints a Markdown table. Random weights: cost does not depend on the values.
 
 from __future__ import annotations
 
-import argparse
-import gc
-import platform
-import resource
-import statistics
-import time
+import os
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see benchmarks/README.md
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
 
 from modeling_mtgfe import MTGFEConfig, MTGFEForImageTextRetrieval
 
