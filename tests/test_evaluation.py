@@ -153,3 +153,33 @@ def test_two_processes_match_one(setup, tmp_path):
         assert a["metrics_by_tie_rule"] == b["metrics_by_tie_rule"]
         if mode == ["--exhaustive"]:
             assert a["fusion_passes"] == b["fusion_passes"] == a["exhaustive_pairs"]
+
+
+def test_shifted_images_are_deterministic_and_change_the_scores(setup):
+    """`shift`: a fixed transform of every image (robustness rows); same input, same numbers."""
+    import numpy as np
+    from PIL import Image
+
+    from mtgfe.training.evaluation import SHIFTS, apply_shift
+
+    model, processor, dataset = setup
+    image = Image.fromarray(np.arange(48 * 32 * 3, dtype=np.uint8).reshape(32, 48, 3))
+    assert apply_shift(image, "rotate90").size == (32, 48)
+    assert apply_shift(image, "rescale").size == (24, 16)
+    assert np.array_equal(np.asarray(apply_shift(image, "color")), np.asarray(apply_shift(image, "color")))
+    with pytest.raises(ValueError, match="shift"):
+        apply_shift(image, "blur")
+    plain = evaluate_model(model, processor, dataset, filter_only=True, return_scores=True)
+    for shift in SHIFTS:
+        a = evaluate_model(model, processor, dataset, filter_only=True, shift=shift, return_scores=True)
+        b = evaluate_model(model, processor, dataset, filter_only=True, shift=shift, return_scores=True)
+        assert a["shift"] == shift and torch.equal(a["scores"]["i2t"], b["scores"]["i2t"])
+        assert not torch.equal(a["scores"]["i2t"], plain["scores"]["i2t"])
+
+
+def test_alpha_sweep_matches_separate_itm_plus_itc_runs(setup):
+    model, processor, dataset = setup
+    report = evaluate_model(model, processor, dataset, k=4, score="itm", alpha_sweep=[0.0, 2.0])
+    assert report["alpha_sweep"]["0.0"]["expected"] == pytest.approx(report["metrics"])
+    mixed = evaluate_model(model, processor, dataset, k=4, score="itm+itc", alpha=2.0)
+    assert report["alpha_sweep"]["2.0"]["expected"] == pytest.approx(mixed["metrics"], abs=1e-6)

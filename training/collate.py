@@ -18,6 +18,9 @@ MLM masking and negative sampling use the global torch RNG, which `accelerator.s
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -29,7 +32,8 @@ from mtgfe.processing import load_image
 
 TRAIN_COLUMNS = ("image", "caption", "image_id", "caption_id")
 # Purposes mixed into the seed so the caption draw and the two views use independent streams.
-_CAPTION_DRAW, _BASE_VIEW, _MVJRC_VIEW = 0, 1, 2
+_CAPTION_DRAW, _BASE_VIEW, _MVJRC_VIEW, _CACHE_SLOTS, _CACHE_RENDER = 0, 1, 2, 3, 4
+CACHE_FORMAT = 1  # bump when the cache layout or the slot rendering changes: old files then miss
 
 
 def sample_seed_sequence(seed: int, epoch: int, index: int, purpose: int) -> np.random.SeedSequence:
@@ -54,7 +58,7 @@ class EpochCaptionDataset(TorchDataset):
     `epoch`. Index order follows the dataset (rows of image 0 first), the DataLoader shuffles.
     """
 
-    def __init__(self, dataset, captions_per_image: int | None = 1, seed: int = 0):
+    def __init__(self, dataset, captions_per_image: int | None = 1, seed: int = 0, load_images: bool = True):
         missing = [c for c in TRAIN_COLUMNS if c not in dataset.column_names]
         if missing:
             raise ValueError(
@@ -63,7 +67,8 @@ class EpochCaptionDataset(TorchDataset):
             )
         if captions_per_image is not None and captions_per_image < 1:
             raise ValueError(f"captions_per_image must be >= 1 or None, got {captions_per_image}")
-        self.dataset = dataset.select_columns(list(TRAIN_COLUMNS))
+        # load_images=False (cached backbone tokens): skip decoding an image per row that nobody reads
+        self.dataset = dataset.select_columns([c for c in TRAIN_COLUMNS if load_images or c != "image"])
         self.captions_per_image = captions_per_image
         self.seed = int(seed)
         image_ids = np.asarray(dataset["image_id"], dtype=np.int64)
@@ -167,4 +172,200 @@ class TrainCollator:
         return batch
 
 
-__all__ = ["EpochCaptionDataset", "TrainCollator", "sample_rng", "sample_seed_sequence"]
+# ------------------------------------------------------------------------------------------ backbone cache
+def image_sources(dataset) -> tuple[list[Any], list[int]]:
+    """`(sources, image_ids)`: one encoded source (path or bytes) per distinct `image_id` of a captions
+    view, in increasing id order, without decoding any image."""
+    from datasets import Image as ImageFeature
+
+    raw = dataset.cast_column("image", ImageFeature(decode=False)).select_columns(["image", "image_id"])
+    seen: dict[int, Any] = {}
+    for item, image_id in zip(raw["image"], raw["image_id"]):
+        if int(image_id) in seen:
+            continue
+        source = item.get("bytes") if item.get("bytes") is not None else item.get("path")
+        if source is None:
+            raise ValueError(f"training image {image_id} has neither bytes nor a path")
+        seen[int(image_id)] = source
+    ids = sorted(seen)
+    return [seen[i] for i in ids], ids
+
+
+def render_cache_slot(image, slot: int, image_key: int, view_transform, cache_seed: int):
+    """The PIL view stored in cache slot `slot` of one image: slot 0 is the image itself (the processor
+    resizes it, exactly as at evaluation), slot j >= 1 an MVJRC-policy view drawn from
+    (cache_seed, image_key, j). Public so tests can feed the same views as pixels."""
+    if slot == 0:
+        return image
+    rng = np.random.default_rng(np.random.SeedSequence([int(cache_seed), int(image_key), int(slot), _CACHE_RENDER]))
+    return view_transform.view(image, caption=None, rng=rng)
+
+
+def cache_fingerprint(sources: Sequence[Any], image_size: int, view_config: dict, num_views: int, cache_seed: int,
+                      vision_model) -> str:
+    """Hash naming a cache file: images, size, view policy, slots, seed and the backbone's weights.
+
+    Anything that changes a cached token changes the hash, so a stale cache can never be reused;
+    anything else (loss weights, lr, run seed) does not, so ablations share one file.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"format": CACHE_FORMAT, "image_size": image_size, "views": view_config,
+                              "num_views": num_views, "seed": cache_seed}, sort_keys=True, default=str).encode())
+    for source in sources:
+        digest.update(source if isinstance(source, bytes) else str(source).encode())
+        digest.update(b"\0")
+    for name, tensor in sorted(vision_model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+class BackboneCache:
+    """Backbone tokens of every training image in `1 + num_views` slots: `tokens` `(N_images, S, T, D)`.
+
+    `row_of[image_id]` is the row of an image. Built by `build` (or loaded from `dir`), read by
+    `CachedTrainCollator`.
+    """
+
+    def __init__(self, tokens: torch.Tensor, image_ids: Sequence[int]):
+        if tokens.dim() != 4 or tokens.shape[0] != len(image_ids):
+            raise ValueError(f"cache tokens must be (images, slots, tokens, dim) with {len(image_ids)} images, "
+                             f"got {tuple(tokens.shape)}")
+        self.tokens = tokens
+        self.image_ids = [int(i) for i in image_ids]
+        self.row_of = {image_id: row for row, image_id in enumerate(self.image_ids)}
+
+    @property
+    def num_slots(self) -> int:
+        return self.tokens.shape[1]
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model, processor, sources: Sequence[Any], image_ids: Sequence[int], view_transform,
+              num_views: int, cache_seed: int = 0, batch_size: int = 32, dtype: torch.dtype = torch.float16,
+              progress: bool = True) -> "BackboneCache":
+        """Encode every image's slots with `model`'s backbone (eval mode, no grad, batched).
+
+        `model`: `MTGFEForImageTextRetrieval` or `MTGFEModel` (anything with `.mtgfe` or
+        `backbone_hidden_states`). The backbone's train/eval mode is restored afterwards.
+        """
+        from tqdm.auto import tqdm
+
+        base = getattr(model, "mtgfe", model)
+        vision = base.vision_model
+        was_training = vision.training
+        vision.eval()
+        param = next(vision.parameters())
+        slots = 1 + num_views
+        jobs = [(row, slot) for row in range(len(sources)) for slot in range(slots)]
+        tokens = None
+        try:
+            for start in tqdm(range(0, len(jobs), batch_size), desc="caching backbone tokens", unit="batch",
+                              disable=not progress):
+                chunk = jobs[start:start + batch_size]
+                images, decoded = [], {}
+                for row, slot in chunk:
+                    if row not in decoded:
+                        decoded = {row: load_image(sources[row])}  # jobs are grouped by image
+                    images.append(render_cache_slot(decoded[row], slot, image_ids[row], view_transform, cache_seed))
+                pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+                hidden = base.backbone_hidden_states(pixels.to(device=param.device, dtype=param.dtype)).to("cpu", dtype)
+                if tokens is None:
+                    tokens = torch.empty((len(sources), slots, *hidden.shape[1:]), dtype=dtype)
+                for (row, slot), value in zip(chunk, hidden):
+                    tokens[row, slot] = value
+        finally:
+            vision.train(was_training)
+        return cls(tokens, image_ids)
+
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
+        """safetensors, written to a temp file and renamed: a concurrent reader sees all or nothing."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        meta = {"image_ids": json.dumps(self.image_ids), **{k: str(v) for k, v in (metadata or {}).items()}}
+        save_file({"tokens": self.tokens.contiguous()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "BackboneCache":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            image_ids = json.loads(handle.metadata()["image_ids"])
+            tokens = handle.get_tensor("tokens")
+        return cls(tokens, image_ids)
+
+
+def cache_slots(seed: int, epoch: int, index: int, num_slots: int, augment: bool) -> tuple[int, int]:
+    """`(view1, view2)`: the two distinct cache slots a sample uses in an epoch, from (seed, epoch, index).
+
+    View 1 (ITC/ITM/MLM) is any slot when augmenting, else the plain slot 0; view 2 (MVJRC) is a
+    different slot drawn uniformly from the rest.
+    """
+    rng = sample_rng(seed, epoch, index, _CACHE_SLOTS)
+    first = int(rng.integers(0, num_slots)) if augment else 0
+    second = int(rng.integers(0, num_slots - 1))
+    return first, second + (second >= first)
+
+
+class CachedTrainCollator:
+    """`TrainCollator` for a frozen backbone: rows → `vision_hidden_states` (+ `_view2` with MVJRC)
+    looked up in a `BackboneCache` instead of pixels; captions, ids and `sample_index` as before.
+
+    Rows need no decoded image (the dataset may drop the `image` column).
+    """
+
+    def __init__(self, processor, seed: int, cache: BackboneCache | None, augment: bool = True, mvjrc: bool = False,
+                 max_length: int = 40, dtype: torch.dtype = torch.float32):
+        # `cache` may be attached later (the trainer builds the collator before the model that fills it)
+        self.processor = processor
+        self.seed = int(seed)
+        self.cache = cache
+        self.augment = augment
+        self.mvjrc = mvjrc
+        self.max_length = max_length
+        self.dtype = dtype
+
+    def slots(self, rows: Sequence[dict[str, Any]]) -> list[tuple[int, int]]:
+        return [cache_slots(self.seed, row["epoch"], row["index"], self.cache.num_slots, self.augment) for row in rows]
+
+    def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.cache is None:
+            raise RuntimeError("CachedTrainCollator has no BackboneCache attached yet")
+        if self.cache.num_slots < 2:
+            raise ValueError("cached views need >= 2 slots per image (data.backbone_cache.num_views >= 1)")
+        picks = self.slots(rows)
+        image_rows = torch.tensor([self.cache.row_of[int(row["image_id"])] for row in rows])
+        first = torch.tensor([p[0] for p in picks])
+        encoded = self.processor(text=[row["caption"] for row in rows], max_length=self.max_length, return_tensors="pt")
+        batch = {
+            "vision_hidden_states": self.cache.tokens[image_rows, first].to(self.dtype),
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "image_ids": torch.tensor([row["image_id"] for row in rows], dtype=torch.long),
+            "text_ids": torch.tensor([row["caption_id"] for row in rows], dtype=torch.long),
+            "sample_index": torch.tensor([row["index"] for row in rows], dtype=torch.long),
+        }
+        if self.mvjrc:
+            second = torch.tensor([p[1] for p in picks])
+            batch["vision_hidden_states_view2"] = self.cache.tokens[image_rows, second].to(self.dtype)
+        return batch
+
+
+__all__ = [
+    "BackboneCache",
+    "CachedTrainCollator",
+    "EpochCaptionDataset",
+    "TrainCollator",
+    "cache_fingerprint",
+    "cache_slots",
+    "image_sources",
+    "render_cache_slot",
+    "sample_rng",
+    "sample_seed_sequence",
+]

@@ -39,6 +39,7 @@ MVJRC_VARIANTS = ("simsiam", "infonce")
 SELECTION_METRICS = ("mR", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10")
 LOSS_NAMES = ("itc", "itm", "mlm", "mvjrc")
 TOKENIZER_CHOICES = ("default", "wordpiece")
+CACHE_DTYPES = ("float16", "bfloat16", "float32")
 
 
 class ConfigError(ValueError):
@@ -106,6 +107,30 @@ class SyntheticConfig:
 
 
 @dataclass
+class BackboneCacheConfig:
+    """Frozen-backbone token cache (`mtgfe.training.backbone_cache`): the CPU-feasible recipe.
+
+    With `freeze.vision: true` the vision backbone's tokens of an image never change, yet computing
+    them is most of a training step on a CPU (EfficientNet-Lite0 ~11 ms/image). So each training image
+    is encoded once, before training, as slot 0 = the plain resized image (the evaluation view) plus
+    `num_views` augmented views drawn with the MVJRC view policy (`views.mvjrc`, resolution/colour/angle)
+    from a generator seeded by (`seed`, image, slot). Every epoch each sample picks one slot for the
+    ITM/MLM/ITC view and a different slot for the second MVJRC view, as a function of (run seed,
+    epoch, index), so resume stays exact. `seed` is the cache's own seed (not the run's), so runs with
+    different seeds and ablations can share one cache file in `dir` (keyed by a hash of the images,
+    size, view policy, `num_views`, `seed` and the backbone weights). `dtype` is the storage type
+    (float16 halves the RAM; the tokens are cast to the model dtype when a batch is built).
+    """
+
+    enabled: bool = False
+    num_views: int = 4
+    dtype: str = "float16"
+    dir: str | None = None
+    seed: int = 0
+    batch_size: int = 32
+
+
+@dataclass
 class DataConfig:
     """Where the captions come from and how they are turned into batches.
 
@@ -129,6 +154,7 @@ class DataConfig:
     tokenizer: str = "default"
     tokenizer_vocab_size: int = 1000
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    backbone_cache: BackboneCacheConfig = field(default_factory=BackboneCacheConfig)
 
 
 @dataclass
@@ -179,6 +205,7 @@ class EvalConfig:
     `every`: optimizer steps between evaluations (0 = none during training); `at_end` also evaluates
     after the last step. `k` is the filter's top-k (the fusion model re-ranks k candidates per query);
     `max_images` evaluates on the first N validation images to bound the cost of in-loop evaluation.
+    `filter_only` ranks by the filter cosine alone (no fusion): selection for dual-encoder runs.
     """
 
     every: int = 0
@@ -190,6 +217,7 @@ class EvalConfig:
     batch_size: int = 32
     max_images: int | None = None
     selection_metric: str = "mR"
+    filter_only: bool = False  # rank by the ITC cosine alone: the dual-encoder rows (ITC-only training)
 
 
 @dataclass
@@ -570,6 +598,30 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
             _fail(source, f"data.synthetic.{key}={value} must be >= 1")
     if syn.render_size < 16:
         _fail(source, f"data.synthetic.render_size={syn.render_size} must be >= 16")
+    bc = d.backbone_cache
+    if bc.enabled:
+        if not cfg.freeze.vision:
+            _fail(source, "data.backbone_cache.enabled=true needs freeze.vision=true: cached backbone tokens are only "
+                          "valid while the vision backbone does not change")
+        if cfg.freeze.unfreeze_after_steps is not None:
+            _fail(source, f"data.backbone_cache.enabled=true with freeze.unfreeze_after_steps="
+                          f"{cfg.freeze.unfreeze_after_steps}: the cache would go stale when the vision backbone is "
+                          "unfrozen; drop one of the two")
+        if bc.num_views < 1:
+            _fail(source, f"data.backbone_cache.num_views={bc.num_views} must be >= 1 (augmented views per image, "
+                          "besides the plain one; MVJRC needs two distinct views)")
+        if bc.dtype not in CACHE_DTYPES:
+            _fail(source, f"data.backbone_cache.dtype={bc.dtype!r} is not one of {list(CACHE_DTYPES)}")
+        if bc.batch_size < 1:
+            _fail(source, f"data.backbone_cache.batch_size={bc.batch_size} must be >= 1")
+        if bc.seed < 0:
+            _fail(source, f"data.backbone_cache.seed={bc.seed} must be >= 0")
+        if cfg.views.base:
+            _fail(source, f"views.base {sorted(cfg.views.base)} is ignored with data.backbone_cache.enabled=true "
+                          "(cached views use the views.mvjrc policy); remove views.base")
+        if cfg.views.mvjrc.get("skip_geometric_for_direction_words"):
+            _fail(source, "views.mvjrc.skip_geometric_for_direction_words needs the caption, but cached views are "
+                          "drawn per image (data.backbone_cache.enabled=true); set it to false")
 
     # batch: ITM needs a negative image in the batch; BatchNorm (MVJRC heads) needs > 1 row
     if cfg.batch_size < 2:
@@ -620,6 +672,8 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         _fail(source, f"schedule.warmup_steps={s.warmup_steps} is longer than the run (max_steps={cfg.max_steps})")
 
     # evaluation, checkpoints, logging
+    if e.filter_only and e.exhaustive:
+        _fail(source, "eval.filter_only and eval.exhaustive exclude each other (no fusion vs every pair fused)")
     if e.every < 0:
         _fail(source, f"eval.every={e.every} must be >= 0 (0: no evaluation during training)")
     if e.k < 1:
@@ -711,6 +765,7 @@ def _mtgfe_config_fields() -> set[str]:
 
 
 __all__ = [
+    "BackboneCacheConfig",
     "CheckpointConfig",
     "ConfigError",
     "DataConfig",

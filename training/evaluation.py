@@ -35,6 +35,31 @@ from .metrics import TIE_RULES, all_tie_rules
 logger = logging.get_logger(__name__)
 
 HEADLINE_RULE = "expected"
+SHIFTS = ("rotate90", "color", "rescale")
+# Fixed colour shift (no randomness: every run sees the same test images): brighter, flatter, more
+# saturated, hue moved by 0.05 of the circle.
+_COLOR_SHIFT = {"jitter_order": ["brightness", "contrast", "saturation", "hue"], "brightness": 1.3,
+                "contrast": 0.7, "saturation": 1.3, "hue": 0.05}
+
+
+def apply_shift(image, shift: str):
+    """A deterministic distribution shift of a test image (robustness rows):
+
+    * `rotate90`: rotated by 90 degrees (RS captions rarely depend on orientation);
+    * `color`: the fixed colour change `_COLOR_SHIFT`;
+    * `rescale`: down-scaled x0.5 (the processor scales it back up: half the ground resolution).
+    """
+    from PIL import Image
+
+    from .views import apply_colour
+
+    if shift == "rotate90":
+        return image.transpose(Image.Transpose.ROTATE_90)
+    if shift == "color":
+        return apply_colour(image.convert("RGB"), _COLOR_SHIFT)
+    if shift == "rescale":
+        return image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.Resampling.BILINEAR)
+    raise ValueError(f"unknown shift {shift!r}; allowed: {list(SHIFTS)}")
 RECALL_KEYS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR")
 
 
@@ -122,6 +147,8 @@ def evaluate_model(
     output: str | os.PathLike | None = None,
     progress: bool = False,
     return_scores: bool = False,
+    shift: str | None = None,
+    alpha_sweep: Sequence[float] | None = None,
 ) -> dict:
     """Evaluate `model` on `dataset` (images view) and return (and optionally write) a result dict.
 
@@ -139,6 +166,10 @@ def evaluate_model(
         output: write the result as JSON there (main process only).
         return_scores: also return the score matrices under `"scores"` (`{"i2t": (N_img, N_txt),
             "t2i": (N_txt, N_img) or None}`; None: t2i ranks the columns of `i2t`). Not written to JSON.
+        shift: apply a deterministic distribution shift to every image (`SHIFTS`, `apply_shift`).
+        alpha_sweep: with `score="itm"`, also report the metrics of `itm + a * cosine` for each `a`
+            under `"alpha_sweep"` (same candidates, one fusion pass: the way to choose alpha on val
+            without re-running the re-rank per value).
 
     Returns:
         `{dataset, split, k, exhaustive, filter_only, score, alpha, tie_rule, metrics, metrics_by_tie_rule,
@@ -172,6 +203,12 @@ def evaluate_model(
     start = time.perf_counter()
     texts, txt2img = _captions(dataset)
     sources = _image_sources(dataset)
+    if shift is not None:
+        from mtgfe.processing import load_image
+
+        if shift not in SHIFTS:
+            raise ValueError(f"shift must be one of {SHIFTS}, got {shift!r}")
+        sources = [apply_shift(load_image(source), shift) for source in sources]
     num_images, num_texts = len(sources), len(texts)
     if num_images < 1 or num_texts < 1:
         raise ValueError(f"nothing to evaluate: {num_images} images, {num_texts} captions")
@@ -222,6 +259,16 @@ def evaluate_model(
 
     # 3. metrics under every tie rule, scanning the scores once
     by_rule = all_tie_rules(scores_i2t, txt2img, scores_t2i=scores_t2i)
+    sweep = None
+    if alpha_sweep:
+        if filter_only or score != "itm":
+            raise ValueError("alpha_sweep needs score='itm' with fusion (not filter_only)")
+        cosine = (image_feats.embeds @ text_feats.embeds[text_feats.inverse].t()).float()
+        sweep = {}
+        for value in alpha_sweep:
+            mixed_t2i = scores_t2i + value * cosine.t() if scores_t2i is not None else None
+            rules = all_tie_rules(scores_i2t + value * cosine, txt2img, scores_t2i=mixed_t2i)
+            sweep[str(float(value))] = {rule: {key: rules[rule][key] for key in RECALL_KEYS} for rule in TIE_RULES}
     headline = by_rule[HEADLINE_RULE]
     total_s = time.perf_counter() - start
     if was_training:
@@ -234,6 +281,7 @@ def evaluate_model(
         "filter_only": bool(filter_only),
         "score": "itc" if filter_only else score,
         "alpha": alpha,
+        "shift": shift,
         "tie_rule": HEADLINE_RULE,
         "metrics": {key: headline[key] for key in RECALL_KEYS},
         "metrics_by_tie_rule": {rule: {key: by_rule[rule][key] for key in RECALL_KEYS} for rule in TIE_RULES},
@@ -247,6 +295,8 @@ def evaluate_model(
         "num_processes": world,
         "model_path": model_path,
     }
+    if sweep is not None:
+        report["alpha_sweep"] = sweep
     if output is not None and rank == 0:
         write_json(report, output)
     if return_scores:
@@ -277,6 +327,7 @@ def format_table(report: dict) -> str:
         f"{report.get('dataset')} {report.get('split')}: {report['num_images']} images, {report['num_captions']} "
         f"captions ({report['num_distinct_captions']} distinct); {mode}, score={report['score']}"
         + (f" alpha={report['alpha']}" if report["score"] == "itm+itc" else "")
+        + (f", shift={report['shift']}" if report.get("shift") else "")
     )
     footer = (
         f"fusion passes {report['fusion_passes']} (exhaustive {report['exhaustive_pairs']}); "
@@ -327,10 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--filter-only", action="store_true", help="rank by the ITC filter cosine alone")
     parser.add_argument("--score", choices=("itm", "itm+itc"), default="itm")
     parser.add_argument("--alpha", type=float, default=0.0, help="weight of the cosine in --score itm+itc")
+    parser.add_argument("--alpha-sweep", default=None,
+                        help="comma-separated alphas: with --score itm also report itm + alpha * cosine for each")
     parser.add_argument("--batch-size", type=int, default=32, help="images per encoding batch")
     parser.add_argument("--rerank-batch-size", type=int, default=256, help="pairs per fusion batch")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate on the first N images only")
     parser.add_argument("--synthetic-size", type=int, default=128, help="render size of --dataset synthetic")
+    parser.add_argument("--shift", choices=SHIFTS, default=None,
+                        help="evaluate on shifted images: rotate90, color (fixed jitter) or rescale (x0.5)")
     parser.add_argument("--output", default=None, help="write the result JSON here")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -371,8 +426,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         model_path=str(Path(args.model).resolve()),
         output=args.output,
         progress=not args.no_progress,
+        shift=args.shift,
+        alpha_sweep=[float(a) for a in args.alpha_sweep.split(",")] if args.alpha_sweep else None,
     )
     accelerator.print(format_table(report))
+    for value, rules in report.get("alpha_sweep", {}).items():
+        accelerator.print(f"alpha {value}: mR {rules[HEADLINE_RULE]['mR']:.2f} ({HEADLINE_RULE} ties)")
     if args.output:
         accelerator.print(f"wrote {args.output}")
     return 0

@@ -178,6 +178,51 @@ def build_model(cfg: TrainConfig, tokenizer):
     return model
 
 
+def load_or_build_backbone_cache(cfg: TrainConfig, model, processor, train_rows, accelerator):
+    """The frozen backbone's tokens of every training image and cached view (`data.backbone_cache`).
+
+    Loaded from `dir` when a file with the same fingerprint exists (images, size, view policy, slots,
+    cache seed, backbone weights), else encoded once (main process first when persisted, the other
+    ranks then load the file) and written atomically. Costs ~(1 + num_views) x 11 ms per UCM image
+    with EfficientNet-Lite0 on 2 cores, once; every training step after that skips the backbone.
+    """
+    from . import views
+    from .collate import BackboneCache, cache_fingerprint, image_sources
+
+    c = cfg.data.backbone_cache
+    dtype = getattr(torch, c.dtype)
+    sources, image_ids = image_sources(train_rows)
+    view_config = {**cfg.views.mvjrc, "image_size": cfg.data.image_size}
+    transform = views.MultiViewTransform(config=views.ViewConfig.from_dict(view_config), num_views=1)
+    vision = accelerator.unwrap_model(model).mtgfe.vision_model
+    key = cache_fingerprint(sources, cfg.data.image_size, transform.config.to_dict(), c.num_views, c.seed, vision)
+    path = Path(c.dir).expanduser() / f"backbone-{key}-{c.dtype}.safetensors" if c.dir else None
+    start = time.perf_counter()
+
+    def build():
+        cache = BackboneCache.build(model, processor, sources, image_ids, transform, c.num_views, cache_seed=c.seed,
+                                    batch_size=c.batch_size, dtype=dtype,
+                                    progress=accelerator.is_local_main_process and cfg.log.progress_bar)
+        if path is not None:
+            cache.save(path, {"fingerprint": key, "num_views": c.num_views, "image_size": cfg.data.image_size})
+        return cache
+
+    if path is not None and path.is_file():
+        cache, how = BackboneCache.load(path), f"loaded {path}"
+    elif path is not None and accelerator.num_processes > 1:
+        cache = build() if accelerator.is_main_process else None
+        accelerator.wait_for_everyone()
+        cache, how = (cache or BackboneCache.load(path)), f"built {path}"
+    else:
+        cache, how = build(), (f"built {path}" if path else "built (in memory only)")
+    if cache.image_ids != list(image_ids):
+        raise ConfigError(f"backbone cache {path} holds other images than the training split; delete it")
+    accelerator.print(f"backbone cache {how}: {tuple(cache.tokens.shape)} {c.dtype}, "
+                      f"{cache.tokens.numel() * cache.tokens.element_size() / 2**20:.0f} MiB, "
+                      f"{time.perf_counter() - start:.1f} s")
+    return cache
+
+
 def backbones_are_pretrained(cfg: TrainConfig) -> bool:
     return cfg.model.init is not None or cfg.model.pretrained is not None
 
@@ -387,7 +432,7 @@ def train(cfg: TrainConfig) -> dict:
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from .collate import EpochCaptionDataset, TrainCollator
+    from .collate import CachedTrainCollator, EpochCaptionDataset, TrainCollator
     from .evaluation import evaluate_model, write_json
 
     output_dir = Path(cfg.output_dir)
@@ -407,7 +452,9 @@ def train(cfg: TrainConfig) -> dict:
 
     # ---- data (annotations only so far: images decode lazily) and the checks that need it
     train_rows = load_split(cfg, cfg.data.train_split, "captions")
-    train_set = EpochCaptionDataset(train_rows, cfg.data.captions_per_image, seed=cfg.seed)
+    cache_cfg = cfg.data.backbone_cache
+    train_set = EpochCaptionDataset(train_rows, cfg.data.captions_per_image, seed=cfg.seed,
+                                    load_images=not cache_cfg.enabled)
     val_set = None
     if cfg.eval.every > 0 or cfg.eval.at_end:
         val_set = load_split(cfg, cfg.data.val_split, "images")
@@ -419,7 +466,11 @@ def train(cfg: TrainConfig) -> dict:
     resume_dir = resolve_resume(cfg)
     tokenizer = build_tokenizer(cfg, train_rows["caption"], accelerator, resume_dir)
     processor = build_processor(cfg, tokenizer)
-    collator = TrainCollator(processor, cfg.seed, base_view, second_view, cfg.data.max_length)
+    if cache_cfg.enabled:  # the cache itself needs the model: it is attached right after the model is built
+        collator = CachedTrainCollator(processor, cfg.seed, None, augment=cfg.views.augment,
+                                       mvjrc=cfg.model.mvjrc_weight > 0, max_length=cfg.data.max_length)
+    else:
+        collator = TrainCollator(processor, cfg.seed, base_view, second_view, cfg.data.max_length)
     train_dl = DataLoader(
         train_set,
         batch_size=cfg.batch_size,
@@ -451,6 +502,9 @@ def train(cfg: TrainConfig) -> dict:
     drop_grads = accelerator.num_processes > 1 and unfreeze_at is not None
     for param in frozen:
         param.requires_grad_(drop_grads)
+    if cache_cfg.enabled:
+        collator.cache = load_or_build_backbone_cache(cfg, model, processor, train_rows, accelerator)
+        collator.dtype = next(model.parameters()).dtype
     groups = param_groups(model, cfg)
     optimizer = torch.optim.AdamW(
         [{k: v for k, v in g.items() if k != "names"} for g in groups],
@@ -496,6 +550,7 @@ def train(cfg: TrainConfig) -> dict:
         with torch.random.fork_rng(devices=devices):
             report = evaluate_model(
                 model, processor, val_set, k=cfg.eval.k, exhaustive=cfg.eval.exhaustive, score=cfg.eval.score,
+                filter_only=cfg.eval.filter_only,
                 alpha=cfg.eval.alpha, batch_size=cfg.eval.batch_size, accelerator=accelerator,
                 dataset_name=cfg.data.dataset, split=cfg.data.val_split, model_path=str(output_dir),
             )
