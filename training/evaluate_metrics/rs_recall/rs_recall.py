@@ -9,6 +9,7 @@ import datasets
 import evaluate
 import numpy as np
 
+from mtgfe.hub_cards.cards import MTGFE_CITATION
 from mtgfe.training.metrics import TIE_RULES, retrieval_metrics
 
 _DESCRIPTION = """\
@@ -37,18 +38,7 @@ Examples:
     100.0
 """
 
-_CITATION = """\
-@article{zhang2023mtgfe,
-  title   = {A Fusion Encoder with Multi-Task Guidance for Cross-Modal Text-Image Retrieval in Remote Sensing},
-  author  = {Zhang, Xiong and Li, Weipeng and Wang, Xu and Wang, Luyao and Zheng, Fuzhong and Wang, Long and Zhang, Haisu},
-  journal = {Remote Sensing},
-  volume  = {15},
-  number  = {18},
-  pages   = {4637},
-  year    = {2023},
-  doi     = {10.3390/rs15184637}
-}
-"""
+_CITATION = MTGFE_CITATION  # one source for the citation (hub_cards.cards)
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
