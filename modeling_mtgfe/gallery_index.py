@@ -38,6 +38,7 @@ import torch
 from safetensors import safe_open
 
 from .retrieval import (
+    IMAGE_EXTENSIONS,
     Candidates,
     ImageFeatures,
     TextFeatures,
@@ -68,7 +69,6 @@ from .index_storage import (  # noqa: F401  (re-exported: the index's public nam
 logger = logging.getLogger(__name__)
 
 TEXTS_FILE = "texts.safetensors"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2")
 FAISS_MIN_GALLERY = 50_000  # below this the exact torch product is as fast and tie-exact
 def list_image_files(folder: str | os.PathLike) -> list[Path]:
     """Image files under `folder`, recursively, sorted by relative path (hidden files and folders skipped)."""

@@ -29,6 +29,7 @@ from PIL import Image
 from transformers import Pipeline
 
 from .retrieval import (
+    IMAGE_EXTENSIONS,
     ImageFeatures,
     TextFeatures,
     _check_search_args,
@@ -41,7 +42,6 @@ from .retrieval import (
 logger = logging.getLogger(__name__)
 
 TASK = "rs-retrieval"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2")
 
 
 @dataclass

@@ -49,6 +49,9 @@ except ImportError:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
+# File endings read as images by folder galleries (index building and the pipeline share this list).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2")
+
 DEFAULT_CHUNK_ELEMENTS = 1 << 24  # 16M float32 scores = 64 MiB per coarse chunk
 DIRECTIONS = ("i2t", "t2i", "both")
 SCORES = ("itm", "itm+itc")
