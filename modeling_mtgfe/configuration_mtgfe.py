@@ -116,6 +116,9 @@ class MTGFEConfig(PreTrainedConfig):
         itm_random_negative_prob (`float`, defaults to 0.0): share of ITM negatives drawn uniformly instead of
             by ITC similarity. RS captions repeat within a class, so pure hard negatives are often false
             negatives (method.md §3.2); random ones also teach ITM the easy cases it meets at large k.
+        itm_near_duplicate_overlap (`float`, *optional*): when set, a caption whose token set overlaps one of
+            the image's own captions in the batch by at least this Jaccard value is never drawn as its ITM
+            negative (nor is that image drawn for the caption). `None`: only identical captions are excluded.
         pad_token_id, cls_token_id, sep_token_id, mask_token_id (`int`): special token ids of the tokenizer
             (BERT uncased defaults). MLM never masks [PAD], [CLS] or [SEP].
         tie_word_embeddings (`bool`, defaults to `True`): tie the MLM decoder to the word embeddings.
@@ -145,6 +148,7 @@ class MTGFEConfig(PreTrainedConfig):
     mvjrc_weight: float = 1.0
     mlm_probability: float = 0.15
     itm_random_negative_prob: float = 0.0
+    itm_near_duplicate_overlap: float | None = None
     pad_token_id: int = 0
     cls_token_id: int = 101
     sep_token_id: int = 102
@@ -187,6 +191,9 @@ class MTGFEConfig(PreTrainedConfig):
             raise ValueError(f"mlm_probability={self.mlm_probability!r} must be in (0, 1).")
         if not 0.0 <= self.itm_random_negative_prob <= 1.0:
             raise ValueError(f"itm_random_negative_prob={self.itm_random_negative_prob!r} must be in [0, 1].")
+        overlap = self.itm_near_duplicate_overlap
+        if overlap is not None and (not isinstance(overlap, (int, float)) or not 0.0 < overlap <= 1.0):
+            raise ValueError(f"itm_near_duplicate_overlap={overlap!r} must be in (0, 1] (or None: identical captions only).")
         if self.image_pooling not in IMAGE_POOLINGS:
             raise ValueError(f"image_pooling={self.image_pooling!r}; allowed: {IMAGE_POOLINGS}.")
         if self.text_pooling not in TEXT_POOLINGS:

@@ -32,6 +32,26 @@ def itc_loss(sim_i2t: torch.Tensor, pos_mask: torch.Tensor) -> torch.Tensor:
     return (i2t + t2i) / 2
 
 
+def caption_overlap(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: tuple[int, ...]) -> torch.Tensor:
+    """`(B, B)` Jaccard overlap of the captions' token sets (special tokens and padding ignored).
+
+    Remote-sensing captions repeat within a class ("there are many buildings" / "there are many
+    buildings and trees"), so a hard negative is often a near-copy of a true caption: training ITM to
+    call it a mismatch teaches noise. This cheap, tokenizer-level overlap lets the sampler skip them.
+    """
+    keep = attention_mask.bool()
+    for token_id in special_ids:
+        keep &= input_ids != token_id
+    vocab = int(input_ids.max()) + 1
+    counts = torch.zeros(input_ids.shape[0], vocab, device=input_ids.device)
+    counts.scatter_add_(1, input_ids.masked_fill(~keep, 0), keep.float())  # dropped tokens add 0
+    bags = (counts > 0).float()
+    inter = bags @ bags.t()
+    sizes = bags.sum(1)
+    union = sizes.view(-1, 1) + sizes.view(1, -1) - inter
+    return inter / union.clamp_min(1)
+
+
 def sample_negatives(
     weights: torch.Tensor,
     forbidden: torch.Tensor,

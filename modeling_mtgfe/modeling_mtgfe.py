@@ -42,6 +42,7 @@ from transformers.utils.generic import can_return_tuple
 from .configuration_efficientnet_lite import EfficientNetLiteConfig
 from .configuration_mtgfe import MTGFEConfig
 from .losses import (
+    caption_overlap,
     itc_loss,
     itm_loss,
     mask_tokens,
@@ -602,8 +603,13 @@ class MTGFEForImageTextRetrieval(MTGFEPreTrainedModel):
             losses["itc"] = itc_loss(sim_i2t, pos)
 
         if config.itm_weight > 0:
-            # Forbidden negatives: the same image, or a caption identical to any caption of that image.
+            # Forbidden negatives: the same image, or a caption identical (or, with itm_near_duplicate_overlap,
+            # nearly identical) to any caption of that image in the batch.
             same_text = text_ids.view(-1, 1) == text_ids.view(1, -1)
+            if config.itm_near_duplicate_overlap is not None:
+                special = (config.pad_token_id, config.cls_token_id, config.sep_token_id)
+                overlap = caption_overlap(input_ids, attention_mask, special)
+                same_text = same_text | (overlap >= config.itm_near_duplicate_overlap)
             forbidden = pos | ((pos.float() @ same_text.float()) > 0)
             with torch.no_grad():
                 if config.itc_weight > 0:
@@ -676,7 +682,14 @@ class MTGFEForImageTextRetrieval(MTGFEPreTrainedModel):
         Text layers `0..fusion_layer-1` become the text encoder and layers `fusion_layer..` the fusion
         encoder (ALBEF's split); cross-attention, projections and heads start fresh. Every copied tensor
         is checked, and the report of what was loaded is logged.
+
+        `num_fusion_layers` (optional) decouples the two stacks: the text encoder still takes source
+        layers `0..fusion_layer-1`, and the fusion encoder gets `num_fusion_layers` layers initialised from
+        the *top* source layers. With a 6-layer MiniLM, `fusion_layer=5, num_fusion_layers=3` gives the
+        retrieval filter the 5-layer text tower of the dual-encoder baseline (a split at 3 leaves the filter
+        only 3 layers, which measurably weakens it on UCM) while the fusion stack starts from layers 3-5.
         """
+        num_fusion_layers = config_kwargs.pop("num_fusion_layers", None)
         vision_model = _load_vision_backbone(vision, config_kwargs)
         text_model = _load_text_backbone(text)
         text_config = text_model.config
@@ -685,16 +698,33 @@ class MTGFEForImageTextRetrieval(MTGFEPreTrainedModel):
                 f"The text checkpoint must be BERT-family (BertConfig); got {type(text_config).__name__}: "
                 "MTGFE's fusion layers reuse BERT's layer layout."
             )
-        config_kwargs.setdefault("fusion_layer", text_config.num_hidden_layers // 2)
+        n_source = text_config.num_hidden_layers
+        config_kwargs.setdefault("fusion_layer", n_source // 2)
+        source_layers = None
+        if num_fusion_layers is not None:
+            fusion_layer = config_kwargs["fusion_layer"]
+            if not isinstance(num_fusion_layers, int) or not 1 <= num_fusion_layers <= n_source:
+                raise ValueError(f"num_fusion_layers={num_fusion_layers!r} must be an int in [1, {n_source}] "
+                                 f"(the text checkpoint has {n_source} layers).")
+            if not isinstance(fusion_layer, int) or not 1 <= fusion_layer <= n_source:
+                raise ValueError(f"fusion_layer={fusion_layer!r} must be an int in [1, {n_source}] with num_fusion_layers.")
+            text_config = BertConfig(**{**text_config.to_dict(), "num_hidden_layers": fusion_layer + num_fusion_layers})
+            source_layers = list(range(fusion_layer)) + list(range(n_source - num_fusion_layers, n_source))
         config = MTGFEConfig(vision_config=vision_model.config, text_config=text_config, **config_kwargs)
         model = cls(config)
-        report = model.load_backbone_weights(vision_model, text_model)
+        report = model.load_backbone_weights(vision_model, text_model, source_layers=source_layers)
         logger.info("Loaded backbone weights: %s", report)
         return model
 
     @torch.no_grad()
-    def load_backbone_weights(self, vision_model: PreTrainedModel, text_model: PreTrainedModel) -> dict[str, int]:
-        """Copy a vision backbone and a BERT model into this model; returns counts of copied tensors."""
+    def load_backbone_weights(
+        self, vision_model: PreTrainedModel, text_model: PreTrainedModel, source_layers: list[int] | None = None
+    ) -> dict[str, int]:
+        """Copy a vision backbone and a BERT model into this model; returns counts of copied tensors.
+
+        `source_layers[i]` is the BERT layer copied into this model's layer `i` (text layers, then fusion
+        layers); by default layer `i` of the source, for as many layers as both have.
+        """
         base = self.mtgfe
         vision_state = {k: v for k, v in vision_model.state_dict().items() if k in base.vision_model.state_dict()}
         missing = set(base.vision_model.state_dict()) - set(vision_state)
@@ -709,9 +739,10 @@ class MTGFEForImageTextRetrieval(MTGFEPreTrainedModel):
         base.embeddings.load_state_dict(embeddings, strict=False)
         copied += len(embeddings)
         layers = list(base.text_encoder) + list(base.fusion_encoder)
-        n_source = self.config.text_config.num_hidden_layers
-        for index, layer in enumerate(layers[:n_source]):
-            source = f"{prefix}encoder.layer.{index}."
+        if source_layers is None:
+            source_layers = list(range(min(len(layers), text_model.config.num_hidden_layers)))
+        for index, (layer, source_index) in enumerate(zip(layers, source_layers)):
+            source = f"{prefix}encoder.layer.{source_index}."
             layer_state = {k[len(source) :]: v for k, v in text_state.items() if k.startswith(source)}
             result = layer.load_state_dict(layer_state, strict=False)
             unexpected_missing = [k for k in result.missing_keys if not k.startswith("crossattention.")]

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from modeling_mtgfe import MTGFEConfig, MTGFEForImageTextRetrieval, MTGFEModel
-from modeling_mtgfe.losses import itc_loss, mask_tokens, positive_mask, sample_negatives, simsiam_loss
+from modeling_mtgfe.losses import (
+    caption_overlap,
+    itc_loss,
+    mask_tokens,
+    positive_mask,
+    sample_negatives,
+    simsiam_loss,
+)
 
 
 def make_batch(config, batch=6, seq=12, seed=0, images_per_batch=None):
@@ -50,6 +57,8 @@ def test_presets_build_and_validate():
         (dict(mvjrc_variant="byol"), "mvjrc_variant"),
         (dict(image_pooling="max"), "image_pooling"),
         (dict(mask_token_id=10**6), "mask_token_id"),
+        (dict(itm_near_duplicate_overlap=0.0), "itm_near_duplicate_overlap"),
+        (dict(itm_near_duplicate_overlap=1.5), "itm_near_duplicate_overlap"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
@@ -268,6 +277,47 @@ def test_hard_negative_sampling_never_picks_a_positive():
         picked = forbidden[torch.arange(8).expand_as(draws), draws]
         assert not picked.any()
     assert forbidden[0, 2] and forbidden[2, 0]  # identical caption across images is never a negative
+
+
+def test_caption_overlap_is_jaccard_of_token_sets_without_specials():
+    # [CLS]=101 [SEP]=102 [PAD]=0; rows: {5,6,7}, {5,6,7,8} (a near copy), {9}, {5,6,7} repeated tokens
+    ids = torch.tensor([[101, 5, 6, 7, 102, 0], [101, 5, 6, 7, 8, 102], [101, 9, 102, 0, 0, 0], [101, 5, 5, 6, 7, 102]])
+    mask = (ids != 0).long()
+    overlap = caption_overlap(ids, mask, (0, 101, 102))
+    assert torch.allclose(overlap.diagonal(), torch.ones(4))
+    assert overlap[0, 1] == pytest.approx(3 / 4) and overlap[1, 0] == pytest.approx(3 / 4)
+    assert overlap[0, 2] == 0 and overlap[0, 3] == 1  # repeats do not count twice
+
+
+def test_near_duplicate_captions_are_never_itm_negatives(monkeypatch):
+    """With itm_near_duplicate_overlap, a near copy of an image's caption is forbidden as its negative."""
+    import modeling_mtgfe.modeling_mtgfe as modeling
+
+    config = MTGFEConfig.from_preset("tiny", mlm_weight=0.0, mvjrc_weight=0.0, itm_near_duplicate_overlap=0.7)
+    model = MTGFEForImageTextRetrieval(config)
+    batch = make_batch(config, batch=6, seq=8)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    ids[0] = torch.tensor([101, 2001, 2002, 2003, 2004, 2005, 2006, 102])  # outside make_batch's 1000-1999 range
+    ids[1] = torch.tensor([101, 2001, 2002, 2003, 2004, 2005, 2007, 102])  # one word changed: overlap 5/7
+    mask[:2] = 1
+    seen = []
+    real = modeling.sample_negatives
+
+    def spy(weights, forbidden, random_prob=0.0, generator=None):
+        seen.append(forbidden.clone())
+        return real(weights, forbidden, random_prob, generator)
+
+    monkeypatch.setattr(modeling, "sample_negatives", spy)
+    overlap = caption_overlap(ids, mask, (config.pad_token_id, config.cls_token_id, config.sep_token_id))
+    assert overlap[0, 1] >= 0.7 > max(overlap[0, 2:].max(), overlap[1, 2:].max())
+    model(**batch)
+    neg_image_forbidden, neg_text_forbidden = seen
+    assert neg_text_forbidden[0, 1] and neg_text_forbidden[1, 0] and neg_image_forbidden[0, 1]
+    assert not neg_text_forbidden[0, 2:].any()
+    model.config.itm_near_duplicate_overlap = None
+    seen.clear()
+    model(**batch)
+    assert not seen[1][0, 1]  # without the option only the same image / identical strings are excluded
 
 
 def test_sampling_errors_when_no_negative_exists():

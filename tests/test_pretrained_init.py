@@ -74,3 +74,32 @@ def test_non_bert_text_checkpoint_is_refused(sources):
 
     with pytest.raises(ValueError, match="BERT-family"):
         MTGFEForImageTextRetrieval.from_vision_text_pretrained(vision, ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=8)))
+
+
+def test_num_fusion_layers_keeps_a_deep_filter_and_copies_the_top_layers(sources):
+    """fusion_layer=5, num_fusion_layers=3: text tower = MiniLM 0-4 (the dual baseline's), fusion = 3-5."""
+    _, text = sources
+    model = MTGFEForImageTextRetrieval.from_vision_text_pretrained(
+        "efficientnet-lite0", "minilm-l6", fusion_layer=5, num_fusion_layers=3
+    )
+    base, text_state = model.mtgfe, text.state_dict()
+    assert len(base.text_encoder) == 5 and len(base.fusion_encoder) == 3
+    assert model.config.text_config.num_hidden_layers == 8 and model.config.num_fusion_layers == 3
+    expected_sources = [0, 1, 2, 3, 4, 3, 4, 5]
+    for layer, source_index in zip(list(base.text_encoder) + list(base.fusion_encoder), expected_sources):
+        for key, value in layer.state_dict().items():
+            if not key.startswith("crossattention."):
+                assert torch.equal(value, text_state[f"encoder.layer.{source_index}.{key}"]), (source_index, key)
+    # the saved config rebuilds the same layout
+    rebuilt = MTGFEForImageTextRetrieval(model.config)
+    assert len(rebuilt.mtgfe.fusion_encoder) == 3
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(fusion_layer=5, num_fusion_layers=0), "num_fusion_layers=0"),
+    (dict(fusion_layer=5, num_fusion_layers=7), "num_fusion_layers=7"),
+    (dict(fusion_layer=7, num_fusion_layers=2), "fusion_layer=7"),
+])
+def test_num_fusion_layers_out_of_range_is_refused(sources, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MTGFEForImageTextRetrieval.from_vision_text_pretrained("efficientnet-lite0", "minilm-l6", **kwargs)

@@ -81,11 +81,19 @@ def test_wrong_type_names_the_key():
         ("model.config.embeddim=8", r"model\.config\.embeddim.*'model\.config\.embed_dim'"),
         ("model.config.itm_weight=2", r"set it as model\.itm_weight"),
         ("freeze.unfreeze_after_steps=3", r"neither freeze\.vision nor freeze\.text"),
+        ("model.num_fusion_layers=3", r"model\.num_fusion_layers=3 needs model\.init"),
+        ("eval.alpha_sweep=[-1]", r"eval\.alpha_sweep=\[-1\.0\] must be a non-empty list of numbers >= 0"),
     ],
 )
 def test_validation_errors(override, match):
     with pytest.raises(ConfigError, match=match):
         make([override])
+
+
+def test_alpha_sweep_needs_the_itm_score():
+    with pytest.raises(ConfigError, match=r"eval\.alpha_sweep=\[1\.0, 2\.0\] needs eval\.score=itm"):
+        make(["eval.alpha_sweep=[1,2]", "eval.score=itm+itc", "eval.alpha=1"])
+    assert make(["eval.alpha_sweep=[0, 2]", "eval.score=itm"]).eval.alpha_sweep == [0.0, 2.0]
 
 
 def test_all_weights_zero():

@@ -76,6 +76,7 @@ class ModelConfig:
     mvjrc_variant: str = "simsiam"
     itm_random_negative_prob: float = 0.0
     fusion_layer: int | None = None
+    num_fusion_layers: int | None = None  # with model.init: fusion stack from the top text layers (see from_vision_text_pretrained)
     config: dict = field(default_factory=dict)
 
 
@@ -131,6 +132,26 @@ class BackboneCacheConfig:
 
 
 @dataclass
+class CVConfig:
+    """k-fold cross-validation over train + val (`folds: null` = the plain train/val split).
+
+    Why: UCM's 210 val images (~1,050 captions) cannot resolve mR differences below ~1-2 points, so
+    selection (configs, alpha, epochs) on val is noise. With `folds: k` the pool of train + val images
+    (UCM: 1,680 + 210 = 1,890; the test split is never pooled) is sorted by file name in natural order
+    (`1.tif, 2.tif, ..., 10.tif`: UCM's class-contiguous numbering then spreads every class evenly)
+    and the image at sorted position p gets fold p % k. The run trains on the other folds and evaluates
+    (in-loop eval, `best/`, eval JSON) on fold `fold`; `cv_folds.json` in `output_dir` lists both roles.
+    One backbone cache over the whole pool serves every fold. A 3-fold CV of a config, then the summary:
+        for f in 0 1 2; do mtgfe-train --config ucm_small --set data.cv.folds=3 --set data.cv.fold=$f \\
+            --set output_dir=outputs/cv/ucm_small_f$f; done
+        mtgfe-cv outputs/cv/ucm_small_f*            # mean ± std over folds (`--json FILE` writes it)
+    """
+
+    folds: int | None = None
+    fold: int = 0
+
+
+@dataclass
 class DataConfig:
     """Where the captions come from and how they are turned into batches.
 
@@ -155,6 +176,7 @@ class DataConfig:
     tokenizer_vocab_size: int = 1000
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     backbone_cache: BackboneCacheConfig = field(default_factory=BackboneCacheConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
 
 
 @dataclass
@@ -218,6 +240,9 @@ class EvalConfig:
     max_images: int | None = None
     selection_metric: str = "mR"
     filter_only: bool = False  # rank by the ITC cosine alone: the dual-encoder rows (ITC-only training)
+    # with score: itm, also report ITM + a * cosine for each a (same candidates, one fusion pass): how alpha
+    # is chosen by cross-validation (data.cv) instead of on the small val split
+    alpha_sweep: list[float] | None = None
 
 
 @dataclass
@@ -546,7 +571,14 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         _fail(source, f"unknown model.mvjrc_variant {m.mvjrc_variant!r}; allowed: {list(MVJRC_VARIANTS)}")
     if not 0.0 <= m.itm_random_negative_prob <= 1.0:
         _fail(source, f"model.itm_random_negative_prob={m.itm_random_negative_prob} must be in [0, 1]")
-    reserved = {"itc_weight", "itm_weight", "mlm_weight", "mvjrc_weight", "mvjrc_variant", "itm_random_negative_prob", "fusion_layer"}
+    if m.num_fusion_layers is not None:
+        if m.init is None:
+            _fail(source, f"model.num_fusion_layers={m.num_fusion_layers} needs model.init (it decides which pretrained "
+                          "text layers start the fusion stack); a preset or saved model fixes its layers itself")
+        if not isinstance(m.num_fusion_layers, int) or m.num_fusion_layers < 1:
+            _fail(source, f"model.num_fusion_layers={m.num_fusion_layers!r} must be an int >= 1 (or null)")
+    reserved = {"itc_weight", "itm_weight", "mlm_weight", "mvjrc_weight", "mvjrc_variant", "itm_random_negative_prob",
+                "fusion_layer", "num_fusion_layers"}
     for key in m.config:
         if key in reserved:
             _fail(source, f"model.config.{key}: set it as model.{key} instead")
@@ -598,6 +630,20 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
             _fail(source, f"data.synthetic.{key}={value} must be >= 1")
     if syn.render_size < 16:
         _fail(source, f"data.synthetic.render_size={syn.render_size} must be >= 16")
+    cv = d.cv
+    if cv.folds is not None:
+        if cv.folds < 2:
+            _fail(source, f"data.cv.folds={cv.folds} must be >= 2 (or null: no cross-validation)")
+        if not 0 <= cv.fold < cv.folds:
+            _fail(source, f"data.cv.fold={cv.fold} must be in [0, {cv.folds - 1}] (data.cv.folds={cv.folds})")
+        if d.dataset == "jsonl" and not (d.train_file and d.val_file):
+            _fail(source, "data.cv pools the train and val captions: data.dataset=jsonl needs data.train_file and "
+                          f"data.val_file (got val_file={d.val_file!r})")
+        if d.train_split == d.val_split or (d.dataset != "jsonl" and "test" in (d.train_split, d.val_split)):
+            _fail(source, f"data.cv pools two distinct non-test splits; got data.train_split={d.train_split!r}, "
+                          f"data.val_split={d.val_split!r}")
+    elif cv.fold != 0:
+        _fail(source, f"data.cv.fold={cv.fold} is set but data.cv.folds is null")
     bc = d.backbone_cache
     if bc.enabled:
         if not cfg.freeze.vision:
@@ -674,6 +720,12 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
     # evaluation, checkpoints, logging
     if e.filter_only and e.exhaustive:
         _fail(source, "eval.filter_only and eval.exhaustive exclude each other (no fusion vs every pair fused)")
+    if e.alpha_sweep is not None:
+        if e.filter_only or e.score != "itm":
+            _fail(source, f"eval.alpha_sweep={e.alpha_sweep} needs eval.score=itm and eval.filter_only=false "
+                          "(the sweep adds a * cosine to the ITM score itself)")
+        if not e.alpha_sweep or any(not isinstance(a, (int, float)) or a < 0 for a in e.alpha_sweep):
+            _fail(source, f"eval.alpha_sweep={e.alpha_sweep} must be a non-empty list of numbers >= 0")
     if e.every < 0:
         _fail(source, f"eval.every={e.every} must be >= 0 (0: no evaluation during training)")
     if e.k < 1:
@@ -768,6 +820,7 @@ __all__ = [
     "BackboneCacheConfig",
     "CheckpointConfig",
     "ConfigError",
+    "CVConfig",
     "DataConfig",
     "EvalConfig",
     "FreezeConfig",

@@ -369,21 +369,26 @@ def build_dataset(
     images: Sequence | None = None,
     extra_columns: dict[str, tuple[Value, Sequence]] | None = None,
     description: str = "",
+    image_ids: Sequence[int] | None = None,
 ) -> Dataset:
     """The one place that turns image records into a dataset of either view.
 
     ``images`` holds one `Image`-encodable value per record (a path, or ``{"bytes", "path"}``), or is
     ``None`` for an annotations-only dataset without an ``image`` column. ``extra_columns`` maps a
     column name to ``(feature, one value per record)``; values repeat over a record's captions in the
-    captions view.
+    captions view. ``image_ids`` replaces the default ids ``0..len(records)-1`` (one per record, e.g. the
+    pool ids of a cross-validation subset, `mtgfe.training.cv`).
     """
     _check_choice("view", view, VIEWS)
     if images is not None and len(images) != len(records):
         raise ValueError(f"got {len(images)} images for {len(records)} records")
+    if image_ids is not None and len(image_ids) != len(records):
+        raise ValueError(f"got {len(image_ids)} image ids for {len(records)} records")
+    record_ids = list(range(len(records))) if image_ids is None else [int(i) for i in image_ids]
     extra_columns = extra_columns or {}
     features = dataset_features(view, images is not None, {k: f for k, (f, _) in extra_columns.items()})
     if view == "images":
-        columns = {"captions": [list(r.captions) for r in records], "image_id": list(range(len(records)))}
+        columns = {"captions": [list(r.captions) for r in records], "image_id": record_ids}
         columns["filename"] = [r.filename for r in records]
         owners = range(len(records))
     else:
@@ -392,7 +397,7 @@ def build_dataset(
         ids: dict[str, int] = {}
         columns = {
             "caption": texts,
-            "image_id": owners,
+            "image_id": [record_ids[i] for i in owners],
             "caption_id": [ids.setdefault(normalize_caption(t), len(ids)) for t in texts],
             "filename": [records[i].filename for i in owners],
         }

@@ -89,6 +89,19 @@ def load_split(cfg: TrainConfig, split: str, view: str):
     return load_rs_benchmark(d.dataset, d.data_dir, split=split, view=view, image_dir=d.image_dir)
 
 
+def load_cv(cfg: TrainConfig):
+    """`data.cv`: the train + val images pooled and cut into folds (`cv.py`): training captions of the
+    other folds, images view of fold `data.cv.fold`, the whole pool (for the backbone cache)."""
+    from .cv import cv_split
+
+    d = cfg.data
+    splits = {split: load_split(cfg, split, "images") for split in (d.train_split, d.val_split)}
+    try:
+        return cv_split(splits, d.cv.folds, d.cv.fold)
+    except ValueError as error:
+        raise ConfigError(f"data.cv: {error}") from None
+
+
 def build_tokenizer(cfg: TrainConfig, train_captions: Sequence[str], accelerator, resume_dir: Path | None):
     """`default` (BERT uncased, matches MiniLM), `wordpiece` (trained on the training captions, small
     vocabulary for models trained from scratch), or a saved tokenizer/processor folder.
@@ -141,6 +154,8 @@ def _model_overrides(cfg: TrainConfig, tokenizer) -> dict:
     }
     if m.fusion_layer is not None:
         overrides["fusion_layer"] = m.fusion_layer
+    if m.num_fusion_layers is not None:  # config validation guarantees model.init (from_vision_text_pretrained)
+        overrides["num_fusion_layers"] = m.num_fusion_layers
     overrides.update(m.config)
     return overrides
 
@@ -178,20 +193,22 @@ def build_model(cfg: TrainConfig, tokenizer):
     return model
 
 
-def load_or_build_backbone_cache(cfg: TrainConfig, model, processor, train_rows, accelerator):
+def load_or_build_backbone_cache(cfg: TrainConfig, model, processor, train_rows, accelerator, pool_rows=None):
     """The frozen backbone's tokens of every training image and cached view (`data.backbone_cache`).
 
     Loaded from `dir` when a file with the same fingerprint exists (images, size, view policy, slots,
     cache seed, backbone weights), else encoded once (main process first when persisted, the other
     ranks then load the file) and written atomically. Costs ~(1 + num_views) x 11 ms per UCM image
     with EfficientNet-Lite0 on 2 cores, once; every training step after that skips the backbone.
+    With `data.cv`, `pool_rows` (every pooled image, pool ids) is what is cached and fingerprinted, so
+    all folds share one file; the cache must hold every training image (it may hold more).
     """
     from . import views
     from .collate import BackboneCache, cache_fingerprint, image_sources
 
     c = cfg.data.backbone_cache
     dtype = getattr(torch, c.dtype)
-    sources, image_ids = image_sources(train_rows)
+    sources, image_ids = image_sources(train_rows if pool_rows is None else pool_rows)
     view_config = {**cfg.views.mvjrc, "image_size": cfg.data.image_size}
     transform = views.MultiViewTransform(config=views.ViewConfig.from_dict(view_config), num_views=1)
     vision = accelerator.unwrap_model(model).mtgfe.vision_model
@@ -215,8 +232,10 @@ def load_or_build_backbone_cache(cfg: TrainConfig, model, processor, train_rows,
         cache, how = (cache or BackboneCache.load(path)), f"built {path}"
     else:
         cache, how = build(), (f"built {path}" if path else "built (in memory only)")
-    if cache.image_ids != list(image_ids):
-        raise ConfigError(f"backbone cache {path} holds other images than the training split; delete it")
+    missing = sorted({int(i) for i in train_rows["image_id"]} - set(cache.image_ids))
+    if missing:
+        raise ConfigError(f"backbone cache {path or '(in memory)'} lacks {len(missing)} of the training images (ids "
+                          f"{missing[:5]}{', ...' if len(missing) > 5 else ''}): it was built for other images; delete it")
     accelerator.print(f"backbone cache {how}: {tuple(cache.tokens.shape)} {c.dtype}, "
                       f"{cache.tokens.numel() * cache.tokens.element_size() / 2**20:.0f} MiB, "
                       f"{time.perf_counter() - start:.1f} s")
@@ -451,13 +470,25 @@ def train(cfg: TrainConfig) -> dict:
     set_seed(cfg.seed)
 
     # ---- data (annotations only so far: images decode lazily) and the checks that need it
-    train_rows = load_split(cfg, cfg.data.train_split, "captions")
+    cv = load_cv(cfg) if cfg.data.cv.folds is not None else None
+    val_name = cfg.data.val_split
+    if cv is not None:
+        from .cv import FOLDS_FILE
+
+        m = cv.membership
+        val_name = f"cv fold {m['fold']}/{m['folds']} of {'+'.join(m['pool_splits'])}"
+        accelerator.print(f"data.cv: {m['pool_images']} pooled images in folds of {m['fold_sizes']}; training on "
+                          f"{m['train']['images']} images ({m['train']['captions']} captions), validating on fold "
+                          f"{m['fold']}: {m['val']['images']} images ({m['val']['captions']} captions)")
+        if accelerator.is_main_process:
+            write_json(m, output_dir / FOLDS_FILE)
+    train_rows = cv.train if cv is not None else load_split(cfg, cfg.data.train_split, "captions")
     cache_cfg = cfg.data.backbone_cache
     train_set = EpochCaptionDataset(train_rows, cfg.data.captions_per_image, seed=cfg.seed,
                                     load_images=not cache_cfg.enabled)
     val_set = None
     if cfg.eval.every > 0 or cfg.eval.at_end:
-        val_set = load_split(cfg, cfg.data.val_split, "images")
+        val_set = cv.val if cv is not None else load_split(cfg, cfg.data.val_split, "images")
         if val_set is None:
             logger.warning("no validation data (data.val_file is not set): evaluation and best/ are skipped")
         elif cfg.eval.max_images is not None and cfg.eval.max_images < len(val_set):
@@ -503,7 +534,8 @@ def train(cfg: TrainConfig) -> dict:
     for param in frozen:
         param.requires_grad_(drop_grads)
     if cache_cfg.enabled:
-        collator.cache = load_or_build_backbone_cache(cfg, model, processor, train_rows, accelerator)
+        collator.cache = load_or_build_backbone_cache(cfg, model, processor, train_rows, accelerator,
+                                                      pool_rows=cv.pool if cv is not None else None)
         collator.dtype = next(model.parameters()).dtype
     groups = param_groups(model, cfg)
     optimizer = torch.optim.AdamW(
@@ -552,7 +584,8 @@ def train(cfg: TrainConfig) -> dict:
                 model, processor, val_set, k=cfg.eval.k, exhaustive=cfg.eval.exhaustive, score=cfg.eval.score,
                 filter_only=cfg.eval.filter_only,
                 alpha=cfg.eval.alpha, batch_size=cfg.eval.batch_size, accelerator=accelerator,
-                dataset_name=cfg.data.dataset, split=cfg.data.val_split, model_path=str(output_dir),
+                dataset_name=cfg.data.dataset, split=val_name, model_path=str(output_dir),
+                alpha_sweep=cfg.eval.alpha_sweep,
             )
         report["step"] = step
         value = report["metrics"][cfg.eval.selection_metric]
