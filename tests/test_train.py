@@ -272,3 +272,24 @@ def test_two_process_freeze_then_unfreeze(tmp_path):
     assert vision and all(torch.equal(states[0][k], states[1][k]) for k in vision)
     assert any(not torch.equal(states[1][k], states[2][k]) for k in vision)
     assert not torch.equal(states[0]["mtgfe.itm_head.weight"], states[1]["mtgfe.itm_head.weight"])
+
+
+def test_two_stage_recipe_trains_its_missing_stage_one_first(tmp_path):
+    """model.pretrained_recipe: stage 1 runs into <pretrained>/.. with the shared data/seed overrides."""
+    from mtgfe.training.config import ConfigError, load_config
+    from mtgfe.training.train import prerequisite_config
+
+    stage1 = tmp_path / "stage1"
+    stage2 = ["model.preset=null", f"model.pretrained={stage1 / 'final'}", "model.pretrained_recipe=synthetic_tiny",
+              "data.tokenizer=default", "max_steps=2", "eval.every=0", "model.mlm_weight=0"]
+    cfg = load_config("synthetic_tiny", BASE[3:] + stage2)
+    first = prerequisite_config(cfg, BASE[3:] + ["seed=3"] + stage2)
+    assert Path(first.output_dir) == stage1 and first.seed == 3 and first.data.synthetic.train_scenes == 48
+    assert first.model.preset == "tiny" and first.data.tokenizer == "wordpiece" and first.max_steps is None
+    assert run(tmp_path / "stage2", *stage2) == 0
+    assert (stage1 / "final" / "model.safetensors").is_file() and (tmp_path / "stage2" / "final").is_dir()
+    assert prerequisite_config(cfg, stage2) is None  # stage 1 exists now: nothing to do first
+    with pytest.raises(ConfigError, match=r"model\.pretrained_recipe='synthetic_tiny' needs model\.pretrained=<its output_dir>/final"):
+        load_config("synthetic_tiny", ["model.preset=null", f"model.pretrained={stage1}", "model.pretrained_recipe=synthetic_tiny"])
+    with pytest.raises(ConfigError, match=r"model\.pretrained_recipe='no_such_recipe': config file no_such_recipe does not exist"):
+        load_config("synthetic_tiny", ["model.preset=null", f"model.pretrained={stage1 / 'final'}", "model.pretrained_recipe=no_such_recipe"])

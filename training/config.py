@@ -77,6 +77,9 @@ class ModelConfig:
     itm_random_negative_prob: float = 0.0
     fusion_layer: int | None = None
     num_fusion_layers: int | None = None  # with model.init: fusion stack from the top text layers (see from_vision_text_pretrained)
+    # Two-stage recipes: the shipped config that produces `pretrained` (which must then be
+    # `<that run's output_dir>/final`); mtgfe-train trains it first when the folder does not exist yet.
+    pretrained_recipe: str | None = None
     config: dict = field(default_factory=dict)
 
 
@@ -559,8 +562,17 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         _fail(source, f"unknown model.preset {m.preset!r}; allowed: {sorted(PRESETS)}")
     if m.init is not None and (not m.init.vision or not m.init.text):
         _fail(source, f"model.init needs both vision and text, got {dataclasses.asdict(m.init)}")
-    if m.pretrained is not None and not Path(m.pretrained).is_dir():
-        _fail(source, f"model.pretrained={m.pretrained!r} is not a folder")
+    if m.pretrained_recipe is not None:
+        if m.pretrained is None or Path(m.pretrained).name != "final":
+            _fail(source, f"model.pretrained_recipe={m.pretrained_recipe!r} needs model.pretrained=<its output_dir>/final, "
+                          f"got model.pretrained={m.pretrained!r}")
+        try:
+            resolve_config_path(m.pretrained_recipe)
+        except ConfigError as error:
+            _fail(source, f"model.pretrained_recipe={m.pretrained_recipe!r}: {error}")
+    elif m.pretrained is not None and not Path(m.pretrained).is_dir():
+        _fail(source, f"model.pretrained={m.pretrained!r} is not a folder (a saved MTGFE model; for the two-stage "
+                      "UCM recipe train stage 1 first: mtgfe-train --config ucm_dual_finetune)")
     weights = cfg.loss_weights
     for name, weight in weights.items():
         if weight < 0:

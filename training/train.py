@@ -713,6 +713,24 @@ def _gather_lists(accelerator, items: list[int]) -> list[list[int]]:
     return gather_object([items])
 
 
+# Overrides that describe the data and the machine, not the model: they apply to a prerequisite stage too
+# (except data.tokenizer: a stage 2 reads its tokenizer from the stage-1 folder).
+STAGE_SHARED_KEYS = ("data.", "seed=", "num_threads=", "mixed_precision=")
+
+
+def prerequisite_config(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig | None:
+    """The stage-1 config of a two-stage recipe (`model.pretrained_recipe`) when its output is missing.
+
+    It writes to the parent of `model.pretrained` (`<output_dir>/final`), and takes the data, seed and
+    machine overrides given for stage 2 (so `--set seed=1 data.cv.fold=2` trains the matching stage 1).
+    """
+    m = cfg.model
+    if m.pretrained_recipe is None or Path(m.pretrained).is_dir():
+        return None
+    shared = [item for item in overrides if item.startswith(STAGE_SHARED_KEYS) and not item.startswith("data.tokenizer")]
+    return load_config(m.pretrained_recipe, shared + [f"output_dir={Path(m.pretrained).parent}"])
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -740,6 +758,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(cfg.to_yaml())
         return 0
     try:
+        stage1 = prerequisite_config(cfg, overrides)
+        if stage1 is not None:
+            sys.stdout.write(f"mtgfe-train: {cfg.model.pretrained} does not exist yet: training its recipe "
+                             f"{cfg.model.pretrained_recipe!r} first (output_dir={stage1.output_dir})\n")
+            train(stage1)
         summary = train(cfg)
     except ConfigError as error:
         sys.stderr.write(f"mtgfe-train: config error: {error}\n")
