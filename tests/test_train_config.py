@@ -227,3 +227,19 @@ def test_param_groups_decay_and_head_lr():
     assert any("text_encoder.0.attention.self.query.weight" in n for n in names["pretrained/decay"])
     all_names = [n for g in groups.values() for n in g["names"]]
     assert len(all_names) == len(set(all_names)) == len({id(p) for p in model.parameters()})
+
+
+def test_head_lr_also_applies_to_a_saved_model_in_model_pretrained(tmp_path):
+    """Regression: stage 2 of a two-stage recipe starts from a saved MTGFE whose ITM head and
+    cross-attention never trained; they used to get optim.lr (3e-5) and ITM stayed a constant predictor."""
+    from modeling_mtgfe import MTGFEConfig, MTGFEForImageTextRetrieval
+    from mtgfe.training.train import param_groups
+
+    model = MTGFEForImageTextRetrieval(MTGFEConfig.from_preset("tiny"))
+    overrides = [f"model.pretrained={tmp_path}", "model.preset=null", "data.tokenizer=default", "optim.lr=1e-5",
+                 "optim.head_lr=5e-5"]
+    groups = {g["group"]: g for g in param_groups(model, make(overrides))}
+    assert any("itm_head" in n for n in groups["new/decay"]["names"]) and groups["new/decay"]["lr"] == 5e-5
+    assert any("crossattention" in n for n in groups["new/decay"]["names"])
+    one_lr = param_groups(model, make(overrides + ["optim.head_lr=null"]))
+    assert {g["lr"] for g in one_lr} == {1e-5}

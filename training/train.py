@@ -250,13 +250,14 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     """AdamW parameter groups: {pretrained, new} × {decay, no decay}.
 
     New parameters (cross-attention, projections, heads; `NEW_PARAMETER_PATTERNS`) get `optim.head_lr`
-    when the backbones are pretrained (`model.init`): fresh layers need a larger step than weights that
-    already work. No weight decay on biases, norm weights, embedding tables, position embeddings, the
+    when the model starts from pretrained weights (`model.init`, or a saved MTGFE in `model.pretrained`,
+    e.g. stage 2 of a two-stage recipe, whose fusion parts never trained in stage 1): fresh layers need a
+    larger step than weights that already work. `optim.head_lr: null` gives every parameter `optim.lr`. No weight decay on biases, norm weights, embedding tables, position embeddings, the
     ITC temperature: decaying them pulls them to 0, which is not a prior anyone wants for them.
     Each group carries `peak_lr`, which the schedule scales.
     """
     o = cfg.optim
-    split_new = cfg.model.init is not None and o.head_lr is not None
+    split_new = backbones_are_pretrained(cfg) and o.head_lr is not None
     groups: dict[tuple[bool, bool], dict] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
