@@ -8,24 +8,15 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from mtgfe.training.config import ConfigError, config_from_dict, load_config
 from mtgfe.training.cv import FOLDS_FILE, assign_folds, cv_split, main as cv_main, natural_key, summarize
 
-from test_train import BASE, records
+from test_train import BASE, one_thread, records  # noqa: F401  (autouse: one intra-op thread)
 
 
 TINY = {"model": {"preset": "tiny"}, "data": {"dataset": "synthetic", "image_size": 32, "tokenizer": "wordpiece"}}
 CACHE = ["freeze.vision=true", "data.backbone_cache.enabled=true", "data.backbone_cache.num_views=2", "views.base={}"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _synthetic_splits(train: int = 10, val: int = 5) -> dict:

@@ -23,3 +23,17 @@ def test_demo_runs_end_to_end(tmp_path):
     assert filtered["num_images"] == exhaustive["num_images"] == 24
     assert filtered["fusion_passes"] < exhaustive["fusion_passes"]
     assert len(out["results"]) == 4 and all(len(r["hits"]) == 3 for r in out["results"])
+
+
+def test_every_demo_recipe_is_a_valid_shipped_config(tmp_path):
+    """The UCM demo runs the two-stage recipe; its stage 1 must resolve (trained first when missing)."""
+    from mtgfe.training.config import load_config
+    from mtgfe.training.demo import DEMO_CONFIGS
+    from mtgfe.training.train import prerequisite_config
+
+    for name, _ in DEMO_CONFIGS.values():
+        cfg = load_config(name, ["output_dir=/nonexistent/demo/model", "model.pretrained=/nonexistent/demo/stage1/final"]
+                          if name == "ucm_fusion" else [])
+        if cfg.model.pretrained_recipe is not None:
+            stage1 = prerequisite_config(cfg, [f"data.data_dir={tmp_path}"])
+            assert stage1.output_dir == "/nonexistent/demo/stage1" and stage1.data.data_dir == str(tmp_path)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,19 +9,10 @@ import torch
 from mtgfe.training.config import ConfigError, load_config
 from mtgfe.training.train import main
 
-from test_train import BASE, _compare, records
+from test_train import BASE, _compare, one_thread, records  # noqa: F401  (autouse: one intra-op thread)
 
 
 CACHE = ["freeze.vision=true", "data.backbone_cache.enabled=true", "data.backbone_cache.num_views=2"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: bit-exact comparisons and no oversubscription on a shared 2-core CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_cache_needs_a_frozen_vision_backbone():

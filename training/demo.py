@@ -4,7 +4,8 @@
     python -m mtgfe.training.demo --data ucm --data-dir ../shared/data
 
 Steps (each one a library call that the CLIs use too):
-1. train a model with the project's own trainer (`synthetic_demo` config, or `ucm_small` for UCM);
+1. train a model with the project's own trainer (`synthetic_demo` config, or the two-stage `ucm_fusion`
+   recipe for UCM: stage 1 `ucm_dual_finetune` first);
 2. write the held-out images to a folder and index it (`GalleryIndex.build`, the `mtgfe-index` path);
 3. run a few text queries through the two-stage search (filter top-k, fusion ITM re-rank);
 4. evaluate the held-out split filtered (top-k) and exhaustively and print R@K / mR side by side;
@@ -27,7 +28,7 @@ from PIL import Image
 logger = logging.getLogger("mtgfe.demo")
 
 # The trainer config each dataset starts from, and the held-out split that becomes the gallery.
-DEMO_CONFIGS = {"synthetic": ("synthetic_demo", "test"), "ucm": ("ucm_small", "test")}
+DEMO_CONFIGS = {"synthetic": ("synthetic_demo", "test"), "ucm": ("ucm_fusion", "test")}
 DEMO_QUERIES = {
     "synthetic": ["two white planes parked near the terminal"],
     "ucm": ["two white planes parked near the terminal", "a river with a bridge across it"],
@@ -82,7 +83,7 @@ def run_demo(args: argparse.Namespace) -> dict:
 
     from .config import load_config
     from .evaluation import evaluate_model, format_table
-    from .train import train
+    from .train import prerequisite_config, train
 
     output = Path(args.output)
     config_name, split = DEMO_CONFIGS[args.data]
@@ -90,8 +91,15 @@ def run_demo(args: argparse.Namespace) -> dict:
     if args.data_dir and args.data != "synthetic":
         overrides.append(f"data.data_dir={args.data_dir}")
     cfg = load_config(config_name, overrides)  # validated before anything expensive
+    if cfg.model.pretrained_recipe is not None:  # a two-stage recipe: its stage 1 lives next to the model
+        overrides.append(f"model.pretrained={output / 'stage1' / 'final'}")
+        cfg = load_config(config_name, overrides)
+    stage1 = prerequisite_config(cfg, overrides)
 
     started = time.perf_counter()
+    if stage1 is not None:
+        print(f"[1/5] training stage 1 `{cfg.model.pretrained_recipe}` -> {stage1.output_dir}")
+        train(stage1)
     print(f"[1/5] training `{config_name}` -> {output / 'model'}")
     summary = train(cfg)
     model_dir = Path(summary["final_dir"])

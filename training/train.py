@@ -46,7 +46,6 @@ from torch import nn
 from transformers.utils import logging
 
 from .config import (
-    BENCHMARK_DATASETS,
     ConfigError,
     TrainConfig,
     build_view_transforms,
