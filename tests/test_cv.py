@@ -158,6 +158,17 @@ def test_fold_runs_share_one_pool_cache_and_summarize(tmp_path, capsys):
     summary = json.loads((tmp_path / "cv.json").read_text())
     assert summary["complete"] and [r["fold"] for r in summary["runs"]] == [0, 1]
 
+    # mtgfe-eval --cv-run scores a fold model on exactly the images its run held out
+    from mtgfe.training.evaluation import main as eval_main
+
+    out_json = tmp_path / "f1_filter.json"
+    assert eval_main(["--model", str(outs[1] / "final"), "--cv-run", str(outs[1]), "--filter-only", "--no-progress",
+                      "--output", str(out_json)]) == 0
+    report = json.loads(out_json.read_text())
+    assert report["num_images"] == 28 and report["split"] == "cv fold 1/2 of train+val" and report["filter_only"]
+    with pytest.raises(SystemExit, match="exactly one of --dataset or --cv-run"):
+        eval_main(["--model", str(outs[1] / "final"), "--filter-only"])
+
 
 def test_cache_must_hold_every_training_image(tmp_path):
     from accelerate import Accelerator

@@ -361,13 +361,34 @@ def load_eval_dataset(name: str, split: str, data_dir: str | None = None, image_
     return dataset
 
 
+def held_out_fold(run_dir: str | Path):
+    """`(images dataset, dataset name, split label)` of the fold a `data.cv` training run held out."""
+    from .config import ConfigError, load_config
+    from .train import load_cv
+
+    config_file = Path(run_dir) / "train_config.yaml"
+    if not config_file.is_file():
+        raise SystemExit(f"mtgfe-eval: --cv-run {run_dir} has no train_config.yaml (not a training output folder)")
+    try:
+        cfg = load_config(config_file)
+    except ConfigError as error:
+        raise SystemExit(f"mtgfe-eval: --cv-run {run_dir}: {error}") from None
+    if cfg.data.cv.folds is None:
+        raise SystemExit(f"mtgfe-eval: --cv-run {run_dir} was not a cross-validation run (data.cv.folds is not set)")
+    c = cfg.data.cv
+    return load_cv(cfg).val, cfg.data.dataset, f"cv fold {c.fold}/{c.folds} of {cfg.data.train_split}+{cfg.data.val_split}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mtgfe-eval",
         description="Evaluate an MTGFE model on text-image retrieval (R@1/5/10 both directions, mR).",
     )
     parser.add_argument("--model", required=True, help="folder saved by save_pretrained (model + processor)")
-    parser.add_argument("--dataset", required=True, help="ucm | sydney | rsicd | rsitmd | synthetic | jsonl")
+    parser.add_argument("--dataset", default=None, help="ucm | sydney | rsicd | rsitmd | synthetic | jsonl")
+    parser.add_argument("--cv-run", default=None, metavar="DIR",
+                        help="instead of --dataset/--split: the held-out fold of this cross-validation training run "
+                             "(its train_config.yaml with data.cv), e.g. to score a fold model filter-only")
     parser.add_argument("--data-dir", default=None, help="benchmark data folder (default: $MTGFE_DATA_DIR or shared/data)")
     parser.add_argument("--image-dir", default=None, help="folder of the images, if not the dataset default")
     parser.add_argument("--data-file", default=None, help="JSONL/CSV caption file for --dataset jsonl")
@@ -404,9 +425,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from modeling_mtgfe import MTGFEModel
     from mtgfe.processing import MTGFEProcessor
 
+    if (args.dataset is None) == (args.cv_run is None):
+        raise SystemExit("mtgfe-eval: give exactly one of --dataset or --cv-run")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    dataset = load_eval_dataset(args.dataset, args.split, args.data_dir, args.image_dir, args.data_file,
-                                args.max_images, args.synthetic_size)
+    if args.cv_run is not None:
+        dataset, args.dataset, args.split = held_out_fold(args.cv_run)
+    else:
+        dataset = load_eval_dataset(args.dataset, args.split, args.data_dir, args.image_dir, args.data_file,
+                                    args.max_images, args.synthetic_size)
     model = MTGFEModel.from_pretrained(args.model).to(accelerator.device).eval()
     processor = MTGFEProcessor.from_pretrained(args.model)
     report = evaluate_model(
