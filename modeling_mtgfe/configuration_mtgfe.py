@@ -119,6 +119,10 @@ class MTGFEConfig(PreTrainedConfig):
         itm_near_duplicate_overlap (`float`, *optional*): when set, a caption whose token set overlaps one of
             the image's own captions in the batch by at least this Jaccard value is never drawn as its ITM
             negative (nor is that image drawn for the caption). `None`: only identical captions are excluded.
+        retrieval_alpha (`float`, *optional*): weight of the filter cosine in the `itm+itc` search score
+            (ITM + alpha * cosine) used by the pipeline, `GalleryIndex` and `mtgfe-search` when the caller gives
+            none. The trainer writes its `eval.alpha` here when `eval.score` is `itm+itc` (a value chosen by
+            cross-validation in the shipped recipes); `None`: 1.0.
         pad_token_id, cls_token_id, sep_token_id, mask_token_id (`int`): special token ids of the tokenizer
             (BERT uncased defaults). MLM never masks [PAD], [CLS] or [SEP].
         tie_word_embeddings (`bool`, defaults to `True`): tie the MLM decoder to the word embeddings.
@@ -149,6 +153,7 @@ class MTGFEConfig(PreTrainedConfig):
     mlm_probability: float = 0.15
     itm_random_negative_prob: float = 0.0
     itm_near_duplicate_overlap: float | None = None
+    retrieval_alpha: float | None = None
     pad_token_id: int = 0
     cls_token_id: int = 101
     sep_token_id: int = 102
@@ -191,6 +196,8 @@ class MTGFEConfig(PreTrainedConfig):
             raise ValueError(f"mlm_probability={self.mlm_probability!r} must be in (0, 1).")
         if not 0.0 <= self.itm_random_negative_prob <= 1.0:
             raise ValueError(f"itm_random_negative_prob={self.itm_random_negative_prob!r} must be in [0, 1].")
+        if self.retrieval_alpha is not None and (not isinstance(self.retrieval_alpha, (int, float)) or self.retrieval_alpha < 0):
+            raise ValueError(f"retrieval_alpha={self.retrieval_alpha!r} must be a number >= 0 (or None: 1.0).")
         overlap = self.itm_near_duplicate_overlap
         if overlap is not None and (not isinstance(overlap, (int, float)) or not 0.0 < overlap <= 1.0):
             raise ValueError(f"itm_near_duplicate_overlap={overlap!r} must be in (0, 1] (or None: identical captions only).")

@@ -631,7 +631,7 @@ def rank_candidates(
 
 
 def resolve_alpha(model, alpha: float | None) -> float:
-    """`alpha` if given, else `model.config.retrieval_alpha` (a value tuned on val by the trainer), else 1.0."""
+    """`alpha` if given, else `model.config.retrieval_alpha` (the trainer's `eval.alpha`), else 1.0."""
     if alpha is not None:
         return float(alpha)
     value = getattr(getattr(model, "config", None), "retrieval_alpha", None)

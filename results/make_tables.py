@@ -80,6 +80,8 @@ def main_table() -> str:
         lines.append(row(f"(c) MTGFE two-stage {name}: ITM + {float(alpha):g}·ITC (α by CV), k = 16", recipe, wall,
                          [blend(r, alpha) for r in reports]))
         lines.append(row("(c) same, ITM alone, k = 16", recipe, "", [blend(r, None) for r in reports]))
+        lines.append(row("(c) same model, its filter alone (no fusion)", recipe, "",
+                         [load(UCM, f"{run}_test_filter.json")["metrics"] for run in runs]))
         lines.append(row("(c) same, filter order (ITM + 100·ITC)", recipe, "", [blend(r, FILTER_ALPHA) for r in reports]))
     return "\n".join(lines)
 
@@ -94,6 +96,10 @@ def paired_table() -> str:
         diffs = [f - d for f, d in zip(fused, dual)]
         lines.append(f"| `{recipe}` ITM + α·ITC − stage-1 filter | {float(alpha):g} | "
                      + " | ".join(f"{d:+.1f}" for d in diffs) + f" | {fmt(diffs)} |")
+        own = [load(UCM, f"{run}_test_filter.json")["metrics"]["mR"] for run in seed_runs(recipe)]
+        diffs = [f - o for f, o in zip(fused, own)]
+        lines.append(f"| `{recipe}` ITM + α·ITC − the same model's filter alone | {float(alpha):g} | "
+                     + " | ".join(f"{d:+.1f}" for d in diffs) + f" | {fmt(diffs)} |")
     return "\n".join(lines)
 
 
@@ -105,6 +111,9 @@ def cv_table() -> str:
                  + ", ".join(f"{r['metrics']['mR']:.1f}" for r in stage1["runs"]) + f" | {fmt([r['metrics']['mR'] for r in stage1['runs']])} |")
     for recipe in ("ucm_fusion_itm", "ucm_fusion"):
         summary = load(UCM, f"cv_{recipe}.json")
+        filters = [load(UCM, f"cv_{recipe}_f{r['fold']}_filter.json")["metrics"]["mR"] for r in summary["runs"]]
+        lines.append(f"| stage 2 `{recipe}`: its filter alone (no fusion) | " + ", ".join(f"{v:.1f}" for v in filters)
+                     + f" | {fmt(filters)} |")
         for alpha in summary["alpha_sweep_mean_mR"]:
             values = [r["alpha_sweep_mR"][alpha] for r in summary["runs"]]
             label = "ITM alone" if float(alpha) == 0 else f"ITM + {float(alpha):g}·ITC"

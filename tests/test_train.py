@@ -293,3 +293,22 @@ def test_two_stage_recipe_trains_its_missing_stage_one_first(tmp_path):
         load_config("synthetic_tiny", ["model.preset=null", f"model.pretrained={stage1}", "model.pretrained_recipe=synthetic_tiny"])
     with pytest.raises(ConfigError, match=r"model\.pretrained_recipe='no_such_recipe': config file no_such_recipe does not exist"):
         load_config("synthetic_tiny", ["model.preset=null", f"model.pretrained={stage1 / 'final'}", "model.pretrained_recipe=no_such_recipe"])
+
+
+def test_eval_alpha_of_an_itm_itc_recipe_becomes_the_models_search_alpha(tmp_path):
+    """eval.score=itm+itc: the saved model carries eval.alpha as config.retrieval_alpha, which the
+    pipeline / GalleryIndex / mtgfe-search use when the caller gives no alpha."""
+    from modeling_mtgfe import MTGFEModel
+    from modeling_mtgfe.retrieval import resolve_alpha
+
+    out = tmp_path / "run"
+    assert run(out, "max_steps=1", "eval.every=0", "eval.score=itm+itc", "eval.alpha=3.5") == 0
+    model = MTGFEModel.from_pretrained(out / "final")
+    assert model.config.retrieval_alpha == 3.5
+    assert resolve_alpha(model, None) == 3.5 and resolve_alpha(model, 0.0) == 0.0
+
+
+def test_the_default_recipe_is_the_shipped_two_stage_ucm_recipe(capsys):
+    assert main(["--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "pretrained_recipe: ucm_dual_finetune" in printed and "score: itm+itc" in printed

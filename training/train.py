@@ -524,6 +524,8 @@ def train(cfg: TrainConfig) -> dict:
 
     # ---- model, freezing, optimizer
     model = build_model(cfg, tokenizer)
+    if cfg.eval.score == "itm+itc":  # the search score the recipe was selected with travels with the model
+        model.config.retrieval_alpha = cfg.eval.alpha
     bn_frozen = freeze_batchnorm(model, cfg)
     frozen = frozen_parameters(model, cfg)
     unfreeze_at = cfg.freeze.unfreeze_after_steps
@@ -713,6 +715,9 @@ def _gather_lists(accelerator, items: list[int]) -> list[list[int]]:
     return gather_object([items])
 
 
+# The recipe `mtgfe-train` runs without --config: the best one measured on UCM (two-stage, alpha by CV).
+DEFAULT_RECIPE = "ucm_fusion"
+
 # Overrides that describe the data and the machine, not the model: they apply to a prerequisite stage too
 # (except data.tokenizer: a stage 2 reads its tokenizer from the stage-1 folder).
 STAGE_SHARED_KEYS = ("data.", "seed=", "num_threads=", "mixed_precision=")
@@ -737,8 +742,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mtgfe-train",
         description="Train MTGFE (ITC + ITM + MLM + MVJRC). Configs: see mtgfe/training/configs/*.yaml.",
     )
-    parser.add_argument("--config", default=None,
-                        help="YAML/JSON config file, or the name of a shipped config (e.g. synthetic_tiny)")
+    parser.add_argument("--config", default=DEFAULT_RECIPE,
+                        help="YAML/JSON config file, or the name of a shipped config (e.g. synthetic_tiny); default: "
+                             f"{DEFAULT_RECIPE}, the best UCM recipe found (results/README.md)")
     parser.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override a config value by its dotted key, e.g. --set optim.lr=1e-4 max_steps=100")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
