@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 UCM, RSICD = HERE / "ucm", HERE / "rsicd"
 RECALLS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10")
-SEEDS = {42: "", 1: "_s1", 2: "_s2"}
+SEEDS = {42: "", 1: "_s1", 2: "_s2"}  # file suffixes of the dual-encoder runs
 FILTER_ALPHA = "100.0"  # ITM + 100 * cosine: the filter's order, ITM only breaking its near-ties
 
 
@@ -56,8 +56,16 @@ def cv_alpha(recipe: str) -> str:
     return load(UCM, f"cv_{recipe}.json")["best_alpha"]
 
 
+# Output folders of each recipe's seeds 42, 1, 2 (seed-42 runs of the first recipes carry no suffix).
+SEED_RUNS = {
+    "ucm_fusion": ["ucm_fusion", "ucm_fusion_s1", "ucm_fusion_s2"],
+    "ucm_fusion_itm": ["ucm_fusion_itm", "ucm_fusion_itm_s1", "ucm_fusion_itm_s2"],
+    "ucm_fusion_itm_mlm": ["ucm_fusion_itm_mlm_s42", "ucm_fusion_itm_mlm_s1", "ucm_fusion_itm_mlm_s2"],
+}
+
+
 def seed_runs(recipe: str) -> list[str]:
-    return [f"{recipe}{suffix}" if recipe != "ucm_fusion_itm_mlm" else f"{recipe}_s{seed}" for seed, suffix in SEEDS.items()]
+    return SEED_RUNS[recipe]
 
 
 def main_table() -> str:

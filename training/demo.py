@@ -83,7 +83,7 @@ def run_demo(args: argparse.Namespace) -> dict:
 
     from .config import load_config
     from .evaluation import evaluate_model, format_table
-    from .train import prerequisite_config, train
+    from .train import train_recipe
 
     output = Path(args.output)
     config_name, split = DEMO_CONFIGS[args.data]
@@ -94,14 +94,10 @@ def run_demo(args: argparse.Namespace) -> dict:
     if cfg.model.pretrained_recipe is not None:  # a two-stage recipe: its stage 1 lives next to the model
         overrides.append(f"model.pretrained={output / 'stage1' / 'final'}")
         cfg = load_config(config_name, overrides)
-    stage1 = prerequisite_config(cfg, overrides)
 
     started = time.perf_counter()
-    if stage1 is not None:
-        print(f"[1/5] training stage 1 `{cfg.model.pretrained_recipe}` -> {stage1.output_dir}")
-        train(stage1)
     print(f"[1/5] training `{config_name}` -> {output / 'model'}")
-    summary = train(cfg)
+    summary = train_recipe(cfg, overrides)  # with its stage 1 first for a two-stage recipe
     model_dir = Path(summary["final_dir"])
     model = MTGFEModel.from_pretrained(model_dir).eval()
     processor = MTGFEProcessor.from_pretrained(model_dir)

@@ -251,8 +251,9 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     New parameters (cross-attention, projections, heads; `NEW_PARAMETER_PATTERNS`) get `optim.head_lr`
     when the model starts from pretrained weights (`model.init`, or a saved MTGFE in `model.pretrained`,
     e.g. stage 2 of a two-stage recipe, whose fusion parts never trained in stage 1): fresh layers need a
-    larger step than weights that already work. `optim.head_lr: null` gives every parameter `optim.lr`. No weight decay on biases, norm weights, embedding tables, position embeddings, the
-    ITC temperature: decaying them pulls them to 0, which is not a prior anyone wants for them.
+    larger step than weights that already work. `optim.head_lr: null` gives every parameter `optim.lr`.
+    No weight decay on biases, norm weights, embedding tables, position embeddings, the ITC temperature:
+    decaying them pulls them to 0, which is not a prior anyone wants for them.
     Each group carries `peak_lr`, which the schedule scales.
     """
     o = cfg.optim
@@ -736,6 +737,16 @@ def prerequisite_config(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConf
     return load_config(m.pretrained_recipe, shared + [f"output_dir={Path(m.pretrained).parent}"])
 
 
+def train_recipe(cfg: TrainConfig, overrides: Sequence[str]) -> dict:
+    """Train `cfg`, first its missing stage 1 when it is a two-stage recipe (`prerequisite_config`)."""
+    stage1 = prerequisite_config(cfg, overrides)
+    if stage1 is not None:
+        print(f"mtgfe-train: {cfg.model.pretrained} does not exist yet: training its recipe "
+              f"{cfg.model.pretrained_recipe!r} first (output_dir={stage1.output_dir})", flush=True)
+        train(stage1)
+    return train(cfg)
+
+
 # ------------------------------------------------------------------------------------------ CLI
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -764,12 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(cfg.to_yaml())
         return 0
     try:
-        stage1 = prerequisite_config(cfg, overrides)
-        if stage1 is not None:
-            sys.stdout.write(f"mtgfe-train: {cfg.model.pretrained} does not exist yet: training its recipe "
-                             f"{cfg.model.pretrained_recipe!r} first (output_dir={stage1.output_dir})\n")
-            train(stage1)
-        summary = train(cfg)
+        summary = train_recipe(cfg, overrides)
     except ConfigError as error:
         sys.stderr.write(f"mtgfe-train: config error: {error}\n")
         return 2
