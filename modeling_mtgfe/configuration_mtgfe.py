@@ -19,6 +19,11 @@ from .configuration_efficientnet_lite import EfficientNetLiteConfig  # noqa: F40
 IMAGE_POOLINGS = ("auto", "cls", "mean")
 TEXT_POOLINGS = ("cls", "mean")
 MVJRC_VARIANTS = ("simsiam", "infonce")
+# How a search ranks its shortlist: the fusion encoder's ITM probability, ITM + alpha * filter cosine, or
+# the filter cosine alone (no fusion pass). Evaluation, the pipeline, `GalleryIndex` and the CLIs all read
+# the defaults from the model config (`retrieval_k`, `retrieval_score`, `retrieval_alpha`), so one saved
+# model ranks the same way everywhere.
+RETRIEVAL_SCORES = ("itm+itc", "itm", "filter")
 
 # Vision model types whose first output token is a [CLS] token (ALBEF reads the image [CLS]).
 _CLS_VISION_TYPES = {"vit", "deit", "dinov2", "clip_vision_model", "siglip_vision_model", "beit", "vit_mae"}
@@ -119,6 +124,9 @@ class MTGFEConfig(PreTrainedConfig):
         itm_near_duplicate_overlap (`float`, *optional*): when set, a caption whose token set overlaps one of
             the image's own captions in the batch by at least this Jaccard value is never drawn as its ITM
             negative (nor is that image drawn for the caption). `None`: only identical captions are excluded.
+        retrieval_k (`int`, defaults to 16): filter candidates per query that the fusion encoder re-ranks.
+        retrieval_score (`str`, defaults to `"itm+itc"`): how the shortlist is ranked, one of
+            `RETRIEVAL_SCORES`: `itm+itc` (ITM + alpha * filter cosine), `itm` (ITM alone) or `filter`.
         retrieval_alpha (`float`, *optional*): weight of the filter cosine in the `itm+itc` search score
             (ITM + alpha * cosine) used by the pipeline, `GalleryIndex` and `mtgfe-search` when the caller gives
             none. The trainer writes its `eval.alpha` here when `eval.score` is `itm+itc` (a value chosen by
@@ -153,6 +161,8 @@ class MTGFEConfig(PreTrainedConfig):
     mlm_probability: float = 0.15
     itm_random_negative_prob: float = 0.0
     itm_near_duplicate_overlap: float | None = None
+    retrieval_k: int = 16
+    retrieval_score: str = "itm+itc"
     retrieval_alpha: float | None = None
     pad_token_id: int = 0
     cls_token_id: int = 101
@@ -198,6 +208,10 @@ class MTGFEConfig(PreTrainedConfig):
             raise ValueError(f"itm_random_negative_prob={self.itm_random_negative_prob!r} must be in [0, 1].")
         if self.retrieval_alpha is not None and (not isinstance(self.retrieval_alpha, (int, float)) or self.retrieval_alpha < 0):
             raise ValueError(f"retrieval_alpha={self.retrieval_alpha!r} must be a number >= 0 (or None: 1.0).")
+        if isinstance(self.retrieval_k, bool) or not isinstance(self.retrieval_k, int) or self.retrieval_k < 1:
+            raise ValueError(f"retrieval_k={self.retrieval_k!r} must be an int >= 1.")
+        if self.retrieval_score not in RETRIEVAL_SCORES:
+            raise ValueError(f"retrieval_score={self.retrieval_score!r}; allowed: {RETRIEVAL_SCORES}.")
         overlap = self.itm_near_duplicate_overlap
         if overlap is not None and (not isinstance(overlap, (int, float)) or not 0.0 < overlap <= 1.0):
             raise ValueError(f"itm_near_duplicate_overlap={overlap!r} must be in (0, 1] (or None: identical captions only).")
