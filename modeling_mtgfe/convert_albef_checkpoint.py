@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from transformers.utils import logging
 
 from .configuration_mtgfe import _BERT_BASE, MTGFEConfig
-from .modeling_mtgfe import MTGFEForImageTextRetrieval
+from .modeling_mtgfe import MTGFEForPreTraining
 
 logger = logging.get_logger(__name__)
 
@@ -420,14 +420,14 @@ def convert_albef_state_dict(
     config: MTGFEConfig,
     source: str = "<state dict>",
     original_names: Mapping[str, str] | None = None,
-) -> tuple[MTGFEForImageTextRetrieval, ConversionReport]:
-    """Place the (prefix-normalised) ALBEF tensors into a fresh `MTGFEForImageTextRetrieval(config)`.
+) -> tuple[MTGFEForPreTraining, ConversionReport]:
+    """Place the (prefix-normalised) ALBEF tensors into a fresh `MTGFEForPreTraining(config)`.
 
     `original_names` maps normalised keys back to the checkpoint's own, so the report names what the
     user's file actually contains (`text_encoder.bert.*` in pre-training checkpoints).
     """
     original_names = original_names or {}
-    model = MTGFEForImageTextRetrieval(config).eval()
+    model = MTGFEForPreTraining(config).eval()
     target = model.state_dict()
     report = ConversionReport(checkpoint=source)
     new_state: dict[str, torch.Tensor] = {}
@@ -512,7 +512,7 @@ def convert_albef_checkpoint(
     special_token_ids: Mapping[str, int] | None = None,
     tokenizer: str | Path | bool | None = None,
     strict: bool = False,
-) -> tuple[MTGFEForImageTextRetrieval, ConversionReport]:
+) -> tuple[MTGFEForPreTraining, ConversionReport]:
     """Convert an ALBEF checkpoint file; save it with `save_pretrained` (safetensors) when `output_dir` is given.
 
     Args:

@@ -5,7 +5,7 @@
     → [{"image": "archive/airport_03.tif", "score": 0.91, "filter_score": 0.42, "rank": 1, "index": 17}, ...]
 
 A gallery is a folder (recursive), a list of image paths / PIL images, or a prebuilt index (anything
-with `.image_embeds`, `.image_tokens`, `.items`, e.g. `modeling_mtgfe.gallery_index.GalleryIndex`).
+with `.image_embeds`, `.image_tokens`, `.items`, e.g. `mtgfe.search.gallery_index.GalleryIndex`).
 Folders and lists are encoded on first use and cached for the next call with the same gallery; build
 a `GalleryIndex` for archives that should not be re-encoded per process.
 
@@ -32,9 +32,10 @@ from .retrieval import (
     IMAGE_EXTENSIONS,
     ImageFeatures,
     TextFeatures,
-    _check_search_args,
+    check_search_args,
     encode_images,
     encode_texts,
+    resolve_search_defaults,
     search_images,
     search_texts,
 )
@@ -87,9 +88,10 @@ class MTGFERetrievalPipeline(Pipeline):
     Call arguments (per call or at construction):
         gallery: folder / list of images / index, for text queries.
         candidates: list of captions (or a text index via `gallery=`), for image queries.
-        top_k (`int`, 5): results per query. k (`int`, 32): filter candidates re-ranked (`k >= top_k`).
-        score (`str`, "itm+itc"): "itm+itc", "itm" or "filter" (no fusion). alpha (`float`): weight of the
-            filter cosine in "itm+itc" (default: `model.config.retrieval_alpha`, else 1.0).
+        top_k (`int`, 5): results per query. k (`int`, `model.config.retrieval_k`): filter candidates
+            re-ranked (`k >= top_k`).
+        score (`str`, `model.config.retrieval_score`): "itm+itc", "itm" or "filter" (no fusion).
+        alpha (`float`, `model.config.retrieval_alpha`, else 1.0): weight of the filter cosine in "itm+itc".
         fusion_batch_size (`int`, 256): pairs per fusion forward. image_batch_size (`int`, 32): gallery encoding.
 
     A list of queries is one batched call and returns one result list per query.
@@ -164,8 +166,11 @@ class MTGFERetrievalPipeline(Pipeline):
         post = {**self._postprocess_params, **post}
         single = not isinstance(inputs, (list, tuple))
         queries = [inputs] if single else list(inputs)
-        top_k, k = fwd.get("top_k", 5), fwd.get("k", 32)
-        _check_search_args(k, top_k, fwd.get("score", "itm+itc"))
+        # Defaults from the model config, resolved once here so invalid values fail before any encoding.
+        fwd["k"], fwd["score"], fwd["alpha"] = resolve_search_defaults(
+            self.model, fwd.get("k"), fwd.get("score"), fwd.get("alpha")
+        )
+        check_search_args(fwd["k"], fwd.get("top_k", 5), fwd["score"])
         model_inputs = self.preprocess(queries, **pre)
         with torch.no_grad():
             outputs = self._forward(model_inputs, **fwd)
@@ -261,8 +266,10 @@ class MTGFERetrievalPipeline(Pipeline):
         self._gallery_cache = (key, encoded)
         return encoded
 
-    def _forward(self, model_inputs, top_k: int = 5, k: int = 32, score: str = "itm+itc", alpha=None,
+    def _forward(self, model_inputs, top_k: int = 5, k: int | None = None, score: str | None = None, alpha=None,
                  fusion_batch_size: int = 256):
+        # k / score / alpha left None fall back to the model config inside search_texts / search_images.
+        k, score, alpha = resolve_search_defaults(self.model, k, score, alpha)
         if model_inputs["mode"] == "text":
             gallery = model_inputs["gallery"]
             tokens = gallery.image_tokens

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from retrieval_helpers import tiny_model, tiny_processor, write_images
 
-from modeling_mtgfe.cli import index_main, search_main
+from mtgfe.search.cli import index_main, search_main
 
 QUERY = "Two white planes parked near the terminal."
 

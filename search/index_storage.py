@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from mtgfe.utils.io import atomic_path, atomic_write_text, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,8 @@ def model_identity(model) -> dict[str, str]:
     }
 
 
-def _mtgfe_version() -> str:
+def mtgfe_version() -> str:
+    """The installed package version, recorded in manifests (informative only: "unknown" from a source tree)."""
     try:
         from importlib.metadata import version
 
@@ -88,16 +90,10 @@ def _mtgfe_version() -> str:
 
 
 # ----------------------------------------------------------------------------------------------- io helpers
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write a safetensors file through `mtgfe.utils.io.atomic_path`: readers never see half a shard."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
 
 
 class TokenStore:
@@ -188,7 +184,7 @@ def check_model(manifest: dict, model, where: str) -> None:
             )
 
 
-class _ShardWriter:
+class ShardWriter:
     """Writes shards of an in-progress build and a `build_state.json` that records them (the resume point)."""
 
     def __init__(self, directory: Path, identity: dict, settings: dict, resume: bool):
@@ -205,7 +201,7 @@ class _ShardWriter:
                     f"{str(directory)!r} holds an interrupted build ({BUILD_STATE_NAME}). Pass resume=True "
                     "(mtgfe-index --resume) to continue it, or delete the folder to start over."
                 )
-            self.state = json.loads(state_path.read_text(encoding="utf-8"))
+            self.state = read_json(state_path, what="index build state")
             for key, value in {**identity, **settings}.items():
                 if key != "model" and self.state.get(key) != value:
                     raise ValueError(
@@ -225,13 +221,13 @@ class _ShardWriter:
             tensors = {"image_embeds": embeds}
             if tokens is not None:
                 tensors["image_tokens"] = tokens
-            _atomic_save_tensors(path, tensors)
+            atomic_save_tensors(path, tensors)
         self.state["shards"].append({"file": name if items else None, "count": len(items), "items": items,
                                      "consumed": consumed})
         self.state["skipped"] = list(skipped)
         # The state is the commit point: written after the shard, so a crash in between only leaves an
         # orphan file that the next write replaces.
-        _atomic_write_text(self.directory / BUILD_STATE_NAME, json.dumps(self.state, ensure_ascii=False))
+        atomic_write_text(self.directory / BUILD_STATE_NAME, json.dumps(self.state, ensure_ascii=False))
         return path
 
     def finish(self) -> None:
@@ -244,9 +240,12 @@ __all__ = [
     "INDEX_FORMAT_VERSION",
     "MANIFEST_NAME",
     "IndexMismatchError",
+    "ShardWriter",
     "TokenStore",
+    "atomic_save_tensors",
     "check_model",
     "config_hash",
     "model_identity",
+    "mtgfe_version",
     "weights_fingerprint",
 ]

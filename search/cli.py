@@ -4,6 +4,12 @@
     mtgfe-search --index /data/archive.idx --model runs/ucm "two white planes near the terminal" --html out.html
 
 Both return an exit code from `main(argv)` so tests call them in-process.
+
+Thread waiting: on small CPU boxes torch's OpenMP threads spin after each op and starve the next matmul
+(measured: a 5 ms text encode took 272 ms right after an image forward). `OMP_WAIT_POLICY=PASSIVE` fixes
+it, but only when set before torch is first imported, and a library must not change its user's process
+environment on import. So the entry points set it (unless the user did) as their first act, and this module
+imports torch and the index code only inside them.
 """
 
 from __future__ import annotations
@@ -11,25 +17,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .gallery_index import BUILD_STATE_NAME, MANIFEST_NAME, GalleryIndex, IndexMismatchError
-from .report_html import is_match, write_contact_sheet, write_html
-
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TOKEN_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def prefer_passive_omp() -> None:
+    """`OMP_WAIT_POLICY=PASSIVE` unless set; effective only when torch is not imported yet (see module docstring)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def load_model_and_processor(model_dir: str, processor_dir: str | None = None):
     """`AutoModel` + `AutoProcessor` from a saved folder (the package registers the MTGFE classes)."""
     from transformers import AutoModel, AutoProcessor
 
-    from . import MTGFEConfig  # noqa: F401 - importing the package registers the Auto classes
+    import modeling_mtgfe  # noqa: F401 - importing the package registers the Auto classes
 
     path = Path(model_dir)
     if not (path / "config.json").is_file():
@@ -74,6 +81,11 @@ def _setup_logging(verbose: bool) -> None:
 
 # ----------------------------------------------------------------------------------------------- mtgfe-index
 def index_main(argv: list[str] | None = None) -> int:
+    prefer_passive_omp()
+    import torch
+
+    from .gallery_index import BUILD_STATE_NAME, MANIFEST_NAME, GalleryIndex, IndexMismatchError
+
     parser = argparse.ArgumentParser(prog="mtgfe-index", description="Encode an image folder into a search index.")
     parser.add_argument("--model", required=True, help="saved MTGFE model folder (with processor files)")
     parser.add_argument("--processor", default=None, help="processor folder, if not beside the model")
@@ -85,7 +97,7 @@ def index_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-tokens", action="store_true",
                         help="store embeddings only (~1 KiB/image instead of ~97 KiB with the small preset); "
                              "re-ranking then needs the original files")
-    parser.add_argument("--tokens-dtype", choices=sorted(_DTYPES), default="float32")
+    parser.add_argument("--tokens-dtype", choices=TOKEN_DTYPES, default="float32")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted build in --output")
     parser.add_argument("--skip-unreadable", action="store_true", help="skip (and list) files that cannot be decoded")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -114,7 +126,7 @@ def index_main(argv: list[str] | None = None) -> int:
                 return 2
             index = GalleryIndex.build(
                 model, processor, args.images, output_dir=output, batch_size=args.batch_size,
-                keep_tokens=not args.no_tokens, tokens_dtype=_DTYPES[args.tokens_dtype] if not args.no_tokens else None,
+                keep_tokens=not args.no_tokens, tokens_dtype=getattr(torch, args.tokens_dtype) if not args.no_tokens else None,
                 shard_size=args.shard_size, resume=args.resume, skip_unreadable=args.skip_unreadable,
                 captions=captions, progress=not args.quiet,
             )
@@ -136,6 +148,8 @@ def index_main(argv: list[str] | None = None) -> int:
 
 # ----------------------------------------------------------------------------------------------- mtgfe-search
 def _table(results: list[dict]) -> str:
+    from .report_html import is_match
+
     lines = []
     for result in results:
         query = result["query"]
@@ -150,15 +164,25 @@ def _table(results: list[dict]) -> str:
 
 
 def search_main(argv: list[str] | None = None) -> int:
+    prefer_passive_omp()
+    from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES
+    from modeling_mtgfe.retrieval import resolve_search_defaults
+
+    from .gallery_index import GalleryIndex, IndexMismatchError
+    from .report_html import write_contact_sheet, write_html
+
     parser = argparse.ArgumentParser(prog="mtgfe-search", description="Search an index with text (or image) queries.")
     parser.add_argument("--index", required=True, help="index folder written by mtgfe-index")
     parser.add_argument("--model", required=True, help="the model folder that built the index")
     parser.add_argument("--processor", default=None)
     parser.add_argument("queries", nargs="+", help="text queries (image paths for a caption index)")
-    parser.add_argument("--k", type=int, default=32, help="filter candidates re-ranked per query")
+    parser.add_argument("--k", type=int, default=None,
+                        help="filter candidates re-ranked per query (default: the model config's retrieval_k)")
     parser.add_argument("--top-k", type=int, default=5, help="results shown per query")
-    parser.add_argument("--score", choices=("itm+itc", "itm", "filter"), default="itm+itc")
-    parser.add_argument("--alpha", type=float, default=None, help="filter weight in itm+itc")
+    parser.add_argument("--score", choices=RETRIEVAL_SCORES, default=None,
+                        help="ranking of the shortlist (default: the model config's retrieval_score)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="filter weight in itm+itc (default: the model config's retrieval_alpha, else 1.0)")
     parser.add_argument("--html", default=None, help="write a self-contained HTML page")
     parser.add_argument("--png", default=None, help="write a contact sheet")
     parser.add_argument("--json", default=None, help="write the raw results")
@@ -168,13 +192,14 @@ def search_main(argv: list[str] | None = None) -> int:
     try:
         model, processor = load_model_and_processor(args.model, args.processor)
         index = GalleryIndex.load(args.index, model=model, processor=processor)
-        hits = index.search(list(args.queries), k=args.k, top_k=args.top_k, score=args.score, alpha=args.alpha)
+        k, score, alpha = resolve_search_defaults(model, args.k, args.score, args.alpha)
+        hits = index.search(list(args.queries), k=k, top_k=args.top_k, score=score, alpha=alpha)
     except (FileNotFoundError, ValueError, IndexMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     results: list[dict[str, Any]] = [{"query": q, "hits": h} for q, h in zip(args.queries, hits)]
     print(_table(results))
-    meta = {"index": args.index, "model": args.model, "k": args.k, "score": args.score, "images": len(index)}
+    meta = {"index": args.index, "model": args.model, "k": k, "score": score, "images": len(index)}
     if args.html:
         write_html(args.html, results, meta=meta)
         print(f"wrote {args.html}")

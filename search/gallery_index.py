@@ -37,32 +37,33 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from .retrieval import (
+from modeling_mtgfe.retrieval import (
     IMAGE_EXTENSIONS,
     Candidates,
     ImageFeatures,
     TextFeatures,
-    _progress,
     coarse_topk,
     encode_images,
     encode_texts,
+    progress_bar,
+    resolve_search_defaults,
     search_images,
     search_texts,
 )
+from mtgfe.utils.io import atomic_write_text, read_json
 
 from .index_storage import (  # noqa: F401  (re-exported: the index's public names)
     BUILD_STATE_NAME,
     INDEX_FORMAT_VERSION,
     MANIFEST_NAME,
     IndexMismatchError,
+    ShardWriter,
     TokenStore,
-    _atomic_save_tensors,
-    _atomic_write_text,
-    _mtgfe_version,
-    _ShardWriter,
+    atomic_save_tensors,
     check_model,
     config_hash,
     model_identity,
+    mtgfe_version,
     weights_fingerprint,
 )
 
@@ -229,7 +230,7 @@ class GalleryIndex:
                 f"Cannot index a {type(source).__name__}: pass a folder, a datasets split (images view), a list of "
                 "images/paths, or a list of captions."
             )
-        writer = _ShardWriter(Path(output_dir), identity, settings, resume) if output_dir is not None else None
+        writer = ShardWriter(Path(output_dir), identity, settings, resume) if output_dir is not None else None
         done = writer.consumed if writer else 0
         if writer is not None:
             recorded = [c for shard in writer.state["shards"] for c in shard["consumed"]]
@@ -249,7 +250,7 @@ class GalleryIndex:
                 logger.info("Resuming %s after %d of %d source entries", output_dir, done, total)
         embeds, tokens, items, consumed = [], [], [], []
         pending = 0
-        bar = _progress(None, progress, total=total, initial=done, desc="indexing images", unit="img") if progress else None
+        bar = progress_bar(None, progress, total=total, initial=done, desc="indexing images", unit="img") if progress else None
         for images, batch_items, batch_consumed in batches(done, batch_size):
             if images:
                 feats = encode_images(model, processor, images, batch_size=batch_size, keep_tokens=keep_tokens,
@@ -407,7 +408,7 @@ class GalleryIndex:
         else:
             gen = self._list_batches(list(images), skip_unreadable, skipped)
         added = 0
-        for batch, items, _ in _progress(gen(0, batch_size), progress, desc="adding images", unit="batch"):
+        for batch, items, _ in progress_bar(gen(0, batch_size), progress, desc="adding images", unit="batch"):
             if not batch:
                 continue
             dtype = self.image_tokens.dtype if keep_tokens else None
@@ -424,7 +425,7 @@ class GalleryIndex:
         directory.mkdir(parents=True, exist_ok=True)
         if self.kind == "texts":
             f = self.text_features
-            _atomic_save_tensors(directory / TEXTS_FILE, {
+            atomic_save_tensors(directory / TEXTS_FILE, {
                 "text_embeds": f.embeds, "text_states": f.states, "text_attention_mask": f.attention_mask,
                 "text_inverse": f.inverse})
             self.manifest["distinct_texts"] = f.texts
@@ -444,7 +445,7 @@ class GalleryIndex:
             tensors = {"image_embeds": self.image_embeds[s:e].contiguous()}
             if self.image_tokens is not None:
                 tensors["image_tokens"] = self.image_tokens.rows(s, e)
-            _atomic_save_tensors(directory / name, tensors)
+            atomic_save_tensors(directory / name, tensors)
             shards.append({"file": name, "count": e - s})
             number += 1
         self._saved_shards = shards
@@ -461,7 +462,7 @@ class GalleryIndex:
             items=self.items,
             created=manifest.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            mtgfe_version=_mtgfe_version(),
+            mtgfe_version=mtgfe_version(),
         )
         if self.kind == "images":
             manifest["shards"] = self._saved_shards
@@ -470,7 +471,7 @@ class GalleryIndex:
                 manifest["token_shape"] = list(self.image_tokens.token_shape)
                 manifest["tokens_dtype"] = str(self.image_tokens.dtype).replace("torch.", "")
         self.manifest = manifest
-        _atomic_write_text(directory / MANIFEST_NAME, json.dumps(manifest, indent=1, ensure_ascii=False))
+        atomic_write_text(directory / MANIFEST_NAME, json.dumps(manifest, indent=1, ensure_ascii=False))
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model=None, processor=None, load_tokens: bool = True) -> "GalleryIndex":
@@ -480,7 +481,7 @@ class GalleryIndex:
         if not path.is_file():
             hint = " An interrupted build is there: rerun with --resume." if (directory / BUILD_STATE_NAME).is_file() else ""
             raise FileNotFoundError(f"No index manifest at {str(path)!r}.{hint}")
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = read_json(path, what="index manifest")
         if manifest.get("format_version") != INDEX_FORMAT_VERSION:
             raise ValueError(f"{str(path)!r} has index format {manifest.get('format_version')}, expected {INDEX_FORMAT_VERSION}.")
         if model is not None:
@@ -527,9 +528,9 @@ class GalleryIndex:
     def search(
         self,
         query_texts: str | Sequence[str],
-        k: int | None = 32,
+        k: int | None = None,
         top_k: int = 10,
-        score: str = "itm+itc",
+        score: str | None = None,
         alpha: float | None = None,
         batch_size: int = 256,
         model=None,
@@ -538,9 +539,11 @@ class GalleryIndex:
         """Text→image search (image index): per query `[{"image", "score", "filter_score", "rank", ...}]`.
 
         A single string gives one list; a list of strings a list of lists. On a text index, pass images
-        (paths / PIL) instead to get `[{"text", ...}]`.
+        (paths / PIL) instead to get `[{"text", ...}]`. `k`, `score` and `alpha` left `None` come from the
+        model config (`retrieval_k`, `retrieval_score`, `retrieval_alpha`), like the pipeline's.
         """
         model, processor = self._require_model(model, processor)
+        k, score, alpha = resolve_search_defaults(model, k, score, alpha)
         single = isinstance(query_texts, str) or not isinstance(query_texts, (list, tuple))
         queries = [query_texts] if single else list(query_texts)
         if len(self) == 0:

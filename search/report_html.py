@@ -19,6 +19,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from mtgfe.utils.io import atomic_path, atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 ImageLoader = Callable[[Any], Image.Image]
@@ -122,12 +124,9 @@ def render_html(
 
 
 def write_html(path: str | os.PathLike, results: Sequence[dict], **kwargs) -> str:
-    """Render and write atomically (tmp + replace); returns the path."""
+    """Render and write atomically (`mtgfe.utils.io`: a mailed-around page is never half written); returns the path."""
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(render_html(results, **kwargs))
-    os.replace(tmp, path)
+    atomic_write_text(path, render_html(results, **kwargs))
     return path
 
 
@@ -180,10 +179,10 @@ def _wrap(text: str, width: int) -> str:
 
 
 def write_contact_sheet(path: str | os.PathLike, results: Sequence[dict], **kwargs) -> str:
+    """Render and write the PNG atomically (tmp sibling + replace, `mtgfe.utils.io.atomic_path`); returns the path."""
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    render_contact_sheet(results, **kwargs).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        render_contact_sheet(results, **kwargs).save(tmp, format="PNG")
     return path
 
 
