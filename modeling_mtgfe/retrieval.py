@@ -64,9 +64,9 @@ IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".webp", "
 # regime (a 100k gallery is 40 queries per chunk), so the former 2**24 here bought nothing but 4x the peak.
 DEFAULT_CHUNK_ELEMENTS = 1 << 22
 DIRECTIONS = ("i2t", "t2i", "both")
-# Ways to rank a shortlist, from the model config (the one definition): searches accept all of them;
-# scoring candidates (`rerank`, `score_candidates`) needs a fusion score, so "filter" is not one there.
-SEARCH_SCORES = RETRIEVAL_SCORES
+# Fusion scores, from the model config's RETRIEVAL_SCORES (the one definition): scoring candidates
+# (`rerank`, `score_candidates`) needs a fusion pass, so "filter" is not one here; query-level search
+# (`pipeline_mtgfe.search_texts`) accepts all of RETRIEVAL_SCORES as SEARCH_SCORES.
 SCORES = tuple(score for score in RETRIEVAL_SCORES if score != "filter")
 
 
@@ -644,134 +644,20 @@ def rank_candidates(
 
 def resolve_alpha(model, alpha: float | None) -> float:
     """`alpha` if given, else `model.config.retrieval_alpha` (the trainer's `eval.alpha`), else 1.0."""
-    return resolve_search_defaults(model, 1, "itm+itc", alpha)[2]
-
-
-def resolve_search_defaults(model, k: int | None, score: str | None, alpha: float | None) -> tuple[int, str, float]:
-    """Fill what the caller left `None` from the model config: `retrieval_k`, `retrieval_score`, `retrieval_alpha`.
-
-    Why the config: one saved model then ranks the same way in the pipeline, `GalleryIndex.search` and
-    `mtgfe-search` (the trainer writes its tuned `eval.alpha` there). A config without the fields (a
-    foreign or older one) gets `MTGFEConfig`'s defaults; `retrieval_alpha=None` means 1.0.
-    """
-    config = getattr(model, "config", None)
-    if k is None:
-        k = getattr(config, "retrieval_k", None) or MTGFEConfig.retrieval_k
-    if score is None:
-        score = getattr(config, "retrieval_score", None) or MTGFEConfig.retrieval_score
-    if alpha is None:
-        alpha = getattr(config, "retrieval_alpha", None)
-    return k, score, 1.0 if alpha is None else float(alpha)
-
-
-def check_search_args(k: int | None, top_k: int, score: str) -> None:
-    """Validate search arguments before any model work (shared by the pipeline and the search functions)."""
-    if score not in SEARCH_SCORES:
-        raise ValueError(f"score must be one of {SEARCH_SCORES}, got {score!r}.")
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
-    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
-        raise ValueError(f"k must be a positive integer, got {k!r}.")
-    if k is not None and k < top_k:
-        raise ValueError(
-            f"k={k} is smaller than top_k={top_k}: the re-ranker can only return the k filter candidates it "
-            "scores. Raise k (or lower top_k)."
-        )
-
-
-def _hits(ranked: list[tuple[int, float, float]], top_k: int) -> list[dict[str, Any]]:
-    return [
-        {"index": index, "score": float(score), "filter_score": float(filt), "rank": rank}
-        for rank, (index, score, filt) in enumerate(ranked[:top_k], start=1)
-    ]
-
-
-def _filter_only(cands: Candidates, top_k: int) -> list[list[dict[str, Any]]]:
-    return [
-        _hits(list(zip(ix.tolist(), sc.tolist(), sc.tolist())), top_k) for ix, sc in zip(cands.indices, cands.scores)
-    ]
-
-
-@torch.no_grad()
-def search_texts(
-    model,
-    processor,
-    queries: Sequence[str],
-    image_feats: ImageFeatures,
-    k: int | None = None,
-    top_k: int = 10,
-    score: str | None = None,
-    alpha: float | None = None,
-    batch_size: int = 256,
-    coarse_fn: Callable[[torch.Tensor, int], Candidates] | None = None,
-    cache_tokens: bool = True,
-    images: Sequence[Any] | None = None,
-) -> list[list[dict[str, Any]]]:
-    """Text→image search: per query, the `top_k` best gallery rows as `{"index", "score", "filter_score", "rank"}`.
-
-    `score="filter"` ranks by the filter cosine alone (no fusion); `"itm"` / `"itm+itc"` re-rank the `k`
-    filter candidates (whole tie groups) with the ITM head (`k >=` gallery size: every image). `k`, `score`
-    and `alpha` left `None` come from the model config (`resolve_search_defaults`). `coarse_fn(query_embeds,
-    k)` replaces the exact torch coarse stage (e.g. FAISS). Identical queries are encoded and scored once.
-    """
-    k, score, alpha = resolve_search_defaults(model, k, score, alpha)
-    check_search_args(k, top_k, score)
-    if len(image_feats) == 0:
-        raise ValueError("The gallery is empty: nothing to search.")
-    text_feats = encode_texts(model, processor, queries, keep_states=score != "filter")
-    want = k if score != "filter" else top_k
-    coarse = coarse_fn or (lambda q, kk: coarse_topk(q, image_feats.embeds, kk))
-    cands = coarse(text_feats.embeds, want)
-    if score == "filter":
-        per_distinct = _filter_only(cands, top_k)
-        return [per_distinct[int(row)] for row in text_feats.inverse]
-    result = score_candidates(model, image_feats, text_feats, candidates_t2i=cands, score="itm+itc" if score == "itm+itc" else "itm",
-                              alpha=alpha, batch_size=batch_size, cache_tokens=cache_tokens,
-                              images=images, processor=processor, build_matrices=False)
-    per_distinct = [_hits(rank_candidates(result, row, "t2i"), top_k) for row in range(text_feats.num_distinct)]
-    return [per_distinct[int(row)] for row in text_feats.inverse]
-
-
-@torch.no_grad()
-def search_images(
-    model,
-    processor,
-    query_images: Sequence[Any],
-    text_feats: TextFeatures,
-    k: int | None = None,
-    top_k: int = 10,
-    score: str | None = None,
-    alpha: float | None = None,
-    batch_size: int = 256,
-) -> list[list[dict[str, Any]]]:
-    """Image→text search against encoded candidate captions; `"index"` is an input-caption index.
-
-    `k`, `score` and `alpha` left `None` come from the model config, as in `search_texts`.
-    """
-    k, score, alpha = resolve_search_defaults(model, k, score, alpha)
-    check_search_args(k, top_k, score)
-    if len(text_feats) == 0:
-        raise ValueError("There are no candidate texts to search.")
-    image_feats = encode_images(model, processor, query_images, keep_tokens=score != "filter", progress=False)
-    want = k if score != "filter" else top_k
-    cands = coarse_topk(image_feats.embeds, text_feats.embeds, want, gallery_inverse=text_feats.inverse)
-    if score == "filter":
-        return _filter_only(cands, top_k)
-    result = score_candidates(model, image_feats, text_feats, candidates_i2t=cands, score="itm+itc" if score == "itm+itc" else "itm",
-                              alpha=alpha, batch_size=batch_size, build_matrices=False)
-    return [_hits(rank_candidates(result, i, "i2t", text_feats), top_k) for i in range(len(image_feats))]
+    if alpha is not None:
+        return float(alpha)
+    value = getattr(getattr(model, "config", None), "retrieval_alpha", None)
+    return 1.0 if value is None else float(value)
 
 
 __all__ = [
     "DEFAULT_CHUNK_ELEMENTS",
     "IMAGE_EXTENSIONS",
     "SCORES",
-    "SEARCH_SCORES",
     "Candidates",
     "ImageFeatures",
     "RerankResult",
     "TextFeatures",
-    "check_search_args",
     "coarse_topk",
     "encode_images",
     "encode_texts",
@@ -780,9 +666,6 @@ __all__ = [
     "rank_candidates",
     "rerank",
     "resolve_alpha",
-    "resolve_search_defaults",
     "score_candidates",
-    "search_images",
-    "search_texts",
     "score_pairs",
 ]

@@ -166,7 +166,7 @@ def _table(results: list[dict]) -> str:
 def search_main(argv: list[str] | None = None) -> int:
     prefer_passive_omp()
     from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES
-    from modeling_mtgfe.retrieval import resolve_search_defaults
+    from modeling_mtgfe.pipeline_mtgfe import resolve_search_defaults
 
     from .gallery_index import GalleryIndex, IndexMismatchError
     from .report_html import write_contact_sheet, write_html

@@ -46,10 +46,8 @@ from modeling_mtgfe.retrieval import (
     encode_images,
     encode_texts,
     progress_bar,
-    resolve_search_defaults,
-    search_images,
-    search_texts,
 )
+from modeling_mtgfe.pipeline_mtgfe import resolve_search_defaults, search_images, search_texts
 from mtgfe.utils.io import atomic_write_text, read_json
 
 from .index_storage import (  # noqa: F401  (re-exported: the index's public names)
