@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging
 
-from .configuration_mtgfe import _BERT_BASE, MTGFEConfig
+from .configuration_mtgfe import PRESETS, MTGFEConfig
 from .modeling_mtgfe import MTGFEForPreTraining
 
 logger = logging.get_logger(__name__)
@@ -65,7 +65,7 @@ ALBEF_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
 
 # Named text configs for `--text-config`; ALBEF's configs/config_bert.json is BERT-base uncased.
 TEXT_CONFIGS: dict[str, dict[str, Any]] = {
-    "bert-base": dict(_BERT_BASE, type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu"),
+    "bert-base": dict(PRESETS["base"]["text_config"], type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu"),
 }
 
 VISION_PREFIX = "visual_encoder."
