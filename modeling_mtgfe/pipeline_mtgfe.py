@@ -169,7 +169,6 @@ def search_images(
     return [_hits(rank_candidates(result, i, "i2t", text_feats), top_k) for i in range(len(image_feats))]
 
 
-
 # ----------------------------------------------------------------------------------------------- pipeline
 
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from .configuration_mtgfe import RETRIEVAL_SCORES, MTGFEConfig
+from .configuration_mtgfe import RETRIEVAL_SCORES
 
 try:  # tqdm ships with transformers; the guard only keeps progress bars optional
     from tqdm.auto import tqdm
