@@ -650,6 +650,22 @@ def resolve_alpha(model, alpha: float | None) -> float:
     return 1.0 if value is None else float(value)
 
 
+# Query-level search moved to pipeline_mtgfe.py (issue #12); the old names resolve lazily, with a warning
+# (importlib, not an import at the top: pipeline_mtgfe imports this module).
+_MOVED_TO_PIPELINE = ("SEARCH_SCORES", "search_images", "search_texts")
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_PIPELINE:
+        import importlib
+        import warnings
+
+        warnings.warn(f"modeling_mtgfe.retrieval.{name} moved to modeling_mtgfe.pipeline_mtgfe.{name}.",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(".pipeline_mtgfe", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "DEFAULT_CHUNK_ELEMENTS",
     "IMAGE_EXTENSIONS",

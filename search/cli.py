@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mtgfe.utils.io import atomic_write_json, read_json
+
 logger = logging.getLogger(__name__)
 
 TOKEN_DTYPES = ("bfloat16", "float16", "float32")
@@ -57,10 +59,9 @@ def _read_captions(path: str | None) -> dict[str, list[str]]:
     """Ground truth for ✓ marks: JSON `{file: [captions]}` or JSONL rows with `filename` + `captions`/`caption`."""
     if not path:
         return {}
-    text = Path(path).read_text(encoding="utf-8")
     if path.endswith(".jsonl"):
         table: dict[str, list[str]] = {}
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
             row = json.loads(line)
@@ -69,7 +70,7 @@ def _read_captions(path: str | None) -> dict[str, list[str]]:
             caps = row.get("captions") or ([row["caption"]] if "caption" in row else [])
             table.setdefault(row["filename"], []).extend(caps)
         return table
-    data = json.loads(text)
+    data = read_json(path, what="captions file")  # a broken file is a FileFormatError naming it
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object mapping file names to caption lists.")
     return {k: [v] if isinstance(v, str) else list(v) for k, v in data.items()}
@@ -207,7 +208,7 @@ def search_main(argv: list[str] | None = None) -> int:
         write_contact_sheet(args.png, results)
         print(f"wrote {args.png}")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
+        atomic_write_json(args.json, results, indent=1)
     return 0
 
 

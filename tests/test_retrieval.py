@@ -224,3 +224,12 @@ def test_model_features_have_one_return_type(setup):
     assert isinstance(text_embeds, torch.Tensor) and isinstance(text_features, MTGFETextFeatures)
     torch.testing.assert_close(embeds, features.image_embeds)
     torch.testing.assert_close(text_embeds, text_features.text_embeds)
+
+
+def test_search_functions_moved_to_the_pipeline_module_keep_their_old_path():
+    import modeling_mtgfe.pipeline_mtgfe as pipeline_module
+    import modeling_mtgfe.retrieval as retrieval
+
+    for name in ("search_texts", "search_images", "SEARCH_SCORES"):
+        with pytest.warns(DeprecationWarning, match=f"pipeline_mtgfe.{name}"):
+            assert getattr(retrieval, name) is getattr(pipeline_module, name)
