@@ -224,6 +224,13 @@ def test_model_features_have_one_return_type(setup):
     assert isinstance(text_embeds, torch.Tensor) and isinstance(text_features, MTGFETextFeatures)
     torch.testing.assert_close(embeds, features.image_embeds)
     torch.testing.assert_close(text_embeds, text_features.text_embeds)
+    # the pre-#12 flag still works (model cards show it), with a warning pointing at the new methods
+    with pytest.warns(DeprecationWarning, match="get_image_retrieval_features"), torch.no_grad():
+        old = model.get_image_features(pixel_values, output_tokens=True)
+    torch.testing.assert_close(old.image_tokens, features.image_tokens)
+    with pytest.warns(DeprecationWarning, match="get_text_retrieval_features"), torch.no_grad():
+        old_text = model.get_text_features(text["input_ids"], text["attention_mask"], output_tokens=True)
+    torch.testing.assert_close(old_text.text_states, text_features.text_states)
 
 
 def test_search_functions_moved_to_the_pipeline_module_keep_their_old_path():
