@@ -179,7 +179,7 @@ def bench_itm_throughput(args) -> None:
     n_img, k = args.itm_images, args.itm_k
     with torch.no_grad():
         dummy = torch.zeros(1, 3, config.image_size, config.image_size)
-        num_tokens = base.get_image_features(dummy, output_tokens=True).image_tokens.shape[1]
+        num_tokens = base.get_image_retrieval_features(dummy).image_tokens.shape[1]
     hidden = config.text_config.hidden_size
     length = args.text_len
     torch.manual_seed(0)
@@ -307,7 +307,7 @@ def bench_latency(args) -> None:
     config = model.config
     with torch.no_grad():
         dummy = torch.zeros(1, 3, config.image_size, config.image_size)
-        num_tokens = model.get_image_features(dummy, output_tokens=True).image_tokens.shape[1]
+        num_tokens = model.get_image_retrieval_features(dummy).image_tokens.shape[1]
     torch.manual_seed(0)
     pool = torch.randn(256, num_tokens, config.text_config.hidden_size)
     queries = ["two white planes parked near the terminal", "a green farmland with a river next to a road",
@@ -383,7 +383,7 @@ def _peak_since(rss_before: float) -> float:
 def _memory_child(preset: str, n_images: int, keep_tokens: bool, queue) -> None:
     torch.set_num_threads(2)
     logging.disable(logging.WARNING)
-    from modeling_mtgfe.gallery_index import GalleryIndex
+    from mtgfe.search.gallery_index import GalleryIndex
     from mtgfe.training.synthetic import load_synthetic
 
     model, processor, _ = load_model(None, preset)

@@ -4,22 +4,25 @@ Importing this package registers the config, models, processors and the `rs-retr
 the transformers Auto classes (idempotently, `exist_ok=True`), and marks the classes for
 `register_for_auto_class` so that every `save_pretrained` folder carries flat remote code + `auto_map`
 and loads with `trust_remote_code=True` where this package is not installed.
+
+The folder holds the model only (configs, models, losses, the pipeline and its scoring core
+`retrieval.py`, converters); the search application (gallery index, CLIs, reports) is `mtgfe.search`.
+`gallery_index`, `index_storage`, `cli` and `report_html` here are deprecated shims to it.
+
+Importing the package changes no environment variable: `OMP_WAIT_POLICY=PASSIVE` (which matters on small
+CPU boxes) is set by the console scripts, and library users export it themselves (README, "Search").
+`MTGFEForImageTextRetrieval` is a deprecated alias of `MTGFEForPreTraining` (see `modeling_mtgfe.py`).
 """
 
-import os
+import warnings
 
-# On small CPU boxes torch's OpenMP threads spin after each op and starve the next matmul (measured
-# here: a 5 ms text encode took 272 ms right after an image forward). PASSIVE waiting fixes it; it only
-# takes effect before torch is first imported, and an explicit user setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining, AutoProcessor  # noqa: E402
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining, AutoProcessor
 
 from .configuration_efficientnet_lite import EfficientNetLiteConfig
 from .configuration_mtgfe import PRESETS, MTGFEConfig
 from .modeling_efficientnet_lite import EfficientNetLiteModel
 from .modeling_mtgfe import (
-    MTGFEForImageTextRetrieval,
+    MTGFEForPreTraining,
     MTGFEImageFeatures,
     MTGFEModel,
     MTGFEModelOutput,
@@ -36,7 +39,7 @@ def _register() -> None:
     AutoConfig.register("mtgfe", MTGFEConfig, exist_ok=True)
     AutoConfig.register(EfficientNetLiteConfig.model_type, EfficientNetLiteConfig, exist_ok=True)
     AutoModel.register(MTGFEConfig, MTGFEModel, exist_ok=True)
-    AutoModelForPreTraining.register(MTGFEConfig, MTGFEForImageTextRetrieval, exist_ok=True)
+    AutoModelForPreTraining.register(MTGFEConfig, MTGFEForPreTraining, exist_ok=True)
     AutoModel.register(EfficientNetLiteConfig, EfficientNetLiteModel, exist_ok=True)
     AutoImageProcessor.register(MTGFEConfig, image_processor_classes={"pil": MTGFEImageProcessor}, exist_ok=True)
     AutoProcessor.register(MTGFEConfig, MTGFEProcessor, exist_ok=True)
@@ -47,19 +50,33 @@ def _register() -> None:
 
     MTGFEConfig.register_for_auto_class()
     MTGFEModel.register_for_auto_class("AutoModel")
-    MTGFEForImageTextRetrieval.register_for_auto_class("AutoModelForPreTraining")
+    MTGFEForPreTraining.register_for_auto_class("AutoModelForPreTraining")
     MTGFEImageProcessor.register_for_auto_class("AutoImageProcessor")
     MTGFEProcessor.register_for_auto_class("AutoProcessor")
 
 
 _register()
 
+
+def __getattr__(name: str):
+    """Deprecated names: `MTGFEForImageTextRetrieval` -> `MTGFEForPreTraining` (warns, see `modeling_mtgfe.py`)."""
+    if name == "MTGFEForImageTextRetrieval":
+        warnings.warn(
+            "MTGFEForImageTextRetrieval is deprecated: the loss-computing model is now MTGFEForPreTraining "
+            "(transformers naming, like BertForPreTraining); the old name will be removed in a later release.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return MTGFEForPreTraining
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "PRESETS",
     "EfficientNetLiteConfig",
     "EfficientNetLiteModel",
     "MTGFEConfig",
-    "MTGFEForImageTextRetrieval",
+    "MTGFEForPreTraining",
     "MTGFEImageFeatures",
     "MTGFEModel",
     "MTGFEModelOutput",

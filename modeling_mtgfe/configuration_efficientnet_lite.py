@@ -10,6 +10,7 @@ its own. This file travels as Hub remote code: it imports only third-party packa
 import math
 
 from transformers import AutoConfig, PreTrainedConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 
 # (width_coefficient, depth_coefficient, native resolution, classifier dropout) from the TF
@@ -241,6 +242,10 @@ class EfficientNetLiteConfig(PreTrainedConfig):
         return height * width
 
 
-AutoConfig.register("mtgfe_efficientnet_lite", EfficientNetLiteConfig, exist_ok=True)
+# Register only when nothing holds the name yet: a Hub remote-code copy of this file (imported, e.g., by an
+# `rs-retrieval` pipeline loaded with trust_remote_code) must not replace the installed package's class, or
+# later `Auto*.from_pretrained` calls in the same process would see a config class without a local model.
+if "mtgfe_efficientnet_lite" not in CONFIG_MAPPING:
+    AutoConfig.register("mtgfe_efficientnet_lite", EfficientNetLiteConfig)
 
 __all__ = ["EFFICIENTNET_LITE_VARIANTS", "EfficientNetLiteConfig"]

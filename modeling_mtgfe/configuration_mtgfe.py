@@ -12,6 +12,7 @@ This file travels as Hub remote code: it imports only third-party packages and s
 from __future__ import annotations
 
 from transformers import AutoConfig, BertConfig
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
 from .configuration_efficientnet_lite import EfficientNetLiteConfig  # noqa: F401  (registers it with AutoConfig)
@@ -274,6 +275,10 @@ class MTGFEConfig(PreTrainedConfig):
         return cls(**kwargs)
 
 
-AutoConfig.register("mtgfe", MTGFEConfig, exist_ok=True)
+# Register only when nothing holds the name yet: a Hub remote-code copy of this file (imported, e.g., by an
+# `rs-retrieval` pipeline loaded with trust_remote_code) must not replace the installed package's class, or
+# later `Auto*.from_pretrained` calls in the same process would see a config class without a local model.
+if "mtgfe" not in CONFIG_MAPPING:
+    AutoConfig.register("mtgfe", MTGFEConfig)
 
 __all__ = ["MTGFEConfig", "PRESETS"]

@@ -54,8 +54,8 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging
 
-from .configuration_mtgfe import _BERT_BASE, MTGFEConfig
-from .modeling_mtgfe import MTGFEForImageTextRetrieval
+from .configuration_mtgfe import PRESETS, MTGFEConfig
+from .modeling_mtgfe import MTGFEForPreTraining
 
 logger = logging.get_logger(__name__)
 
@@ -65,7 +65,7 @@ ALBEF_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
 
 # Named text configs for `--text-config`; ALBEF's configs/config_bert.json is BERT-base uncased.
 TEXT_CONFIGS: dict[str, dict[str, Any]] = {
-    "bert-base": dict(_BERT_BASE, type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu"),
+    "bert-base": dict(PRESETS["base"]["text_config"], type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu"),
 }
 
 VISION_PREFIX = "visual_encoder."
@@ -420,14 +420,14 @@ def convert_albef_state_dict(
     config: MTGFEConfig,
     source: str = "<state dict>",
     original_names: Mapping[str, str] | None = None,
-) -> tuple[MTGFEForImageTextRetrieval, ConversionReport]:
-    """Place the (prefix-normalised) ALBEF tensors into a fresh `MTGFEForImageTextRetrieval(config)`.
+) -> tuple[MTGFEForPreTraining, ConversionReport]:
+    """Place the (prefix-normalised) ALBEF tensors into a fresh `MTGFEForPreTraining(config)`.
 
     `original_names` maps normalised keys back to the checkpoint's own, so the report names what the
     user's file actually contains (`text_encoder.bert.*` in pre-training checkpoints).
     """
     original_names = original_names or {}
-    model = MTGFEForImageTextRetrieval(config).eval()
+    model = MTGFEForPreTraining(config).eval()
     target = model.state_dict()
     report = ConversionReport(checkpoint=source)
     new_state: dict[str, torch.Tensor] = {}
@@ -512,7 +512,7 @@ def convert_albef_checkpoint(
     special_token_ids: Mapping[str, int] | None = None,
     tokenizer: str | Path | bool | None = None,
     strict: bool = False,
-) -> tuple[MTGFEForImageTextRetrieval, ConversionReport]:
+) -> tuple[MTGFEForPreTraining, ConversionReport]:
     """Convert an ALBEF checkpoint file; save it with `save_pretrained` (safetensors) when `output_dir` is given.
 
     Args:

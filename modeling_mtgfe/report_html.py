@@ -1,190 +1,20 @@
-"""Human-readable search reports: a self-contained HTML page and a PNG contact sheet.
+"""Deprecated location of `mtgfe.search.report_html` (the HTML report moved out of the model folder, issue #12).
 
-Why self-contained: result pages get mailed around and opened on machines without the archive, so
-thumbnails are embedded as base64 JPEG and there are no external assets. A ✓ marks a hit whose
-ground-truth captions (when the gallery has them) contain the query, after normalisation.
+A thin shim, not part of the Hub remote-code set (no modeling/config file imports it): importing it warns
+once and makes `modeling_mtgfe.report_html` the very module `mtgfe.search.report_html`, so old imports, entry points
+and monkeypatches keep working. It will be removed in a later release.
 """
 
-from __future__ import annotations
+import sys
+import warnings
 
-import base64
-import datetime as _dt
-import html
-import io
-import logging
-import os
-import re
-from collections.abc import Callable, Sequence
-from typing import Any
+warnings.warn(
+    "modeling_mtgfe.report_html moved to mtgfe.search.report_html; import it from there "
+    "(the old path will be removed in a later release).",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from mtgfe.search import report_html as _moved  # noqa: E402
 
-logger = logging.getLogger(__name__)
-
-ImageLoader = Callable[[Any], Image.Image]
-
-
-def normalize_caption(text: str) -> str:
-    """Lowercase, collapse whitespace, drop trailing punctuation: how captions are compared for ✓ marks."""
-    return re.sub(r"\s+", " ", text.lower()).strip().rstrip(".!?;, ").strip()
-
-
-def is_match(query: Any, hit: dict) -> bool | None:
-    """True/False when the hit has ground truth to judge by, None when it has none."""
-    if not isinstance(query, str):
-        return None
-    if hit.get("captions"):
-        wanted = normalize_caption(query)
-        return any(normalize_caption(c) == wanted for c in hit["captions"])
-    return None
-
-
-def _default_loader(source: Any) -> Image.Image:
-    if isinstance(source, Image.Image):
-        return source
-    from mtgfe.processing.image_decoding import load_image  # RS-robust: 16-bit TIFF, multi-band, palette
-
-    return load_image(source)
-
-
-def _thumbnail(source: Any, size: int, loader: ImageLoader) -> Image.Image | None:
-    try:
-        image = loader(source).convert("RGB")
-    except (OSError, ValueError, TypeError) as error:  # decode errors are ValueErrors (ImageDecodeError)
-        logger.warning("No thumbnail for %r: %s", source, error)
-        return None
-    return ImageOps.contain(image, (size, size))  # up- or down-scaled to fit, aspect kept
-
-
-def _jpeg_data_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
-h1{font-size:1.3em} h2{font-size:1.1em;margin-top:1.6em}
-.row{display:flex;flex-wrap:wrap;gap:12px}
-.hit{width:%(w)dpx;border:3px solid #ddd;border-radius:6px;padding:4px;font-size:12px}
-.hit.ok{border-color:#2a2} .hit.no{border-color:#ddd}
-.hit img{width:%(w)dpx;height:auto;display:block}
-.missing{width:%(w)dpx;height:%(w)dpx;background:#eee;display:flex;align-items:center;justify-content:center;color:#888}
-.name{word-break:break-all;color:#555} .mark{color:#2a2;font-weight:bold}
-.meta{color:#777;font-size:12px}
-"""
-
-
-def render_html(
-    results: Sequence[dict],
-    title: str = "MTGFE search results",
-    thumbnail_size: int = 160,
-    image_loader: ImageLoader | None = None,
-    meta: dict | None = None,
-) -> str:
-    """One section per query: rank, score, filter score, ✓ and an embedded thumbnail per hit.
-
-    `results`: `[{"query": str | image, "hits": [{"image" or "text", "score", "filter_score", "rank",
-    "captions"?}, ...]}, ...]`.
-    """
-    loader = image_loader or _default_loader
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{_CSS % {'w': thumbnail_size}}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-    ]
-    info = {"generated": _dt.datetime.now().isoformat(timespec="seconds"), **(meta or {})}
-    parts.append("<p class='meta'>" + " · ".join(f"{html.escape(str(k))}: {html.escape(str(v))}" for k, v in info.items()) + "</p>")
-    for result in results:
-        query = result["query"]
-        label = query if isinstance(query, str) else os.fspath(query) if isinstance(query, os.PathLike) else "image query"
-        parts.append(f"<h2 class='query'>{html.escape(str(label))}</h2><div class='row'>")
-        for hit in result["hits"]:
-            match = is_match(query, hit)
-            css = "hit ok" if match else "hit no" if match is False else "hit"
-            mark = "<span class='mark' title='a ground-truth caption matches the query'>✓</span> " if match else ""
-            if "text" in hit and "image" not in hit:
-                body = f"<div>{html.escape(hit['text'])}</div>"
-                name = ""
-            else:
-                thumb = _thumbnail(hit["image"], thumbnail_size, loader)
-                body = (f"<img src='{_jpeg_data_uri(thumb)}' alt='{html.escape(str(hit['image']))}'>" if thumb
-                        else "<div class='missing'>no preview</div>")
-                name = f"<div class='name'>{html.escape(str(hit['image']))}</div>"
-            parts.append(
-                f"<div class='{css}' data-rank='{hit['rank']}'>{body}"
-                f"<div>{mark}#{hit['rank']} score {hit['score']:.4f}</div>"
-                f"<div>filter {hit['filter_score']:.4f}</div>{name}</div>"
-            )
-        parts.append("</div>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
-
-
-def write_html(path: str | os.PathLike, results: Sequence[dict], **kwargs) -> str:
-    """Render and write atomically (tmp + replace); returns the path."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(render_html(results, **kwargs))
-    os.replace(tmp, path)
-    return path
-
-
-def render_contact_sheet(
-    results: Sequence[dict],
-    thumbnail_size: int = 128,
-    image_loader: ImageLoader | None = None,
-) -> Image.Image:
-    """A grid: one row per query (its text on top), one cell per hit with rank/score; green frame = ✓."""
-    loader = image_loader or _default_loader
-    font = ImageFont.load_default()
-    columns = max((len(r["hits"]) for r in results), default=1) or 1
-    pad, header, footer = 6, 18, 28
-    cell_w, cell_h = thumbnail_size + 2 * pad, thumbnail_size + footer + 2 * pad
-    sheet = Image.new("RGB", (columns * cell_w, len(results) * (cell_h + header)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for row, result in enumerate(results):
-        top = row * (cell_h + header)
-        query = result["query"]
-        label = query if isinstance(query, str) else str(getattr(query, "filename", "") or query)
-        draw.text((pad, top + 3), str(label)[:160], fill="black", font=font)
-        for col, hit in enumerate(result["hits"]):
-            x, y = col * cell_w + pad, top + header + pad
-            match = is_match(query, hit)
-            if "image" in hit:
-                thumb = _thumbnail(hit["image"], thumbnail_size, loader)
-                if thumb is not None:
-                    sheet.paste(thumb, (x, y))
-                else:
-                    draw.rectangle([x, y, x + thumbnail_size, y + thumbnail_size], fill="#eeeeee")
-            else:
-                draw.multiline_text((x, y), _wrap(hit.get("text", ""), 22), fill="black", font=font)
-            if match:
-                draw.rectangle([x - 3, y - 3, x + thumbnail_size + 2, y + thumbnail_size + 2], outline="#22aa22", width=3)
-            mark = " OK" if match else ""
-            draw.text((x, y + thumbnail_size + 3), f"#{hit['rank']}  score {hit['score']:.3f}{mark}", fill="black", font=font)
-            draw.text((x, y + thumbnail_size + 15), f"filter {hit['filter_score']:.3f}", fill="#555555", font=font)
-    return sheet
-
-
-def _wrap(text: str, width: int) -> str:
-    words, lines, line = text.split(), [], ""
-    for word in words:
-        if len(line) + len(word) + 1 > width and line:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}".strip()
-    return "\n".join([*lines, line][:8])
-
-
-def write_contact_sheet(path: str | os.PathLike, results: Sequence[dict], **kwargs) -> str:
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    render_contact_sheet(results, **kwargs).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
-
-
-__all__ = ["is_match", "normalize_caption", "render_contact_sheet", "render_html", "write_contact_sheet", "write_html"]
+sys.modules[__name__] = _moved

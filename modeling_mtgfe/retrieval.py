@@ -42,6 +42,8 @@ from typing import Any
 
 import torch
 
+from .configuration_mtgfe import RETRIEVAL_SCORES
+
 try:  # tqdm ships with transformers; the guard only keeps progress bars optional
     from tqdm.auto import tqdm
 except ImportError:  # pragma: no cover
@@ -49,14 +51,23 @@ except ImportError:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-# File endings read as images by folder galleries (index building and the pipeline share this list).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".jp2")
+# File endings read as images: the package's one list (folder galleries, the pipeline, the search index and
+# the benchmark loaders in `mtgfe.training.data` all use it). Every entry is one `load_image` decodes: PIL
+# reads PNG/JPEG/BMP/GIF/WebP/JPEG 2000 (its wheels bundle libwebp and OpenJPEG), TIFFs PIL cannot open go
+# through tifffile. The order is the benchmark loaders' preference when an annotation's stem exists with
+# several endings (TIFF originals first); matching by ending does not depend on it.
+IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".jp2")
 
-DEFAULT_CHUNK_ELEMENTS = 1 << 24  # 16M float32 scores = 64 MiB per coarse chunk
+# Scores per chunk of a chunked similarity product: 16M float32 = 64 MiB (plus same-shaped bool masks where
+# ties are counted). The package's one value; it was 2**24 here and 2**22 in the tie-aware metrics. 2**24 is
+# kept because it is measurably faster for the coarse top-k (2,000 x 50,000 queries x gallery, 2 threads:
+# 2.6 s against 3.0-3.4 s at 2**22) while a few 64 MiB chunks are negligible beside a loaded model.
+DEFAULT_CHUNK_ELEMENTS = 1 << 24
 DIRECTIONS = ("i2t", "t2i", "both")
-SCORES = ("itm", "itm+itc")
-SEARCH_SCORES = ("itm+itc", "itm", "filter")
-DEFAULT_ALPHA = 1.0  # weight of the filter cosine in "itm+itc" search when the model config names none
+# Fusion scores, from the model config's RETRIEVAL_SCORES (the one definition): scoring candidates
+# (`rerank`, `score_candidates`) needs a fusion pass, so "filter" is not one here; query-level search
+# (`pipeline_mtgfe.search_texts`) accepts all of RETRIEVAL_SCORES as SEARCH_SCORES.
+SCORES = tuple(score for score in RETRIEVAL_SCORES if score != "filter")
 
 
 # ----------------------------------------------------------------------------------------------- features
@@ -147,9 +158,9 @@ class RerankResult:
 
 # ----------------------------------------------------------------------------------------------- helpers
 def _base(model):
-    """The module holding `fuse`/`itm_head`: `MTGFEModel` itself or `.mtgfe` of the training wrapper."""
+    """The module holding the retrieval API: `MTGFEModel` itself or `.mtgfe` of the pretraining model."""
     base = getattr(model, "mtgfe", model)
-    for name in ("fuse", "image_key_values", "itm_head", "get_image_features", "get_text_features"):
+    for name in ("image_key_values", "compute_itm_scores", "get_image_retrieval_features", "get_text_retrieval_features"):
         if not hasattr(base, name):
             raise TypeError(f"{type(model).__name__} is not an MTGFE model: it has no `{name}`.")
     return base
@@ -160,7 +171,8 @@ def _device_dtype(model) -> tuple[torch.device, torch.dtype]:
     return param.device, param.dtype
 
 
-def _progress(iterable, enabled: bool, **kwargs):
+def progress_bar(iterable, enabled: bool, **kwargs):
+    """`tqdm(iterable)` when `enabled` and tqdm is installed, else `iterable` (used by the search index too)."""
     if enabled and tqdm is not None:
         return tqdm(iterable, **kwargs)
     return iterable
@@ -199,9 +211,9 @@ def encode_images(
     device, dtype = _device_dtype(base)
     embeds, tokens = [], []
     steps = range(0, len(images), batch_size)
-    for start in _progress(steps, progress, desc="encoding images", unit="batch"):
+    for start in progress_bar(steps, progress, desc="encoding images", unit="batch"):
         pixel_values = _pixel_values(processor, images[start : start + batch_size]).to(device=device, dtype=dtype)
-        out = base.get_image_features(pixel_values, output_tokens=True)
+        out = base.get_image_retrieval_features(pixel_values)
         embeds.append(out.image_embeds.float().cpu())
         if keep_tokens:
             tokens.append(out.image_tokens.to(dtype=tokens_dtype or out.image_tokens.dtype).cpu())
@@ -259,9 +271,9 @@ def encode_texts(
 
     embeds, states = [], []
     steps = range(0, input_ids.shape[0], batch_size)
-    for start in _progress(steps, progress, desc="encoding texts", unit="batch"):
+    for start in progress_bar(steps, progress, desc="encoding texts", unit="batch"):
         ids = input_ids[start : start + batch_size].to(device)
-        out = base.get_text_features(ids, mask[start : start + batch_size].to(device), output_tokens=True)
+        out = base.get_text_retrieval_features(ids, mask[start : start + batch_size].to(device))
         embeds.append(out.text_embeds.float().cpu())
         if keep_states:
             states.append(out.text_states.cpu())
@@ -413,7 +425,7 @@ def score_pairs(
         for _, _, p0, p1 in groups:
             perm = torch.sort(lengths[texts[p0:p1]], stable=True).indices + p0
             images[p0:p1], texts[p0:p1], order[p0:p1] = images[perm], texts[perm], order[perm]
-    bar = _progress(groups, progress, desc="re-ranking", unit="group")
+    bar = progress_bar(groups, progress, desc="re-ranking", unit="group")
     for g0, g1, p0, p1 in bar:
         rows = group_images[g0:g1]
         if image_tokens is not None:
@@ -429,14 +441,14 @@ def score_pairs(
             text_rows = texts[s:e]
             image_index = None if rows.numel() == 1 else local[s - p0 : e - p0].to(device)
             width = int(lengths[text_rows].max()) if trim else states.shape[1]
-            joint = base.fuse(
+            scores = base.compute_itm_scores(
+                None,
                 states[text_rows, :width].to(device=device, dtype=dtype),
                 masks[text_rows, :width].to(device),
-                image_key_values=key_values,
                 image_index=image_index,
+                image_key_values=key_values,
             )
-            # Same reduction as MTGFEModel.compute_itm_scores (softmax of the ITM head, class 1).
-            out[order[s:e]] = base.itm_head(joint[:, 0]).float().softmax(-1)[:, 1].cpu()
+            out[order[s:e]] = scores.cpu()
     stats["fusion_passes"] = stats.get("fusion_passes", 0) + num_pairs
     return out
 
@@ -512,7 +524,7 @@ def score_candidates(
 
         def encode_fn(rows: torch.Tensor) -> torch.Tensor:
             pixel_values = _pixel_values(processor, [images[int(r)] for r in rows]).to(device=device, dtype=dtype)
-            return base.get_image_features(pixel_values, output_tokens=True).image_tokens
+            return base.get_image_retrieval_features(pixel_values).image_tokens
 
     pair_itm = score_pairs(model, pair_image, pair_text, text_feats, image_tokens=tokens, encode_fn=encode_fn,
                            batch_size=batch_size, progress=progress, stats=stats, trim_batches=trim_batches)
@@ -635,101 +647,29 @@ def resolve_alpha(model, alpha: float | None) -> float:
     if alpha is not None:
         return float(alpha)
     value = getattr(getattr(model, "config", None), "retrieval_alpha", None)
-    return float(value) if value is not None else DEFAULT_ALPHA
+    return 1.0 if value is None else float(value)
 
 
-def _check_search_args(k: int | None, top_k: int, score: str) -> None:
-    if score not in SEARCH_SCORES:
-        raise ValueError(f"score must be one of {SEARCH_SCORES}, got {score!r}.")
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
-    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
-        raise ValueError(f"k must be a positive integer, got {k!r}.")
-    if k is not None and k < top_k:
-        raise ValueError(
-            f"k={k} is smaller than top_k={top_k}: the re-ranker can only return the k filter candidates it "
-            "scores. Raise k (or lower top_k)."
-        )
+# Query-level search moved to pipeline_mtgfe.py (issue #12); the old names resolve lazily, with a warning
+# (importlib, not an import at the top: pipeline_mtgfe imports this module).
+_MOVED_TO_PIPELINE = ("SEARCH_SCORES", "search_images", "search_texts")
 
 
-def _hits(ranked: list[tuple[int, float, float]], top_k: int) -> list[dict[str, Any]]:
-    return [
-        {"index": index, "score": float(score), "filter_score": float(filt), "rank": rank}
-        for rank, (index, score, filt) in enumerate(ranked[:top_k], start=1)
-    ]
+def __getattr__(name: str):
+    if name in _MOVED_TO_PIPELINE:
+        import importlib
+        import warnings
 
-
-def _filter_only(cands: Candidates, top_k: int) -> list[list[dict[str, Any]]]:
-    return [
-        _hits(list(zip(ix.tolist(), sc.tolist(), sc.tolist())), top_k) for ix, sc in zip(cands.indices, cands.scores)
-    ]
-
-
-@torch.no_grad()
-def search_texts(
-    model,
-    processor,
-    queries: Sequence[str],
-    image_feats: ImageFeatures,
-    k: int | None = 32,
-    top_k: int = 10,
-    score: str = "itm+itc",
-    alpha: float | None = None,
-    batch_size: int = 256,
-    coarse_fn: Callable[[torch.Tensor, int], Candidates] | None = None,
-    cache_tokens: bool = True,
-    images: Sequence[Any] | None = None,
-) -> list[list[dict[str, Any]]]:
-    """Text→image search: per query, the `top_k` best gallery rows as `{"index", "score", "filter_score", "rank"}`.
-
-    `score="filter"` ranks by the filter cosine alone (no fusion); `"itm"` / `"itm+itc"` re-rank the `k`
-    filter candidates (whole tie groups) with the ITM head. `coarse_fn(query_embeds, k)` replaces the exact
-    torch coarse stage (e.g. FAISS). Identical queries are encoded and scored once.
-    """
-    _check_search_args(k, top_k, score)
-    if len(image_feats) == 0:
-        raise ValueError("The gallery is empty: nothing to search.")
-    text_feats = encode_texts(model, processor, queries, keep_states=score != "filter")
-    want = k if score != "filter" else top_k
-    coarse = coarse_fn or (lambda q, kk: coarse_topk(q, image_feats.embeds, kk))
-    cands = coarse(text_feats.embeds, want)
-    if score == "filter":
-        per_distinct = _filter_only(cands, top_k)
-        return [per_distinct[int(row)] for row in text_feats.inverse]
-    result = score_candidates(model, image_feats, text_feats, candidates_t2i=cands, score="itm+itc" if score == "itm+itc" else "itm",
-                              alpha=resolve_alpha(model, alpha), batch_size=batch_size, cache_tokens=cache_tokens,
-                              images=images, processor=processor, build_matrices=False)
-    per_distinct = [_hits(rank_candidates(result, row, "t2i"), top_k) for row in range(text_feats.num_distinct)]
-    return [per_distinct[int(row)] for row in text_feats.inverse]
-
-
-@torch.no_grad()
-def search_images(
-    model,
-    processor,
-    query_images: Sequence[Any],
-    text_feats: TextFeatures,
-    k: int | None = 32,
-    top_k: int = 10,
-    score: str = "itm+itc",
-    alpha: float | None = None,
-    batch_size: int = 256,
-) -> list[list[dict[str, Any]]]:
-    """Image→text search against encoded candidate captions; `"index"` is an input-caption index."""
-    _check_search_args(k, top_k, score)
-    if len(text_feats) == 0:
-        raise ValueError("There are no candidate texts to search.")
-    image_feats = encode_images(model, processor, query_images, keep_tokens=score != "filter", progress=False)
-    want = k if score != "filter" else top_k
-    cands = coarse_topk(image_feats.embeds, text_feats.embeds, want, gallery_inverse=text_feats.inverse)
-    if score == "filter":
-        return _filter_only(cands, top_k)
-    result = score_candidates(model, image_feats, text_feats, candidates_i2t=cands, score="itm+itc" if score == "itm+itc" else "itm",
-                              alpha=resolve_alpha(model, alpha), batch_size=batch_size, build_matrices=False)
-    return [_hits(rank_candidates(result, i, "i2t", text_feats), top_k) for i in range(len(image_feats))]
+        warnings.warn(f"modeling_mtgfe.retrieval.{name} moved to modeling_mtgfe.pipeline_mtgfe.{name}.",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(".pipeline_mtgfe", __package__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
+    "DEFAULT_CHUNK_ELEMENTS",
+    "IMAGE_EXTENSIONS",
+    "SCORES",
     "Candidates",
     "ImageFeatures",
     "RerankResult",
@@ -738,11 +678,10 @@ __all__ = [
     "encode_images",
     "encode_texts",
     "exhaustive_itm",
+    "progress_bar",
     "rank_candidates",
     "rerank",
     "resolve_alpha",
     "score_candidates",
-    "search_images",
-    "search_texts",
     "score_pairs",
 ]

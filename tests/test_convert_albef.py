@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_mtgfe import MTGFEForImageTextRetrieval
+from modeling_mtgfe import MTGFEForPreTraining
 from modeling_mtgfe.convert_albef_checkpoint import (
     ALBEF_IMAGE_MEAN,
     convert_albef_checkpoint,
@@ -153,7 +153,7 @@ def test_every_tensor_is_placed_and_reloads(tmp_path, text_prefix):
     assert config.vision_config.layer_norm_eps == 1e-6  # timm's eps, not ViTConfig's 1e-12
 
     expected = expected_pairs(state, text_prefix)
-    reloaded = MTGFEForImageTextRetrieval.from_pretrained(tmp_path / "out").state_dict()
+    reloaded = MTGFEForPreTraining.from_pretrained(tmp_path / "out").state_dict()
     for converted in (model.state_dict(), reloaded):
         for key, value in expected.items():
             assert torch.equal(converted[key], value.reshape(converted[key].shape)), key

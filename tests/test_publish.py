@@ -10,7 +10,7 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 from test_remote_code import run_isolated
 
-from modeling_mtgfe import MTGFEConfig, MTGFEForImageTextRetrieval
+from modeling_mtgfe import MTGFEConfig, MTGFEForPreTraining
 from mtgfe.hub_cards.publish import ALLOWED_PATTERNS, assemble_hub_folder, main
 
 EVAL = {
@@ -36,7 +36,7 @@ def training_dir(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
-    MTGFEForImageTextRetrieval(MTGFEConfig.from_preset("tiny")).save_pretrained(folder)
+    MTGFEForPreTraining(MTGFEConfig.from_preset("tiny")).save_pretrained(folder)
     tokenizer = build_wordpiece_tokenizer(["two white planes near a terminal", "a river with a bridge"] * 5, vocab_size=200)
     MTGFEProcessor(MTGFEImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(folder)
     torch.save({"state": {}}, folder / "optimizer.bin")

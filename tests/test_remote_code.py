@@ -10,7 +10,7 @@ import textwrap
 
 import torch
 
-from modeling_mtgfe import MTGFEConfig, MTGFEForImageTextRetrieval
+from modeling_mtgfe import MTGFEConfig, MTGFEForPreTraining
 
 # Installed first in the child process: any import of the package's own names fails there.
 BLOCK_PACKAGE = """
@@ -42,7 +42,7 @@ def save_tiny_checkpoint(folder):
     from mtgfe.processing import MTGFEImageProcessor, MTGFEProcessor, build_wordpiece_tokenizer
 
     torch.manual_seed(0)
-    model = MTGFEForImageTextRetrieval(MTGFEConfig.from_preset("tiny")).eval()
+    model = MTGFEForPreTraining(MTGFEConfig.from_preset("tiny")).eval()
     model.save_pretrained(folder)
     tokenizer = build_wordpiece_tokenizer(["two white planes near a terminal", "a river with a bridge"] * 5, vocab_size=200)
     MTGFEProcessor(MTGFEImageProcessor(size={"height": 32, "width": 32}), tokenizer).save_pretrained(folder)
@@ -72,7 +72,7 @@ def test_checkpoint_loads_with_remote_code_without_the_package(tmp_path):
         assert type(config).__module__.startswith("transformers_modules"), type(config).__module__
         model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
         full = AutoModelForPreTraining.from_pretrained(folder, trust_remote_code=True)
-        assert type(full).__name__ == "MTGFEForImageTextRetrieval"
+        assert type(full).__name__ == "MTGFEForPreTraining"
         inputs = torch.load(folder + "/inputs.pt")
         with torch.no_grad():
             out = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
@@ -95,6 +95,57 @@ def test_checkpoint_loads_with_remote_code_without_the_package(tmp_path):
     logits = torch.tensor(json.loads(line.split(" ", 1)[1]))
     assert "PROCESSOR OK" in result.stdout
     torch.testing.assert_close(logits, expected.flatten(), atol=1e-6, rtol=1e-6)
+
+
+def _rename_to_pre_issue_12(folder) -> None:
+    """Make a saved folder look like one saved before the rename: the loss model was MTGFEForImageTextRetrieval."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config["architectures"] = ["MTGFEForImageTextRetrieval"]
+    config["auto_map"]["AutoModelForPreTraining"] = "modeling_mtgfe.MTGFEForImageTextRetrieval"
+    path.write_text(json.dumps(config))
+
+
+def test_old_checkpoint_naming_the_old_class_still_loads(tmp_path):
+    """Checkpoints saved before `MTGFEForImageTextRetrieval` became `MTGFEForPreTraining` keep loading: with the
+    package (Auto class registry and the class itself) and through remote code (the alias resolves by
+    `modeling_mtgfe.__getattr__`, with a DeprecationWarning)."""
+    import warnings
+
+    from transformers import AutoModelForPreTraining
+
+    from modeling_mtgfe import MTGFEModel
+
+    folder = tmp_path / "old"
+    save_tiny_checkpoint(folder)
+    _rename_to_pre_issue_12(folder)
+    assert type(AutoModelForPreTraining.from_pretrained(folder)) is MTGFEForPreTraining
+    assert type(MTGFEForPreTraining.from_pretrained(folder)) is MTGFEForPreTraining
+    assert type(MTGFEModel.from_pretrained(folder)) is MTGFEModel
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        try:
+            from modeling_mtgfe import MTGFEForImageTextRetrieval  # noqa: F401
+        except DeprecationWarning:
+            pass
+        else:  # pragma: no cover
+            raise AssertionError("the old name must warn")
+    result = run_isolated(
+        f"""
+        import warnings
+        from transformers import AutoModelForPreTraining
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            full = AutoModelForPreTraining.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        assert type(full).__name__ == "MTGFEForPreTraining", type(full)
+        assert any(issubclass(w.category, DeprecationWarning) and "MTGFEForImageTextRetrieval" in str(w.message)
+                   for w in caught), [str(w.message) for w in caught]
+        print("OLD OK")
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OLD OK" in result.stdout
 
 
 def test_remote_code_without_trust_is_refused(tmp_path):
@@ -123,7 +174,7 @@ def test_efficientnet_lite_checkpoint_loads_with_remote_code(tmp_path):
     vision = EfficientNetLiteConfig(image_size=32, width_coefficient=0.25, depth_coefficient=0.25, hidden_size=64)
     config = MTGFEConfig.from_preset("tiny", vision_config=vision)
     torch.manual_seed(0)
-    model = MTGFEForImageTextRetrieval(config).eval()
+    model = MTGFEForPreTraining(config).eval()
     folder = tmp_path / "effnet"
     model.save_pretrained(folder)
     pixel_values = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))

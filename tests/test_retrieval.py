@@ -173,3 +173,70 @@ def test_errors_name_the_problem(setup):
         coarse_topk(image_feats.embeds, image_feats.embeds, k=0)
     with pytest.raises(ValueError, match="width"):
         coarse_topk(image_feats.embeds, torch.zeros(3, 5), k=1)
+
+
+# ------------------------------------------------------------------------------------ issue #12: one source of truth
+def test_pair_scoring_goes_through_the_models_itm_method(setup, monkeypatch):
+    """score_pairs does not re-implement the ITM reduction: every fused batch is scored by compute_itm_scores."""
+    model, _, _, image_feats, text_feats = setup
+    calls = []
+    original = type(model).compute_itm_scores
+
+    def counting(self, *args, **kwargs):
+        calls.append(kwargs.get("image_key_values") is not None)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "compute_itm_scores", counting)
+    result = rerank(model, image_feats, text_feats, k=3, batch_size=4)
+    assert calls and all(calls)  # precomputed K/V, one projection per image group
+    assert result.pair_itm.min() >= 0 and result.pair_itm.max() <= 1
+
+
+def test_constants_have_one_definition():
+    import modeling_mtgfe.pipeline_mtgfe as pipeline_module
+    import modeling_mtgfe.retrieval as retrieval
+    from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES
+    from mtgfe.search import gallery_index
+
+    assert pipeline_module.SEARCH_SCORES is RETRIEVAL_SCORES
+    assert set(retrieval.SCORES) == set(RETRIEVAL_SCORES) - {"filter"}
+    assert gallery_index.IMAGE_EXTENSIONS is retrieval.IMAGE_EXTENSIONS is pipeline_module.IMAGE_EXTENSIONS
+    assert len(set(retrieval.IMAGE_EXTENSIONS)) == len(retrieval.IMAGE_EXTENSIONS) == 9
+    assert retrieval.DEFAULT_CHUNK_ELEMENTS == 1 << 24
+    # every ending is one the decoder reads
+    from PIL import features
+
+    assert features.check("webp") and features.check("jpg_2000")
+
+
+def test_model_features_have_one_return_type(setup):
+    from modeling_mtgfe import MTGFEImageFeatures, MTGFETextFeatures
+
+    model, processor, images, _, _ = setup
+    pixel_values = processor.image_processor(images=images[:2], return_tensors="pt")["pixel_values"]
+    text = processor(text=TEXTS[:2], return_tensors="pt")
+    with torch.no_grad():
+        embeds = model.get_image_features(pixel_values)
+        features = model.get_image_retrieval_features(pixel_values)
+        text_embeds = model.get_text_features(text["input_ids"], text["attention_mask"])
+        text_features = model.get_text_retrieval_features(text["input_ids"], text["attention_mask"])
+    assert isinstance(embeds, torch.Tensor) and isinstance(features, MTGFEImageFeatures)
+    assert isinstance(text_embeds, torch.Tensor) and isinstance(text_features, MTGFETextFeatures)
+    torch.testing.assert_close(embeds, features.image_embeds)
+    torch.testing.assert_close(text_embeds, text_features.text_embeds)
+    # the pre-#12 flag still works (model cards show it), with a warning pointing at the new methods
+    with pytest.warns(DeprecationWarning, match="get_image_retrieval_features"), torch.no_grad():
+        old = model.get_image_features(pixel_values, output_tokens=True)
+    torch.testing.assert_close(old.image_tokens, features.image_tokens)
+    with pytest.warns(DeprecationWarning, match="get_text_retrieval_features"), torch.no_grad():
+        old_text = model.get_text_features(text["input_ids"], text["attention_mask"], output_tokens=True)
+    torch.testing.assert_close(old_text.text_states, text_features.text_states)
+
+
+def test_search_functions_moved_to_the_pipeline_module_keep_their_old_path():
+    import modeling_mtgfe.pipeline_mtgfe as pipeline_module
+    import modeling_mtgfe.retrieval as retrieval
+
+    for name in ("search_texts", "search_images", "SEARCH_SCORES"):
+        with pytest.warns(DeprecationWarning, match=f"pipeline_mtgfe.{name}"):
+            assert getattr(retrieval, name) is getattr(pipeline_module, name)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from retrieval_helpers import tiny_model, tiny_processor, write_images
 
-from modeling_mtgfe.cli import index_main, search_main
+from mtgfe.search.cli import index_main, search_main
 
 QUERY = "Two white planes parked near the terminal."
 
@@ -81,3 +81,91 @@ def test_cli_errors(setup, tmp_path, capsys):
     (tmp_path / "half" / "build_state.json").write_text("{}")
     args = ["--model", str(root / "model"), "--images", str(tmp_path / "bad"), "--output", str(tmp_path / "half")]
     assert index_main(args) == 2 and "--resume" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ issue #12: config defaults
+def test_model_config_retrieval_defaults_reach_pipeline_index_and_cli(tmp_path, capsys):
+    """One saved model with retrieval_k=5 / retrieval_score="itm": the pipeline, GalleryIndex.search and
+    mtgfe-search all rank with those values when the caller names none."""
+    from transformers import AutoModel, pipeline
+
+    from mtgfe.search.gallery_index import GalleryIndex
+
+    model = tiny_model(seed=5)
+    model.config.retrieval_k, model.config.retrieval_score, model.config.retrieval_alpha = 5, "itm", 2.0
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tiny_processor().save_pretrained(folder)
+    paths = write_images(tmp_path / "images", 7, seed=11, nested=False)
+    loaded = AutoModel.from_pretrained(folder).eval()
+    assert (loaded.config.retrieval_k, loaded.config.retrieval_score) == (5, "itm")
+    processor = tiny_processor()
+
+    index = GalleryIndex.build(loaded, processor, str(tmp_path / "images"), output_dir=tmp_path / "index", progress=False)
+    explicit = index.search(QUERY, k=5, top_k=5, score="itm")
+    assert index.search(QUERY, top_k=5) == explicit
+    assert index.search(QUERY, top_k=5, score="itm+itc") != explicit  # the default is not itm+itc
+    with pytest.raises(ValueError, match="k=5 is smaller than top_k=6"):
+        index.search(QUERY, top_k=6)
+
+    pipe = pipeline("rs-retrieval", model=loaded, processor=processor)
+    gallery = [str(p) for p in paths]
+    assert pipe(QUERY, gallery=gallery, top_k=5) == pipe(QUERY, gallery=gallery, top_k=5, k=5, score="itm")
+    with pytest.raises(ValueError, match="k=5 is smaller than top_k=6"):
+        pipe(QUERY, gallery=gallery, top_k=6)
+
+    out_json = tmp_path / "hits.json"
+    code = search_main(["--index", str(tmp_path / "index"), "--model", str(folder), QUERY, "--top-k", "5",
+                        "--json", str(out_json)])
+    assert code == 0
+    hits = json.loads(out_json.read_text(encoding="utf-8"))[0]["hits"]
+    assert [(h["image"], h["score"]) for h in hits] == [(h["image"], h["score"]) for h in explicit]
+    capsys.readouterr()
+    assert search_main(["--index", str(tmp_path / "index"), "--model", str(folder), QUERY, "--top-k", "6"]) == 2
+    assert "k=5 is smaller than top_k=6" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ issue #12: moved modules
+@pytest.mark.parametrize("name", ["gallery_index", "index_storage", "cli", "report_html"])
+def test_old_module_paths_warn_and_alias_the_new_modules(name):
+    import importlib
+    import sys
+
+    new = importlib.import_module(f"mtgfe.search.{name}")
+    sys.modules.pop(f"modeling_mtgfe.{name}", None)
+    with pytest.warns(DeprecationWarning, match=f"mtgfe.search.{name}"):
+        old = importlib.import_module(f"modeling_mtgfe.{name}")
+    assert old is new
+    assert getattr(old, "__all__", None) == getattr(new, "__all__", None)
+
+
+def test_old_entry_points_and_names_still_resolve():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from modeling_mtgfe.cli import index_main as old_index_main, search_main as old_search_main
+        from modeling_mtgfe.gallery_index import GalleryIndex as OldGalleryIndex
+    from mtgfe.search import GalleryIndex
+
+    assert old_index_main is index_main and old_search_main is search_main and OldGalleryIndex is GalleryIndex
+
+
+def test_importing_the_library_leaves_the_environment_alone():
+    """The package no longer sets OMP_WAIT_POLICY on import; the console scripts do, before torch is imported."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code = ("import os, modeling_mtgfe, mtgfe.search, mtgfe.search.cli, mtgfe.processing\n"
+            "assert 'OMP_WAIT_POLICY' not in os.environ, os.environ['OMP_WAIT_POLICY']\n"
+            "import sys; assert 'torch' in sys.modules\n"
+            "print('CLEAN')")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "CLEAN" in result.stdout, result.stderr[-2000:]
+    code = ("import os, sys, mtgfe.search.cli as cli\n"
+            "assert 'torch' not in sys.modules, 'the CLI module must not import torch before its entry point runs'\n"
+            "cli.prefer_passive_omp(); print(os.environ['OMP_WAIT_POLICY'])")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "PASSIVE", result.stderr[-2000:]

@@ -77,9 +77,9 @@ def write_gallery_folder(dataset, folder: Path) -> dict[str, list[str]]:
 
 def run_demo(args: argparse.Namespace) -> dict:
     from modeling_mtgfe import MTGFEModel
-    from modeling_mtgfe.gallery_index import GalleryIndex
-    from modeling_mtgfe.report_html import write_html
     from mtgfe.processing import MTGFEProcessor
+    from mtgfe.search.gallery_index import GalleryIndex
+    from mtgfe.search.report_html import write_html
 
     from .config import load_config
     from .evaluation import evaluate_model, format_table

@@ -1,0 +1,643 @@
+"""A persistent gallery for two-stage search: filter embeddings (+ fusion tokens) of an image archive.
+
+Why an index: encoding the archive is the expensive, one-off part; a query then costs one text
+encoding, one matrix product (or FAISS) over the embeddings and k fusion passes.
+
+Memory per indexed image (float32):
+
+| preset | embedding (`embed_dim`×4) | fusion tokens (`T×H×4`) |
+|---|---|---|
+| tiny (32 px ViT, 17×32) | 64 B | 2.1 KiB |
+| small (EfficientNet-Lite0 @256, 64×384) | 1 KiB | 96 KiB (48 KiB with `tokens_dtype=float16`) |
+| base (ViT-B/16 @256, 257×768) | 1 KiB | 771 KiB |
+
+So 100k images take ~100 MB as embeddings only (`keep_tokens=False`), but ~9.8 GB of tokens with the
+small preset. Tokens are therefore kept on disk in safetensors shards and read lazily (memory-mapped,
+only the k candidate rows per query); without tokens, re-ranking re-encodes the k candidates from their
+files: 1.5–2.8 s per query at k = 32 with Lite0 on 2 CPU cores, against ~60–100 ms with cached tokens
+(benchmarks/README.md, section c).
+
+On-disk layout (`save`): `manifest.json` (model identity, sizes, items, shard list) and
+`shard_XXXXX.safetensors` files (`image_embeds`, optional `image_tokens`). Every file is written to a
+temporary name and `os.replace`d, and the manifest is written last, so a crash never leaves a manifest
+pointing at half-written data. A folder build with `output_dir` writes shards as it goes plus
+`build_state.json`; `resume=True` continues after the last complete shard.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from modeling_mtgfe.retrieval import (
+    IMAGE_EXTENSIONS,
+    Candidates,
+    ImageFeatures,
+    TextFeatures,
+    coarse_topk,
+    encode_images,
+    encode_texts,
+    progress_bar,
+)
+from modeling_mtgfe.pipeline_mtgfe import resolve_search_defaults, search_images, search_texts
+from mtgfe.utils.io import atomic_write_text, read_json
+
+from .index_storage import (  # noqa: F401  (re-exported: the index's public names)
+    BUILD_STATE_NAME,
+    INDEX_FORMAT_VERSION,
+    MANIFEST_NAME,
+    IndexMismatchError,
+    ShardWriter,
+    TokenStore,
+    atomic_save_tensors,
+    check_model,
+    config_hash,
+    model_identity,
+    mtgfe_version,
+    weights_fingerprint,
+)
+
+logger = logging.getLogger(__name__)
+
+TEXTS_FILE = "texts.safetensors"
+FAISS_MIN_GALLERY = 50_000  # below this the exact torch product is as fast and tie-exact
+def list_image_files(folder: str | os.PathLike) -> list[Path]:
+    """Image files under `folder`, recursively, sorted by relative path (hidden files and folders skipped)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"Image folder not found: {str(root)!r}.")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(Path(dirpath) / name)
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _decode_checked(paths: Sequence[Path], skip_unreadable: bool, skipped: list[str]) -> tuple[list, list[Path]]:
+    """Decode each file once with `load_image`, so a bad file is named (and optionally skipped) alone."""
+    from mtgfe.processing.image_decoding import ImageDecodeError, load_image
+
+    images, kept = [], []
+    for path in paths:
+        try:
+            images.append(load_image(path))
+            kept.append(path)
+        except (ImageDecodeError, OSError) as error:
+            if not skip_unreadable:
+                raise ImageDecodeError(
+                    f"Cannot index {str(path)!r}: {error}. Remove the file or pass skip_unreadable=True "
+                    "(mtgfe-index --skip-unreadable) to skip unreadable files."
+                ) from error
+            logger.warning("SKIPPED unreadable image %s: %s", path, error)
+            skipped.append(str(path))
+    return images, kept
+
+
+# ----------------------------------------------------------------------------------------------- token store
+class GalleryIndex:
+    """Encoded gallery of images (for text queries) or of captions (for image queries).
+
+    Duck-typed by the pipeline through `.image_embeds`, `.image_tokens` and `.items` (image kind), or
+    `.text_features` and `.items` (text kind). `items[i]` is a dict with `"image"` (path or id) and
+    optionally `"captions"` (ground truth, used for ✓ marks), or `"text"` for a text index.
+    """
+
+    def __init__(
+        self,
+        kind: str = "images",
+        image_embeds: torch.Tensor | None = None,
+        image_tokens: TokenStore | torch.Tensor | None = None,
+        text_features: TextFeatures | None = None,
+        items: list[dict] | None = None,
+        manifest: dict | None = None,
+        model=None,
+        processor=None,
+        directory: str | os.PathLike | None = None,
+    ):
+        if kind not in ("images", "texts"):
+            raise ValueError(f"kind must be 'images' or 'texts', got {kind!r}.")
+        self.kind = kind
+        self.image_embeds = image_embeds
+        if isinstance(image_tokens, torch.Tensor):
+            store = TokenStore()
+            store.append_tensor(image_tokens)
+            image_tokens = store
+        self.image_tokens = image_tokens
+        self.text_features = text_features
+        self.items = list(items or [])
+        self.manifest = dict(manifest or {})
+        self.model = model
+        self.processor = processor
+        self.directory = Path(directory) if directory is not None else None
+        self._saved_shards: list[dict] = list(self.manifest.get("shards", [])) if self.directory else []
+        self._faiss = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        if self.kind == "texts":
+            tokens = f"{self.text_features.num_distinct} distinct captions"
+        else:
+            tokens = "with tokens" if self.image_tokens is not None else "embeddings only"
+        return f"GalleryIndex(kind={self.kind!r}, count={len(self)}, {tokens}, model={self.manifest.get('model')!r})"
+
+    @property
+    def image_features(self) -> ImageFeatures:
+        return ImageFeatures(embeds=self.image_embeds, tokens=self.image_tokens)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(
+        cls,
+        model,
+        processor,
+        source,
+        *,
+        output_dir: str | os.PathLike | None = None,
+        batch_size: int = 32,
+        keep_tokens: bool = True,
+        tokens_dtype: torch.dtype | None = None,
+        shard_size: int = 1024,
+        resume: bool = False,
+        skip_unreadable: bool = False,
+        captions: dict[str, list[str]] | None = None,
+        progress: bool = True,
+        kind: str | None = None,
+    ) -> "GalleryIndex":
+        """Encode `source` into an index.
+
+        Args:
+            source: a folder of images (recursive; see `IMAGE_EXTENSIONS`), a `datasets.Dataset` in the
+                images view (`image`, optional `captions`, `image_id`, `filename`), a list of image paths /
+                PIL images, or a list of strings (a text index for image→text search).
+            output_dir: write shards while encoding (and the manifest at the end), which makes a folder
+                build resumable with `resume=True`. Without it the index stays in memory until `save`.
+            keep_tokens: store fusion tokens (fast re-ranking) or only embeddings (lean, re-encodes candidates).
+            tokens_dtype: e.g. `torch.float16` halves token memory; scores then differ slightly.
+            skip_unreadable: log and skip files that cannot be decoded; by default the first one raises,
+                naming the file.
+            captions: ground-truth captions by file name or relative path (folder sources), for ✓ marks.
+            kind: `"images"` or `"texts"`; by default a list of strings none of which names an image file or
+                an existing path is a text index.
+        """
+        if kind is None:
+            kind = "texts" if _looks_like_texts(source) else "images"
+        if kind == "texts":
+            return cls._build_texts(model, processor, list(source), output_dir=output_dir)
+        if kind != "images":
+            raise ValueError(f"kind must be 'images', 'texts' or None (guess), got {kind!r}.")
+        identity = model_identity(model)
+        settings = {"keep_tokens": keep_tokens, "tokens_dtype": str(tokens_dtype) if tokens_dtype else None,
+                    "shard_size": shard_size}
+        index = cls(kind="images", model=model, processor=processor)
+        index.manifest = {**identity, **cls._model_sizes(model), "source": None, "skipped": []}
+        if isinstance(source, (str, os.PathLike)):
+            root = Path(source).resolve()
+            paths = list_image_files(root)
+            if not paths:
+                raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) found under {str(root)!r}.")
+            index.manifest["source"] = str(root)
+            batches = cls._folder_batches(paths, root, captions or {}, skip_unreadable, index.manifest["skipped"])
+            total = len(paths)
+            listing = [p.relative_to(root).as_posix() for p in paths]
+        else:
+            listing = None
+        if _is_dataset(source):
+            index.manifest["source"] = f"datasets:{getattr(source, 'info', None) and source.info.description or 'dataset'}"
+            batches = cls._dataset_batches(source)
+            total = len(source)
+        elif isinstance(source, (list, tuple)) and not isinstance(source, (str, os.PathLike)):
+            if not source:
+                raise ValueError("The image list is empty: nothing to index.")
+            batches = cls._list_batches(list(source), skip_unreadable, index.manifest["skipped"])
+            total = len(source)
+            index.manifest["source"] = "list"
+        elif listing is None:
+            raise TypeError(
+                f"Cannot index a {type(source).__name__}: pass a folder, a datasets split (images view), a list of "
+                "images/paths, or a list of captions."
+            )
+        writer = ShardWriter(Path(output_dir), identity, settings, resume) if output_dir is not None else None
+        done = writer.consumed if writer else 0
+        if writer is not None:
+            recorded = [c for shard in writer.state["shards"] for c in shard["consumed"]]
+            if listing is not None and listing[: len(recorded)] != recorded:
+                raise ValueError(
+                    f"Cannot resume {str(output_dir)!r}: the files under {str(source)!r} changed since the interrupted "
+                    "build (the already indexed files are no longer the first ones in sorted order). Delete the output "
+                    "folder and build again."
+                )
+            index.manifest["skipped"][:] = writer.state.get("skipped", [])  # in place: the batch closures hold it
+            for shard in writer.state["shards"]:
+                if not shard["file"]:
+                    continue
+                index._load_shard(Path(output_dir) / shard["file"], shard["count"], keep_tokens)
+                index.items.extend(shard["items"])
+            if done:
+                logger.info("Resuming %s after %d of %d source entries", output_dir, done, total)
+        embeds, tokens, items, consumed = [], [], [], []
+        pending = 0
+        bar = progress_bar(None, progress, total=total, initial=done, desc="indexing images", unit="img") if progress else None
+        for images, batch_items, batch_consumed in batches(done, batch_size):
+            if images:
+                feats = encode_images(model, processor, images, batch_size=batch_size, keep_tokens=keep_tokens,
+                                      progress=False, tokens_dtype=tokens_dtype)
+                embeds.append(feats.embeds)
+                if keep_tokens:
+                    tokens.append(feats.tokens)
+                items.extend(batch_items)
+                pending += len(images)
+            consumed.extend(batch_consumed)
+            if bar is not None:
+                bar.update(len(batch_consumed))
+            if pending >= shard_size:
+                index._flush(writer, embeds, tokens, items, consumed, keep_tokens)
+                embeds, tokens, items, consumed, pending = [], [], [], [], 0
+        if pending or consumed:
+            index._flush(writer, embeds, tokens, items, consumed, keep_tokens)
+        if bar is not None:
+            bar.close()
+        if index.image_embeds is None or len(index.items) == 0:
+            raise ValueError("No image could be indexed (all were unreadable and skipped).")
+        index.manifest["skipped"] = writer.state["skipped"] if writer else index.manifest["skipped"]
+        if index.manifest["skipped"]:
+            logger.warning("%d unreadable file(s) were skipped: %s", len(index.manifest["skipped"]),
+                           ", ".join(index.manifest["skipped"]))
+        if writer is not None:
+            index.directory = Path(output_dir)
+            index._saved_shards = [{"file": s["file"], "count": s["count"]} for s in writer.state["shards"] if s["file"]]
+            index._write_manifest(index.directory)
+            writer.finish()
+        return index
+
+    @staticmethod
+    def _model_sizes(model) -> dict[str, Any]:
+        config = model.config
+        return {"embed_dim": int(config.embed_dim), "image_size": int(getattr(config, "image_size", 0) or 0),
+                "hidden_size": int(config.text_config.hidden_size), "model_type": getattr(config, "model_type", "")}
+
+    @staticmethod
+    def _folder_batches(paths, root, captions, skip_unreadable, skipped):
+        def gen(start, batch_size):
+            for s in range(start, len(paths), batch_size):
+                chunk = paths[s : s + batch_size]
+                images, kept = _decode_checked(chunk, skip_unreadable, skipped)
+                items = []
+                for path in kept:
+                    rel = path.relative_to(root).as_posix()
+                    item = {"image": str(path), "id": rel}
+                    gt = captions.get(rel, captions.get(path.name))
+                    if gt:
+                        item["captions"] = list(gt)
+                    items.append(item)
+                yield images, items, [p.relative_to(root).as_posix() for p in chunk]
+        return gen
+
+    @staticmethod
+    def _dataset_batches(dataset):
+        def gen(start, batch_size):
+            for s in range(start, len(dataset), batch_size):
+                rows = dataset[s : s + batch_size]
+                count = len(rows["image"])
+                items = []
+                for j in range(count):
+                    if "filename" in rows:
+                        ident = str(rows["filename"][j])
+                    elif "image_id" in rows:
+                        ident = str(rows["image_id"][j])
+                    else:
+                        ident = f"row_{s + j}"
+                    item = {"image": ident, "id": ident}
+                    if "image_id" in rows:
+                        item["image_id"] = int(rows["image_id"][j])
+                    if "captions" in rows:
+                        item["captions"] = list(rows["captions"][j])
+                    items.append(item)
+                yield list(rows["image"]), items, [it["id"] for it in items]
+        return gen
+
+    @staticmethod
+    def _list_batches(sources, skip_unreadable, skipped):
+        def gen(start, batch_size):
+            for s in range(start, len(sources), batch_size):
+                chunk = sources[s : s + batch_size]
+                paths = [c for c in chunk if isinstance(c, (str, os.PathLike))]
+                ok_paths: set = set()
+                if paths:
+                    _, kept = _decode_checked([Path(p) for p in paths], skip_unreadable, skipped)
+                    ok_paths = {str(p) for p in kept}
+                images, items = [], []
+                for j, c in enumerate(chunk):
+                    if isinstance(c, (str, os.PathLike)):
+                        if str(Path(c)) in ok_paths:
+                            images.append(str(c))
+                            items.append({"image": str(c), "id": str(c)})
+                    else:
+                        images.append(c)
+                        name = getattr(c, "filename", "") or f"image_{s + j}"
+                        items.append({"image": name, "id": name})
+                yield images, items, [str(c) if isinstance(c, (str, os.PathLike)) else f"#{s + j}" for c in chunk]
+        return gen
+
+    def _load_shard(self, path: Path, count: int, keep_tokens: bool) -> None:
+        with safe_open(str(path), framework="pt") as handle:
+            embeds = handle.get_tensor("image_embeds")
+            has_tokens = "image_tokens" in handle.keys()
+        self.image_embeds = embeds if self.image_embeds is None else torch.cat([self.image_embeds, embeds])
+        if keep_tokens and has_tokens:
+            if self.image_tokens is None:
+                self.image_tokens = TokenStore()
+            self.image_tokens.append_file(path, count)
+
+    def _flush(self, writer, embeds, tokens, items, consumed, keep_tokens) -> None:
+        new_embeds = torch.cat(embeds) if embeds else torch.zeros(0, self.manifest["embed_dim"])
+        new_tokens = torch.cat(tokens) if (keep_tokens and tokens) else None
+        if writer is not None:
+            path = writer.write_shard(new_embeds, new_tokens, items, consumed, self.manifest["skipped"])
+            if items:
+                self._load_shard(path, len(items), keep_tokens)
+        elif items:
+            self.image_embeds = new_embeds if self.image_embeds is None else torch.cat([self.image_embeds, new_embeds])
+            if new_tokens is not None:
+                if self.image_tokens is None:
+                    self.image_tokens = TokenStore()
+                self.image_tokens.append_tensor(new_tokens)
+        self.items.extend(items)
+
+    @classmethod
+    def _build_texts(cls, model, processor, texts: list[str], output_dir=None) -> "GalleryIndex":
+        feats = encode_texts(model, processor, texts, progress=True)
+        manifest = {**model_identity(model), **cls._model_sizes(model), "source": "texts"}
+        index = cls(kind="texts", text_features=feats, items=[{"text": t} for t in texts], manifest=manifest,
+                    model=model, processor=processor)
+        if output_dir is not None:
+            index.save(output_dir)
+        return index
+
+    # ------------------------------------------------------------------ updating
+    def add(self, images: Sequence[Any] | str | os.PathLike, batch_size: int = 32, skip_unreadable: bool = False,
+            captions: dict[str, list[str]] | None = None, progress: bool = True) -> int:
+        """Append images (a list of paths / PIL images, or a folder: only files not indexed yet). Returns the count added.
+
+        Kept in memory until `save`; saving to the index's own folder writes only the new shard.
+        """
+        if self.kind != "images":
+            raise ValueError("add() appends images; this is a text index (rebuild it from the new caption list).")
+        if self.model is None or self.processor is None:
+            raise ValueError("add() needs the model and processor: GalleryIndex.load(dir, model=..., processor=...).")
+        keep_tokens = self.image_tokens is not None
+        skipped = self.manifest.setdefault("skipped", [])
+        if isinstance(images, (str, os.PathLike)):
+            root = Path(images).resolve()
+            known = {item.get("image") for item in self.items} | set(skipped)
+            paths = [p for p in list_image_files(root) if str(p) not in known]
+            gen = self._folder_batches(paths, root, captions or {}, skip_unreadable, skipped)
+        else:
+            gen = self._list_batches(list(images), skip_unreadable, skipped)
+        added = 0
+        for batch, items, _ in progress_bar(gen(0, batch_size), progress, desc="adding images", unit="batch"):
+            if not batch:
+                continue
+            dtype = self.image_tokens.dtype if keep_tokens else None
+            feats = encode_images(self.model, self.processor, batch, batch_size=batch_size, keep_tokens=keep_tokens,
+                                  progress=False, tokens_dtype=dtype)
+            self._flush(None, [feats.embeds], [feats.tokens] if keep_tokens else [], items, [], keep_tokens)
+            added += len(items)
+        return added
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike, shard_size: int = 1024) -> Path:
+        """Write shards and then the manifest (atomically). Saving into the index's own folder appends only new rows."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.kind == "texts":
+            f = self.text_features
+            atomic_save_tensors(directory / TEXTS_FILE, {
+                "text_embeds": f.embeds, "text_states": f.states, "text_attention_mask": f.attention_mask,
+                "text_inverse": f.inverse})
+            self.manifest["distinct_texts"] = f.texts
+            self.directory = directory
+            self._write_manifest(directory)
+            return directory
+        same = self.directory is not None and self.directory.resolve() == directory.resolve()
+        shards = list(self._saved_shards) if same else []
+        start = sum(s["count"] for s in shards)
+        existing = {s["file"] for s in shards}
+        number = len(shards)
+        for s in range(start, len(self.items), shard_size):
+            e = min(s + shard_size, len(self.items))
+            while f"shard_{number:05d}.safetensors" in existing:
+                number += 1
+            name = f"shard_{number:05d}.safetensors"
+            tensors = {"image_embeds": self.image_embeds[s:e].contiguous()}
+            if self.image_tokens is not None:
+                tensors["image_tokens"] = self.image_tokens.rows(s, e)
+            atomic_save_tensors(directory / name, tensors)
+            shards.append({"file": name, "count": e - s})
+            number += 1
+        self._saved_shards = shards
+        self._write_manifest(directory)
+        self.directory = directory
+        return directory
+
+    def _write_manifest(self, directory: Path) -> None:
+        manifest = dict(self.manifest)
+        manifest.update(
+            format_version=INDEX_FORMAT_VERSION,
+            kind=self.kind,
+            count=len(self.items),
+            items=self.items,
+            created=manifest.get("created") or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            updated=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            mtgfe_version=mtgfe_version(),
+        )
+        if self.kind == "images":
+            manifest["shards"] = self._saved_shards
+            manifest["has_tokens"] = self.image_tokens is not None
+            if self.image_tokens is not None:
+                manifest["token_shape"] = list(self.image_tokens.token_shape)
+                manifest["tokens_dtype"] = str(self.image_tokens.dtype).replace("torch.", "")
+        self.manifest = manifest
+        atomic_write_text(directory / MANIFEST_NAME, json.dumps(manifest, indent=1, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, model=None, processor=None, load_tokens: bool = True) -> "GalleryIndex":
+        """Open an index; with `model`, check it is the model that built the index (else `IndexMismatchError`)."""
+        directory = Path(directory)
+        path = directory / MANIFEST_NAME
+        if not path.is_file():
+            hint = " An interrupted build is there: rerun with --resume." if (directory / BUILD_STATE_NAME).is_file() else ""
+            raise FileNotFoundError(f"No index manifest at {str(path)!r}.{hint}")
+        manifest = read_json(path, what="index manifest")
+        if manifest.get("format_version") != INDEX_FORMAT_VERSION:
+            raise ValueError(f"{str(path)!r} has index format {manifest.get('format_version')}, expected {INDEX_FORMAT_VERSION}.")
+        if model is not None:
+            check_model(manifest, model, where=str(directory))
+        if manifest["kind"] == "texts":
+            with safe_open(str(directory / TEXTS_FILE), framework="pt") as handle:
+                t = {k: handle.get_tensor(k) for k in handle.keys()}
+            feats = TextFeatures(t["text_embeds"], t["text_states"], t["text_attention_mask"], t["text_inverse"],
+                                 list(manifest.get("distinct_texts", [])))
+            return cls(kind="texts", text_features=feats, items=manifest["items"], manifest=manifest, model=model,
+                       processor=processor, directory=directory)
+        index = cls(kind="images", items=[], manifest=manifest, model=model, processor=processor, directory=directory)
+        for shard in manifest["shards"]:
+            index._load_shard(directory / shard["file"], shard["count"], load_tokens)
+        index.items = list(manifest["items"])
+        if index.image_embeds is None or index.image_embeds.shape[0] != len(index.items):
+            raise ValueError(f"Index {str(directory)!r} is inconsistent: {len(index.items)} items but "
+                             f"{0 if index.image_embeds is None else index.image_embeds.shape[0]} embeddings.")
+        return index
+
+    # ------------------------------------------------------------------ search
+    def _require_model(self, model, processor):
+        model = model or self.model
+        processor = processor or self.processor
+        if model is None or processor is None:
+            raise ValueError("search needs the model and processor: pass them, or GalleryIndex.load(dir, model=, processor=).")
+        if model is not self.model:
+            check_model(self.manifest, model, where=str(self.directory or "this index"))
+        return model, processor
+
+    def _coarse_fn(self):
+        """FAISS `IndexFlatIP` for big galleries when installed; ties at the cut are completed exactly."""
+        if len(self) < FAISS_MIN_GALLERY:
+            return None
+        try:
+            import faiss  # noqa: PLC0415 - optional dependency
+        except ImportError:
+            return None
+        if self._faiss is None:
+            self._faiss = faiss.IndexFlatIP(self.image_embeds.shape[1])
+            self._faiss.add(self.image_embeds.float().numpy())
+        return lambda queries, k: faiss_topk(self._faiss, queries, self.image_embeds, k)
+
+    def search(
+        self,
+        query_texts: str | Sequence[str],
+        k: int | None = None,
+        top_k: int = 10,
+        score: str | None = None,
+        alpha: float | None = None,
+        batch_size: int = 256,
+        model=None,
+        processor=None,
+    ) -> list[dict] | list[list[dict]]:
+        """Text→image search (image index): per query `[{"image", "score", "filter_score", "rank", ...}]`.
+
+        A single string gives one list; a list of strings a list of lists. On a text index, pass images
+        (paths / PIL) instead to get `[{"text", ...}]`. `k`, `score` and `alpha` left `None` come from the
+        model config (`retrieval_k`, `retrieval_score`, `retrieval_alpha`), like the pipeline's.
+        """
+        model, processor = self._require_model(model, processor)
+        k, score, alpha = resolve_search_defaults(model, k, score, alpha)
+        single = isinstance(query_texts, str) or not isinstance(query_texts, (list, tuple))
+        queries = [query_texts] if single else list(query_texts)
+        if len(self) == 0:
+            raise ValueError("The index is empty: nothing to search.")
+        if self.kind == "texts":
+            hits = search_images(model, processor, queries, self.text_features, k=k, top_k=top_k, score=score,
+                                 alpha=alpha, batch_size=batch_size)
+        else:
+            images = None
+            if score != "filter" and self.image_tokens is None:
+                source = self.manifest.get("source")
+                if not (source and os.path.isdir(str(source))):
+                    raise ValueError(
+                        "This index has no fusion tokens (built with keep_tokens=False / --no-tokens) and its images "
+                        f"are not available here for re-encoding (source {source!r}): use score='filter' or rebuild "
+                        "with tokens."
+                    )
+                images = _ItemPaths(self.items)  # re-encode the k candidates from their files (slow, lean)
+            hits = search_texts(model, processor, queries, self.image_features, k=k, top_k=top_k, score=score,
+                                alpha=alpha, batch_size=batch_size, coarse_fn=self._coarse_fn(),
+                                cache_tokens=images is None, images=images)
+        out = [[{**self._describe(hit["index"]), **hit} for hit in per_query] for per_query in hits]
+        return out[0] if single else out
+
+    def _describe(self, index: int) -> dict:
+        item = self.items[index]
+        if self.kind == "texts":
+            return {"text": item["text"]}
+        described = {"image": item["image"]}
+        if "captions" in item:
+            described["captions"] = item["captions"]
+        return described
+
+
+class _ItemPaths:
+    """`items[i]["image"]` as a sequence of paths, for re-encoding candidates of a token-less index."""
+
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]["image"]
+
+
+def faiss_topk(faiss_index, queries: torch.Tensor, embeds: torch.Tensor, k: int | None) -> Candidates:
+    """Top-k by FAISS inner product, then the tie group at the k-th score completed exactly in torch."""
+    size = embeds.shape[0]
+    if k is None or k >= size:
+        return coarse_topk(queries, embeds, None)
+    probe = min(size, 2 * k + 8)
+    scores, indices = faiss_index.search(queries.float().numpy(), probe)
+    out_idx, out_scores = [], []
+    for q in range(queries.shape[0]):
+        kth = scores[q, k - 1]
+        if probe < size and scores[q, -1] >= kth:  # the tie group may run past the probe: exact fallback
+            exact = coarse_topk(queries[q : q + 1], embeds, k)
+            out_idx.append(exact.indices[0])
+            out_scores.append(exact.scores[0])
+            continue
+        keep = scores[q] >= kth
+        idx = torch.from_numpy(indices[q][keep]).long()
+        sc = torch.from_numpy(scores[q][keep]).float()
+        order = torch.sort(sc, descending=True, stable=True).indices
+        out_idx.append(idx[order])
+        out_scores.append(sc[order])
+    return Candidates(out_idx, out_scores)
+
+
+def _looks_like_texts(source) -> bool:
+    """A list of strings none of which is an existing path or ends with an image extension."""
+    if not isinstance(source, (list, tuple)) or not source or not all(isinstance(s, str) for s in source):
+        return False
+    return not any(s.lower().endswith(IMAGE_EXTENSIONS) or os.path.exists(s) for s in source)
+
+
+def _is_dataset(source) -> bool:
+    try:
+        from datasets import Dataset
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        return False
+    return isinstance(source, Dataset)
+
+
+__all__ = [
+    "FAISS_MIN_GALLERY",
+    "IMAGE_EXTENSIONS",
+    "GalleryIndex",
+    "IndexMismatchError",
+    "TokenStore",
+    "check_model",
+    "config_hash",
+    "faiss_topk",
+    "list_image_files",
+    "model_identity",
+    "weights_fingerprint",
+]
