@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtgfe.training.train import main
+from mtgfe.training.cli import main
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def test_exact_resume_from_a_mid_epoch_checkpoint(tmp_path, accum):
 
 def test_interrupted_run_resumes_from_latest(tmp_path, tokenizer_dir, monkeypatch):
     """Stop a run right after its step-3 checkpoint, then `resume_from=latest` in the same folder."""
-    import mtgfe.training.train as train_module
+    import mtgfe.training.checkpointing as train_module  # train() calls checkpointing.save_checkpoint
 
     common = ["max_steps=6", "log.sample_ids=true", "eval.at_end=false", "checkpoint.keep_last=null",
               "checkpoint.save_every=3", f"data.tokenizer={tokenizer_dir}"]
@@ -220,7 +220,7 @@ def _torchrun(out: Path, *overrides: str, timeout: int = 300) -> subprocess.Comp
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "mtgfe.training.train", *BASE, f"output_dir={out}", *overrides]
+           "-m", "mtgfe.training.cli", *BASE, f"output_dir={out}", *overrides]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -277,7 +277,7 @@ def test_two_process_freeze_then_unfreeze(tmp_path):
 def test_two_stage_recipe_trains_its_missing_stage_one_first(tmp_path):
     """model.pretrained_recipe: stage 1 runs into <pretrained>/.. with the shared data/seed overrides."""
     from mtgfe.training.config import ConfigError, load_config
-    from mtgfe.training.train import prerequisite_config
+    from mtgfe.training.cli import prerequisite_config
 
     stage1 = tmp_path / "stage1"
     stage2 = ["model.preset=null", f"model.pretrained={stage1 / 'final'}", "model.pretrained_recipe=synthetic_tiny",

@@ -167,13 +167,13 @@ def test_ablation_configs_differ_only_in_tasks():
 
 
 def test_cli_config_error_exits_before_building_anything(monkeypatch, capsys):
-    import mtgfe.training.train as train_module
+    import mtgfe.training.cli as cli_module
 
     def boom(*args, **kwargs):  # pragma: no cover - must not be reached
         raise AssertionError("train() must not start on an invalid config")
 
-    monkeypatch.setattr(train_module, "train", boom)
-    rc = train_module.main(["--config", "synthetic_tiny", "--set", "model.itm_weight=-1"])
+    monkeypatch.setattr(cli_module, "train", boom)
+    rc = cli_module.main(["--config", "synthetic_tiny", "--set", "model.itm_weight=-1"])
     assert rc == 2
     assert "model.itm_weight=-1.0 is negative" in capsys.readouterr().err
 
