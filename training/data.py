@@ -43,9 +43,10 @@ from typing import Iterable, Sequence
 from datasets import Dataset, DatasetInfo, Features, Image, List, Value
 from transformers.utils import logging
 
-from modeling_mtgfe.retrieval import IMAGE_EXTENSIONS
+from modeling_mtgfe import retrieval as model_retrieval
 
-from .benchmarks import BENCHMARKS, BenchmarkLayout, canonical_benchmark
+from . import benchmarks
+from .deprecation import deprecated_attribute
 
 
 logger = logging.get_logger(__name__)
@@ -63,8 +64,11 @@ RETRIEVAL_LAYOUT = "retrieval"
 # `1.tif` re-encoded as `1.jpg`); the accepted extensions themselves are the package's one list,
 # `modeling_mtgfe.retrieval.IMAGE_EXTENSIONS`.
 _LOSSLESS_FIRST = (".tif", ".tiff", ".png")
-STEM_MATCH_ORDER = tuple(sorted(IMAGE_EXTENSIONS, key=lambda ext: (ext not in _LOSSLESS_FIRST,
-                                                                   (_LOSSLESS_FIRST + IMAGE_EXTENSIONS).index(ext))))
+STEM_MATCH_ORDER = tuple(sorted(model_retrieval.IMAGE_EXTENSIONS, key=lambda ext: (
+    ext not in _LOSSLESS_FIRST, (_LOSSLESS_FIRST + model_retrieval.IMAGE_EXTENSIONS).index(ext))))
+# Names that moved out of this module (still importable from here, with a DeprecationWarning).
+_MOVED = {"IMAGE_EXTENSIONS": ("modeling_mtgfe.retrieval", "IMAGE_EXTENSIONS"),
+          "BENCHMARKS": ("mtgfe.training.benchmarks", "BENCHMARKS")}
 # HarMA image paths start with the split folder HarMA used; `filename` drops it so that the same
 # image has the same name in every layout.
 _HARMA_SPLIT_PREFIXES = ("train", "val", "test")
@@ -429,7 +433,7 @@ def default_data_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def _rsicd_derived_train(bench: BenchmarkLayout, root: Path) -> tuple[list[ImageRecord], str]:
+def _rsicd_derived_train(bench: benchmarks.BenchmarkLayout, root: Path) -> tuple[list[ImageRecord], str]:
     """RSICD retrieval train: HarMA's train file if present, else AMFMN train minus HarMA val."""
     harma_train = root / bench.sources["harma"]["train"][0]
     if harma_train.is_file():
@@ -473,11 +477,11 @@ def load_rs_benchmark(
             column (annotations only: counts, captions, ``filename``). This is how RSITMD and the
             Sydney/RSICD splits without shipped images load.
     """
-    key = canonical_benchmark(name) or name.lower()
-    if key not in BENCHMARKS:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(BENCHMARKS)}")
+    key = benchmarks.canonical_benchmark(name) or name.lower()
+    if key not in benchmarks.BENCHMARKS:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(benchmarks.BENCHMARKS)}")
     _check_choice("view", view, VIEWS)
-    bench = BENCHMARKS[key]
+    bench = benchmarks.BENCHMARKS[key]
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     needs_root = annotation_file is None or (require_images and image_dir is None)
     if needs_root and not root.is_dir():
@@ -599,3 +603,8 @@ def _check_choice(field: str, value, allowed: Sequence, context: str = "") -> No
     if value not in allowed:
         where = f" for {context}" if context else ""
         raise ValueError(f"unknown {field} {value!r}{where}; allowed: {list(dict.fromkeys(allowed))}")
+
+
+def __getattr__(name: str):
+    """Old names kept importable (with a DeprecationWarning): see `_MOVED`."""
+    return deprecated_attribute(__name__, name, _MOVED)
