@@ -23,7 +23,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from modeling_mtgfe import MTGFEConfig, MTGFEForImageTextRetrieval
+from modeling_mtgfe import MTGFEConfig, MTGFEForPreTraining
 
 OBJECTIVES = {
     "full (ITC+ITM+MLM+MVJRC)": dict(itc_weight=1.0, itm_weight=1.0, mlm_weight=1.0, mvjrc_weight=1.0),
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     rows = []
     for name, weights in OBJECTIVES.items():
         config = MTGFEConfig.from_preset(args.preset, **weights)
-        model = MTGFEForImageTextRetrieval(config).train()
+        model = MTGFEForPreTraining(config).train()
         batch = make_batch(config, args.batch_size, args.seq_len)
         if weights["mvjrc_weight"] == 0:
             batch.pop("pixel_values_view2")
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         rows.append((name, seconds, saved_mb))
         del model
 
-    params = sum(p.numel() for p in MTGFEForImageTextRetrieval(MTGFEConfig.from_preset(args.preset)).parameters())
+    params = sum(p.numel() for p in MTGFEForPreTraining(MTGFEConfig.from_preset(args.preset)).parameters())
     print(f"# MTGFE training step, preset `{args.preset}` ({params / 1e6:.1f} M parameters)")
     print(
         f"batch {args.batch_size} pairs, {args.seq_len} tokens, image {MTGFEConfig.from_preset(args.preset).image_size} px, "

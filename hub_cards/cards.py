@@ -50,14 +50,16 @@ from typing import Any
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
+from mtgfe.training.deprecation import deprecated_attribute
+
+from . import benchmarks
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "BENCHMARKS",
     "MTGFE_CITATION",
     "DEFAULT_PIPELINE_TAG",
     "EvalRecord",
-    "benchmark_info",
     "load_eval_results",
     "render_model_card",
     "render_dataset_card",
@@ -68,6 +70,8 @@ __all__ = [
 # choice: "zero-shot-image-classification" would promise a classifier widget, "text-to-image" and
 # "image-text-to-text" promise generation. Callers can override (or pass None to omit the tag).
 DEFAULT_PIPELINE_TAG = "feature-extraction"
+# Benchmark facts moved to hub_cards/benchmarks.py (still importable from here, with a DeprecationWarning).
+_MOVED = {name: ("mtgfe.hub_cards.benchmarks", name) for name in ("BENCHMARKS", "BenchmarkInfo", "benchmark_info")}
 MODEL_TAGS = ("remote-sensing", "image-text-retrieval", "mtgfe")
 
 MTGFE_CITATION = """@article{zhang2023mtgfe,
@@ -87,125 +91,6 @@ ALBEF_CITATION = """@inproceedings{li2021albef,
   booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
   year      = {2021}
 }"""
-
-_QU2016 = """@inproceedings{qu2016deep,
-  title     = {Deep Semantic Understanding of High Resolution Remote Sensing Image},
-  author    = {Qu, B. and Li, X. and Tao, D. and Lu, X.},
-  booktitle = {International Conference on Computer, Information and Telecommunication Systems (CITS)},
-  year      = {2016}
-}"""
-
-
-@dataclass(frozen=True)
-class BenchmarkInfo:
-    """What a card needs to know about a benchmark (facts from shared/data/README.md)."""
-
-    key: str
-    pretty_name: str
-    slug: str  # model-index dataset type when no Hub dataset id is given
-    imagery: str  # domain / source / resolution, for limitations
-    citations: tuple[str, ...]
-    license_note: str
-
-
-BENCHMARKS: dict[str, BenchmarkInfo] = {
-    "ucm": BenchmarkInfo(
-        key="ucm",
-        pretty_name="UCM-Captions",
-        slug="ucm_captions",
-        imagery=(
-            "UC Merced Land Use aerial orthoimagery (USGS National Map, US urban areas, about 0.3 m = 1 ft per pixel), "
-            "2,100 RGB tiles of about 256x256 px in 21 land-use classes, 5 English captions each"
-        ),
-        citations=(
-            _QU2016,
-            """@inproceedings{yang2010bag,
-  title     = {Bag-of-Visual-Words and Spatial Extensions for Land-Use Classification},
-  author    = {Yang, Y. and Newsam, S.},
-  booktitle = {ACM SIGSPATIAL International Conference on Advances in Geographic Information Systems},
-  year      = {2010}
-}""",
-        ),
-        license_note="No license ships with the caption release; research use with citation (cite Qu et al. 2016 and Yang & Newsam 2010).",
-    ),
-    "sydney": BenchmarkInfo(
-        key="sydney",
-        pretty_name="Sydney-Captions",
-        slug="sydney_captions",
-        imagery=(
-            "Google Earth imagery of Sydney, Australia (0.5 m/pixel), 613 RGB tiles of 500x500 px in 7 classes, "
-            "5 English captions each"
-        ),
-        citations=(
-            _QU2016,
-            """@article{zhang2015saliency,
-  title   = {Saliency-Guided Unsupervised Feature Learning for Scene Classification},
-  author  = {Zhang, F. and Du, B. and Zhang, L.},
-  journal = {IEEE Transactions on Geoscience and Remote Sensing},
-  volume  = {53},
-  number  = {4},
-  year    = {2015}
-}""",
-        ),
-        license_note="No license stated; research use with citation.",
-    ),
-    "rsicd": BenchmarkInfo(
-        key="rsicd",
-        pretty_name="RSICD",
-        slug="rsicd",
-        imagery=(
-            "RSICD: 10,921 RGB images of 224x224 px collected from several online map services "
-            "(varying ground resolution), 5 English captions each, many repeated word for word"
-        ),
-        citations=(
-            """@article{lu2018exploring,
-  title   = {Exploring Models and Data for Remote Sensing Image Caption Generation},
-  author  = {Lu, X. and Wang, B. and Zheng, X. and Li, X.},
-  journal = {IEEE Transactions on Geoscience and Remote Sensing},
-  volume  = {56},
-  number  = {4},
-  pages   = {2183--2195},
-  year    = {2018}
-}""",
-        ),
-        license_note="No license file in the release; research use with citation.",
-    ),
-    "rsitmd": BenchmarkInfo(
-        key="rsitmd",
-        pretty_name="RSITMD",
-        slug="rsitmd",
-        imagery="RSITMD: 4,743 RGB images of 256x256 px with fine-grained English captions (5 per image)",
-        citations=(
-            """@article{yuan2022exploring,
-  title   = {Exploring a Fine-Grained Multiscale Method for Cross-Modal Remote Sensing Image Retrieval},
-  author  = {Yuan, Z. and Zhang, W. and Fu, K. and Li, X. and Deng, C. and Wang, H. and Sun, X.},
-  journal = {IEEE Transactions on Geoscience and Remote Sensing},
-  volume  = {60},
-  year    = {2022},
-  doi     = {10.1109/TGRS.2021.3078451}
-}""",
-        ),
-        license_note="No license stated; research use with citation.",
-    ),
-}
-
-
-def _norm_name(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-_ALIASES = {
-    "ucm": "ucm", "ucmcaptions": "ucm", "ucmerced": "ucm", "ucmercedcaptions": "ucm",
-    "sydney": "sydney", "sydneycaptions": "sydney",
-    "rsicd": "rsicd",
-    "rsitmd": "rsitmd",
-}  # fmt: skip
-
-
-def benchmark_info(name: str) -> BenchmarkInfo | None:
-    """Registry entry for a benchmark name or alias (case and punctuation ignored), else None."""
-    return BENCHMARKS.get(_ALIASES.get(_norm_name(str(name)), ""))
-
 
 # ------------------------------------------------------------------------------- eval JSON input
 _METRIC_KEY = re.compile(r"^(i2t|t2i)_R@(\d+)$")
@@ -231,8 +116,8 @@ class EvalRecord:
     source: str = "<dict>"
 
     @property
-    def info(self) -> BenchmarkInfo | None:
-        return benchmark_info(self.dataset)
+    def info(self) -> benchmarks.BenchmarkInfo | None:
+        return benchmarks.benchmark_info(self.dataset)
 
     @property
     def dataset_name(self) -> str:
@@ -506,7 +391,7 @@ def _train_datasets(train_config: Mapping[str, Any] | None) -> list[str]:
 def _describe(names: Iterable[str]) -> list[str]:
     out = []
     for name in names:
-        info = benchmark_info(name)
+        info = benchmarks.benchmark_info(name)
         out.append(f"**{info.pretty_name}** — {info.imagery}" if info else f"**{name}** (no description on file)")
     return out
 
@@ -547,7 +432,7 @@ def _template(name: str) -> str:
 def _citations(records, train_names) -> str:
     seen: list[str] = [MTGFE_CITATION, ALBEF_CITATION]
     for name in list(train_names) + [r.dataset for r in records]:
-        info = benchmark_info(name)
+        info = benchmarks.benchmark_info(name)
         for cite in info.citations if info else ():
             if cite not in seen:
                 seen.append(cite)
@@ -672,7 +557,7 @@ def render_dataset_card(
     for split, n in splits.items():
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"splits[{split!r}] must be a non-negative int, got {n!r}.")
-    info = benchmark_info(dataset_name)
+    info = benchmarks.benchmark_info(dataset_name)
     pretty = pretty_name or (info.pretty_name if info else dataset_name)
     citation = source_citation or ("\n\n".join(info.citations) if info else None)
     if not citation:
@@ -710,3 +595,8 @@ def render_dataset_card(
         license_note=note,
         citation=citation,
     )
+
+
+def __getattr__(name: str):
+    """Old names kept importable (with a DeprecationWarning): see `_MOVED`."""
+    return deprecated_attribute(__name__, name, _MOVED)

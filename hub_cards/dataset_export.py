@@ -18,7 +18,6 @@ Layout written::
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,8 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetDict
 from datasets.features import Image, List, Sequence, Value
 from datasets.table import embed_table_storage
+
+from mtgfe.utils.io import atomic_path
 
 from .cards import render_dataset_card
 
@@ -51,17 +52,12 @@ def _feature_text(feature: Any) -> str:
 
 def _write_split(ds: Dataset, path: Path, batch_size: int) -> None:
     schema = ds.features.arrow_schema  # carries the `huggingface` feature metadata (Image() etc.)
-    tmp = path.with_name(path.name + ".partial")
-    try:
+    with atomic_path(path) as tmp:  # a killed export never leaves a parquet file that looks complete
         with pq.ParquetWriter(tmp, schema=schema) as writer:
             for batch in ds.with_format("arrow").iter(batch_size=batch_size):
                 writer.write_table(embed_table_storage(batch), row_group_size=batch_size)
             if len(ds) == 0:
                 writer.write_table(schema.empty_table())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     written = pq.ParquetFile(path).metadata.num_rows
     if written != len(ds):  # pragma: no cover - would be a datasets/pyarrow bug
         raise RuntimeError(f"{path}: wrote {written} rows, expected {len(ds)}.")

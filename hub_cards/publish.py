@@ -27,6 +27,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from modeling_mtgfe import MTGFEForPreTraining, MTGFEModel
+from modeling_mtgfe.pipeline_mtgfe import save_for_pipeline
+from mtgfe.processing import MTGFEProcessor
+
+from .cards import render_model_card
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["ALLOWED_PATTERNS", "PublishError", "assemble_hub_folder", "main", "upload_hub_folder"]
@@ -156,12 +162,6 @@ def assemble_hub_folder(
     Returns:
         The files written, sorted.
     """
-    from modeling_mtgfe import MTGFEForImageTextRetrieval, MTGFEModel
-    from modeling_mtgfe.pipeline_mtgfe import save_for_pipeline
-    from mtgfe.processing import MTGFEProcessor
-
-    from .cards import render_model_card
-
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     config = _check_model_dir(model_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
@@ -171,7 +171,7 @@ def assemble_hub_folder(
 
     # Reload and re-save rather than copy: the result is exactly what save_pretrained writes today
     # (safetensors, current auto_map, current remote code), whatever else the training folder holds.
-    model_class = MTGFEModel if "MTGFEModel" in (config.get("architectures") or []) else MTGFEForImageTextRetrieval
+    model_class = MTGFEModel if "MTGFEModel" in (config.get("architectures") or []) else MTGFEForPreTraining
     model = model_class.from_pretrained(model_dir).eval()
     processor = MTGFEProcessor.from_pretrained(model_dir)
 

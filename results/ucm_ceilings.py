@@ -102,17 +102,17 @@ def main(argv=None) -> int:
 
 def filter_scores(model_dir: str, data_dir, split: str) -> np.ndarray:
     """`(images, captions)` filter cosine of a trained model on the split (same encoders as mtgfe-eval)."""
-    from modeling_mtgfe import MTGFEForImageTextRetrieval
+    from modeling_mtgfe import MTGFEForPreTraining
     from modeling_mtgfe.retrieval import encode_images, encode_texts
     from mtgfe.processing import MTGFEProcessor
     from mtgfe.training.data import load_rs_benchmark
-    from mtgfe.training.evaluation import _captions, _image_sources
+    from mtgfe.training.evaluation import dataset_image_sources, flatten_captions
 
-    model = MTGFEForImageTextRetrieval.from_pretrained(model_dir).eval()
+    model = MTGFEForPreTraining.from_pretrained(model_dir).eval()
     processor = MTGFEProcessor.from_pretrained(model_dir)
     dataset = load_rs_benchmark("ucm", data_dir, split=split, view="images")
-    texts, _ = _captions(dataset)
-    images = encode_images(model, processor, _image_sources(dataset), keep_tokens=False, progress=False)
+    texts, _ = flatten_captions(dataset)
+    images = encode_images(model, processor, dataset_image_sources(dataset), keep_tokens=False, progress=False)
     captions = encode_texts(model, processor, texts, keep_states=False, progress=False)
     return (images.embeds @ captions.embeds[captions.inverse].t()).float().numpy()
 

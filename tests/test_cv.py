@@ -114,7 +114,8 @@ def test_cv_split_rejects_an_image_in_both_splits():
 
 
 def test_ucm_pool_folds_are_class_balanced(data_dir):
-    from mtgfe.training.train import load_cv, load_split
+    from mtgfe.training.cv import load_cv
+    from mtgfe.training.loading import load_config_split as load_split
 
     cfg = load_config("ucm_small", [f"data.data_dir={data_dir}", "data.cv.folds=3", "data.cv.fold=1"])
     part = load_cv(cfg)
@@ -131,7 +132,7 @@ def test_ucm_pool_folds_are_class_balanced(data_dir):
 
 # ------------------------------------------------------------------------------------------ training
 def test_fold_runs_share_one_pool_cache_and_summarize(tmp_path, capsys):
-    from mtgfe.training.train import main
+    from mtgfe.training.cli import main
 
     cache_dir = tmp_path / "cache"
     common = [*CACHE, f"data.backbone_cache.dir={cache_dir}", "max_steps=2", "data.cv.folds=2"]
@@ -174,7 +175,8 @@ def test_cache_must_hold_every_training_image(tmp_path):
     from accelerate import Accelerator
 
     from mtgfe.processing import build_wordpiece_tokenizer
-    from mtgfe.training.train import build_model, build_processor, load_or_build_backbone_cache
+    from mtgfe.training.backbone_cache import load_or_build_backbone_cache
+    from mtgfe.training.train import build_model, build_processor
 
     part = cv_split(_synthetic_splits(6, 2), 2, 0)
     tokenizer = build_wordpiece_tokenizer(part.train["caption"], vocab_size=300, model_max_length=40)

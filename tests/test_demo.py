@@ -29,7 +29,7 @@ def test_every_demo_recipe_is_a_valid_shipped_config(tmp_path):
     """The UCM demo runs the two-stage recipe; its stage 1 must resolve (trained first when missing)."""
     from mtgfe.training.config import load_config
     from mtgfe.training.demo import DEMO_CONFIGS
-    from mtgfe.training.train import prerequisite_config
+    from mtgfe.training.cli import prerequisite_config
 
     for name, _ in DEMO_CONFIGS.values():
         cfg = load_config(name, ["output_dir=/nonexistent/demo/model", "model.pretrained=/nonexistent/demo/stage1/final"]

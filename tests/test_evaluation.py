@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from modeling_mtgfe import MTGFEConfig
 from mtgfe.training.evaluation import evaluate_model, format_table, main
 from mtgfe.training.metrics import TIE_RULES, retrieval_metrics
 
@@ -30,7 +31,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def setup():
     """A tiny model, its processor, and 12 synthetic val images (60 captions)."""
-    from modeling_mtgfe import MTGFEConfig, MTGFEForImageTextRetrieval
+    from modeling_mtgfe import MTGFEConfig, MTGFEForPreTraining
     from mtgfe.processing import MTGFEImageProcessor, MTGFEProcessor, build_wordpiece_tokenizer
     from mtgfe.training.synthetic import load_synthetic
 
@@ -43,7 +44,7 @@ def setup():
         "tiny", text_config={"vocab_size": len(tokenizer)}, pad_token_id=tokenizer.pad_token_id,
         cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id, mask_token_id=tokenizer.mask_token_id,
     )
-    model = MTGFEForImageTextRetrieval(config).eval()
+    model = MTGFEForPreTraining(config).eval()
     return model, processor, dataset
 
 
@@ -102,7 +103,7 @@ def test_report_fields_json_and_training_mode(setup, tmp_path):
 def test_bad_arguments(setup):
     model, processor, dataset = setup
     with pytest.raises(ValueError, match="alpha"):
-        evaluate_model(model, processor, dataset, k=4, alpha=0.5)
+        evaluate_model(model, processor, dataset, k=4, score="itm", alpha=0.5)
     with pytest.raises(ValueError, match="images view"):
         evaluate_model(model, processor, dataset.rename_column("captions", "caption"), k=4)
 
@@ -183,3 +184,70 @@ def test_alpha_sweep_matches_separate_itm_plus_itc_runs(setup):
     assert report["alpha_sweep"]["0.0"]["expected"] == pytest.approx(report["metrics"])
     mixed = evaluate_model(model, processor, dataset, k=4, score="itm+itc", alpha=2.0)
     assert report["alpha_sweep"]["2.0"]["expected"] == pytest.approx(mixed["metrics"], abs=1e-6)
+
+
+# ------------------------------------------------------------------------------ defaults from the model config
+def test_defaults_come_from_the_model_config(setup):
+    """No k/score/alpha given: the model's `retrieval_k/score/alpha` decide (what the trainer stored)."""
+    model, processor, dataset = setup
+    saved = (model.config.retrieval_k, model.config.retrieval_score, model.config.retrieval_alpha)
+    try:
+        model.config.retrieval_k, model.config.retrieval_score, model.config.retrieval_alpha = 3, "itm+itc", 0.25
+        report = evaluate_model(model, processor, dataset)
+        assert (report["k"], report["score"], report["alpha"]) == (3, "itm+itc", 0.25)
+        explicit = evaluate_model(model, processor, dataset, k=3, score="itm+itc", alpha=0.25)
+        assert report["metrics_by_tie_rule"] == explicit["metrics_by_tie_rule"]
+        model.config.retrieval_alpha = None  # None: 1.0, the search CLI's rule
+        assert evaluate_model(model, processor, dataset)["alpha"] == 1.0
+        model.config.retrieval_score = "itm"
+        assert evaluate_model(model, processor, dataset)["alpha"] == 0.0
+        model.config.retrieval_score = "filter"
+        report = evaluate_model(model, processor, dataset)
+        assert report["filter_only"] and report["score"] == "itc" and report["fusion_passes"] == 0
+        assert report["alpha"] == 0.0
+        model.config.retrieval_score = "itm+itc"
+        assert evaluate_model(model, processor, dataset, filter_only=True)["alpha"] == 0.0
+        assert evaluate_model(model, processor, dataset, k=5, score="itm")["k"] == 5  # arguments win
+    finally:
+        model.config.retrieval_k, model.config.retrieval_score, model.config.retrieval_alpha = saved
+
+
+def test_cli_reads_the_saved_models_defaults(setup, tmp_path):
+    """One saved model: `mtgfe-eval` without --k/--score/--alpha uses what its config.json says."""
+    from modeling_mtgfe import MTGFEModel
+
+    model, processor, _ = setup
+    folder = tmp_path / "model"
+    saved = (model.config.retrieval_k, model.config.retrieval_score, model.config.retrieval_alpha)
+    model.config.retrieval_k, model.config.retrieval_score, model.config.retrieval_alpha = 5, "itm+itc", 0.5
+    try:
+        model.save_pretrained(folder)
+    finally:
+        model.config.retrieval_k, model.config.retrieval_score, model.config.retrieval_alpha = saved
+    processor.save_pretrained(folder)
+    assert MTGFEModel.from_pretrained(folder).config.retrieval_k == 5
+    base = ["--model", str(folder), "--dataset", "synthetic", "--split", "val", "--max-images", "6",
+            "--synthetic-size", "32", "--no-progress"]
+    out = tmp_path / "default.json"
+    assert main(base + ["--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert (report["k"], report["score"], report["alpha"]) == (5, "itm+itc", 0.5)
+    out = tmp_path / "itm.json"
+    assert main(base + ["--score", "itm", "--k", "4", "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert (report["k"], report["score"], report["alpha"]) == (4, "itm", 0.0)
+
+
+def test_trainer_writes_the_eval_section_into_the_model_config():
+    from mtgfe.training.config import load_config
+    from mtgfe.training.train import write_retrieval_defaults
+
+    config = MTGFEConfig.from_preset("tiny")
+    write_retrieval_defaults(config, load_config("synthetic_tiny", ["eval.k=7", "eval.score=itm+itc", "eval.alpha=2.5"]))
+    assert (config.retrieval_k, config.retrieval_score, config.retrieval_alpha) == (7, "itm+itc", 2.5)
+    config = MTGFEConfig.from_preset("tiny")
+    write_retrieval_defaults(config, load_config("synthetic_tiny", ["eval.k=4", "eval.score=itm"]))
+    assert (config.retrieval_k, config.retrieval_score, config.retrieval_alpha) == (4, "itm", None)
+    config = MTGFEConfig.from_preset("tiny")
+    write_retrieval_defaults(config, load_config("synthetic_tiny", ["eval.filter_only=true"]))
+    assert config.retrieval_score == "filter"

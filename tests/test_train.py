@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtgfe.training.train import main
+from mtgfe.training.cli import main
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def test_collate_is_a_function_of_seed_epoch_and_index(tokenizer_dir):
 
 
 def test_smoke_run_writes_log_checkpoint_and_loadable_final(tmp_path):
-    from modeling_mtgfe import MTGFEForImageTextRetrieval
+    from modeling_mtgfe import MTGFEForPreTraining
     from mtgfe.processing import MTGFEProcessor
 
     out = tmp_path / "run"
@@ -114,7 +114,7 @@ def test_smoke_run_writes_log_checkpoint_and_loadable_final(tmp_path):
     assert not list(out.glob(".tmp-*"))  # every folder was published atomically
 
     final = out / "final"
-    model = MTGFEForImageTextRetrieval.from_pretrained(final)
+    model = MTGFEForPreTraining.from_pretrained(final)
     processor = MTGFEProcessor.from_pretrained(final)
     assert processor.image_processor.size["height"] == 32
     assert model.config.cls_token_id == processor.tokenizer.cls_token_id  # wordpiece ids went into the config
@@ -155,7 +155,7 @@ def test_exact_resume_from_a_mid_epoch_checkpoint(tmp_path, accum):
 
 def test_interrupted_run_resumes_from_latest(tmp_path, tokenizer_dir, monkeypatch):
     """Stop a run right after its step-3 checkpoint, then `resume_from=latest` in the same folder."""
-    import mtgfe.training.train as train_module
+    import mtgfe.training.checkpointing as train_module  # train() calls checkpointing.save_checkpoint
 
     common = ["max_steps=6", "log.sample_ids=true", "eval.at_end=false", "checkpoint.keep_last=null",
               "checkpoint.save_every=3", f"data.tokenizer={tokenizer_dir}"]
@@ -220,7 +220,7 @@ def _torchrun(out: Path, *overrides: str, timeout: int = 300) -> subprocess.Comp
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           "-m", "mtgfe.training.train", *BASE, f"output_dir={out}", *overrides]
+           "-m", "mtgfe.training.cli", *BASE, f"output_dir={out}", *overrides]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -233,7 +233,7 @@ def _require_ok(proc: subprocess.CompletedProcess, out: Path) -> None:
 
 @pytest.mark.slow
 def test_two_process_ddp_run_and_resume(tmp_path):
-    from modeling_mtgfe import MTGFEForImageTextRetrieval
+    from modeling_mtgfe import MTGFEForPreTraining
 
     common = ["max_steps=4", "log.sample_ids=true", "checkpoint.save_every=2", "checkpoint.keep_last=null",
               "batch_size=8"]
@@ -247,7 +247,7 @@ def test_two_process_ddp_run_and_resume(tmp_path):
     assert {p.name for p in (full / "checkpoint-2").glob("random_states_*.pkl")} == {"random_states_0.pkl",
                                                                                       "random_states_1.pkl"}
     assert records(full, "eval")[-1]["metrics"]["mR"] >= 0
-    MTGFEForImageTextRetrieval.from_pretrained(full / "final")
+    MTGFEForPreTraining.from_pretrained(full / "final")
 
     resumed = tmp_path / "ddp_resumed"
     _require_ok(_torchrun(resumed, *common, f"checkpoint.resume_from={full / 'checkpoint-2'}"), resumed)
@@ -277,7 +277,7 @@ def test_two_process_freeze_then_unfreeze(tmp_path):
 def test_two_stage_recipe_trains_its_missing_stage_one_first(tmp_path):
     """model.pretrained_recipe: stage 1 runs into <pretrained>/.. with the shared data/seed overrides."""
     from mtgfe.training.config import ConfigError, load_config
-    from mtgfe.training.train import prerequisite_config
+    from mtgfe.training.cli import prerequisite_config
 
     stage1 = tmp_path / "stage1"
     stage2 = ["model.preset=null", f"model.pretrained={stage1 / 'final'}", "model.pretrained_recipe=synthetic_tiny",

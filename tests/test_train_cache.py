@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mtgfe.training.config import ConfigError, load_config
-from mtgfe.training.train import main
+from mtgfe.training.cli import main
 
 from test_train import BASE, _compare, one_thread, records  # noqa: F401  (autouse: one intra-op thread)
 

@@ -167,13 +167,13 @@ def test_ablation_configs_differ_only_in_tasks():
 
 
 def test_cli_config_error_exits_before_building_anything(monkeypatch, capsys):
-    import mtgfe.training.train as train_module
+    import mtgfe.training.cli as cli_module
 
     def boom(*args, **kwargs):  # pragma: no cover - must not be reached
         raise AssertionError("train() must not start on an invalid config")
 
-    monkeypatch.setattr(train_module, "train", boom)
-    rc = train_module.main(["--config", "synthetic_tiny", "--set", "model.itm_weight=-1"])
+    monkeypatch.setattr(cli_module, "train", boom)
+    rc = cli_module.main(["--config", "synthetic_tiny", "--set", "model.itm_weight=-1"])
     assert rc == 2
     assert "model.itm_weight=-1.0 is negative" in capsys.readouterr().err
 
@@ -206,10 +206,10 @@ def test_lr_scale_warmup_then_cosine_to_floor():
 
 
 def test_param_groups_decay_and_head_lr():
-    from modeling_mtgfe import MTGFEConfig, MTGFEForImageTextRetrieval
+    from modeling_mtgfe import MTGFEConfig, MTGFEForPreTraining
     from mtgfe.training.train import param_groups
 
-    model = MTGFEForImageTextRetrieval(MTGFEConfig.from_preset("tiny"))
+    model = MTGFEForPreTraining(MTGFEConfig.from_preset("tiny"))
     scratch = param_groups(model, make())
     assert {g["group"] for g in scratch} == {"pretrained/decay", "pretrained/no_decay"}  # preset: one lr
     assert all(g["lr"] == make().optim.lr for g in scratch)
@@ -232,10 +232,10 @@ def test_param_groups_decay_and_head_lr():
 def test_head_lr_also_applies_to_a_saved_model_in_model_pretrained(tmp_path):
     """Regression: stage 2 of a two-stage recipe starts from a saved MTGFE whose ITM head and
     cross-attention never trained; they used to get optim.lr (3e-5) and ITM stayed a constant predictor."""
-    from modeling_mtgfe import MTGFEConfig, MTGFEForImageTextRetrieval
+    from modeling_mtgfe import MTGFEConfig, MTGFEForPreTraining
     from mtgfe.training.train import param_groups
 
-    model = MTGFEForImageTextRetrieval(MTGFEConfig.from_preset("tiny"))
+    model = MTGFEForPreTraining(MTGFEConfig.from_preset("tiny"))
     overrides = [f"model.pretrained={tmp_path}", "model.preset=null", "data.tokenizer=default", "optim.lr=1e-5",
                  "optim.head_lr=5e-5"]
     groups = {g["group"]: g for g in param_groups(model, make(overrides))}

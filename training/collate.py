@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset as TorchDataset
 
+from safetensors import safe_open
+from safetensors.torch import save_file
+
 from mtgfe.processing import load_image
+from mtgfe.utils.io import atomic_path
 
 
 TRAIN_COLUMNS = ("image", "caption", "image_id", "caption_id")
@@ -248,7 +251,7 @@ class BackboneCache:
               progress: bool = True) -> "BackboneCache":
         """Encode every image's slots with `model`'s backbone (eval mode, no grad, batched).
 
-        `model`: `MTGFEForImageTextRetrieval` or `MTGFEModel` (anything with `.mtgfe` or
+        `model`: `MTGFEForPreTraining` or `MTGFEModel` (anything with `.mtgfe` or
         `backbone_hidden_states`). The backbone's train/eval mode is restored afterwards.
         """
         from tqdm.auto import tqdm
@@ -281,20 +284,13 @@ class BackboneCache:
         return cls(tokens, image_ids)
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
-        """safetensors, written to a temp file and renamed: a concurrent reader sees all or nothing."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        """safetensors, written atomically (`atomic_path`): a concurrent reader sees all or nothing."""
         meta = {"image_ids": json.dumps(self.image_ids), **{k: str(v) for k, v in (metadata or {}).items()}}
-        save_file({"tokens": self.tokens.contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"tokens": self.tokens.contiguous()}, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BackboneCache":
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as handle:
             image_ids = json.loads(handle.metadata()["image_ids"])
             tokens = handle.get_tensor("tokens")

@@ -8,7 +8,7 @@ second, not the minutes it takes to load backbones and start training:
   level suggests `optim.lr`);
 * values are converted to the declared field types (YAML reads `1e-4` as a *string*; a `float` field
   accepts it) and a value that does not convert names the key and the expected type;
-* `validate()` (in `config_validation.py`) rejects impossible combinations (negative loss weights, batches too small for ITM hard
+* `validate()` (in `config_validation.py`, which also holds the choices and `ConfigError`) rejects impossible combinations (negative loss weights, batches too small for ITM hard
   negatives, lr <= 0, warm-up longer than the run, unknown dataset/preset/precision, ...).
 
 Checks that need the data (number of steps of an epoch, captions per image when all captions are
@@ -29,27 +29,43 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
+from modeling_mtgfe.configuration_mtgfe import MTGFEConfig
 
-
-DATASETS = ("ucm", "sydney", "rsicd", "rsitmd", "synthetic", "jsonl")
-BENCHMARK_DATASETS = ("ucm", "sydney", "rsicd", "rsitmd")
-MIXED_PRECISIONS = ("no", "bf16", "fp16")
-EVAL_SCORES = ("itm", "itm+itc")
-MVJRC_VARIANTS = ("simsiam", "infonce")
-SELECTION_METRICS = ("mR", "i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10")
-LOSS_NAMES = ("itc", "itm", "mlm", "mvjrc")
-TOKENIZER_CHOICES = ("default", "wordpiece")
-CACHE_DTYPES = ("float16", "bfloat16", "float32")
-
-
-class ConfigError(ValueError):
-    """A training configuration is invalid; the message names the key, the value and the source file."""
+# The choices, `ConfigError` and the checks live in config_validation.py (a leaf: it imports nothing
+# from here), so the schema below and its validation no longer import each other. The choice tuples
+# are re-exported: `mtgfe.training.config` stays the one place users import config names from.
+from .deprecation import deprecated_attribute
+from .config_validation import (
+    BENCHMARK_DATASETS,
+    CACHE_DTYPES,
+    DATASETS,
+    LOSS_NAMES,
+    MIXED_PRECISIONS,
+    SELECTION_METRICS,
+    TOKENIZER_CHOICES,
+    ConfigError,
+    build_view_transforms,
+    check_data_dependent,
+    resolve_config_path,
+    validate,
+    warmup_steps,
+)
 
 
 # ------------------------------------------------------------------------------------------ schema
+# `model.*` fields that are `MTGFEConfig` fields of the same name: their defaults come from the model
+# config and the trainer passes them through unchanged, so nothing is written down twice.
+MODEL_TASK_FIELDS = ("itc_weight", "itm_weight", "mlm_weight", "mvjrc_weight", "mvjrc_variant",
+                     "itm_random_negative_prob")
+_MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MTGFEConfig) if f.name in MODEL_TASK_FIELDS}
+# Names that moved out of this module; `__getattr__` below still serves them with a DeprecationWarning.
+_MOVED = {"EVAL_SCORES": ("modeling_mtgfe.configuration_mtgfe", "RETRIEVAL_SCORES"),
+          "MVJRC_VARIANTS": ("modeling_mtgfe.configuration_mtgfe", "MVJRC_VARIANTS")}
+
+
 @dataclass
 class InitConfig:
-    """Backbones for `MTGFEForImageTextRetrieval.from_vision_text_pretrained` (offline names or folders)."""
+    """Backbones for `MTGFEForPreTraining.from_vision_text_pretrained` (offline names or folders)."""
 
     vision: str = "efficientnet-lite0"
     text: str = "minilm-l6"
@@ -69,12 +85,14 @@ class ModelConfig:
     preset: str | None = None
     init: InitConfig | None = None
     pretrained: str | None = None
-    itc_weight: float = 1.0
-    itm_weight: float = 1.0
-    mlm_weight: float = 1.0
-    mvjrc_weight: float = 1.0
-    mvjrc_variant: str = "simsiam"
-    itm_random_negative_prob: float = 0.0
+    # Defaults read from `MTGFEConfig` (one source of truth); `model_config_overrides` copies these
+    # fields (`MODEL_TASK_FIELDS`) into the model config by name.
+    itc_weight: float = _MODEL_DEFAULTS["itc_weight"]
+    itm_weight: float = _MODEL_DEFAULTS["itm_weight"]
+    mlm_weight: float = _MODEL_DEFAULTS["mlm_weight"]
+    mvjrc_weight: float = _MODEL_DEFAULTS["mvjrc_weight"]
+    mvjrc_variant: str = _MODEL_DEFAULTS["mvjrc_variant"]
+    itm_random_negative_prob: float = _MODEL_DEFAULTS["itm_random_negative_prob"]
     fusion_layer: int | None = None
     num_fusion_layers: int | None = None  # with model.init: fusion stack from the top text layers (see from_vision_text_pretrained)
     # Two-stage recipes: the shipped config that produces `pretrained` (which must then be
@@ -530,30 +548,11 @@ def _merge(base: dict, child: dict) -> dict:
     return out
 
 
-def resolve_config_path(path: str | os.PathLike) -> Path:
-    file = Path(path)
-    if file.is_file():
-        return file
-    shipped = Path(__file__).resolve().parent / "configs"
-    for candidate in (shipped / file.name, shipped / f"{file.name}.yaml"):
-        if candidate.is_file():
-            return candidate
-    available = sorted(p.stem for p in shipped.glob("*.yaml"))
-    raise ConfigError(f"config file {path} does not exist (shipped configs: {available})")
-
-
-# Validation lives in config_validation.py (imported here last: it reads the schema above).
-from .config_validation import (  # noqa: E402
-    build_view_transforms,
-    check_data_dependent,
-    validate,
-    warmup_steps,
-)
-
 __all__ = [
     "BackboneCacheConfig",
     "CheckpointConfig",
     "ConfigError",
+    "MODEL_TASK_FIELDS",
     "CVConfig",
     "DataConfig",
     "EvalConfig",
@@ -570,7 +569,13 @@ __all__ = [
     "check_data_dependent",
     "config_from_dict",
     "load_config",
+    "resolve_config_path",
     "parse_overrides",
     "validate",
     "warmup_steps",
 ]
+
+
+def __getattr__(name: str):
+    """Old names kept importable (with a DeprecationWarning): see `_MOVED`."""
+    return deprecated_attribute(__name__, name, _MOVED)

@@ -3,28 +3,59 @@
 `validate` holds every static check (impossible combinations, out-of-range values, unknown names),
 `check_data_dependent` the ones that need the annotations (steps per epoch, captions per image); both
 fail with a `ConfigError` that names the key, the value and the allowed range. Kept apart from the
-schema and parsing in `config.py` so each file stays readable.
+schema and parsing in `config.py` so each file stays readable. The allowed choices and `ConfigError`
+live here too, so that this module is a leaf: config.py imports it, it never imports config.py (the two
+used to import each other). Choices the model defines (`MVJRC_VARIANTS`, `RETRIEVAL_SCORES`, presets)
+come from `modeling_mtgfe.configuration_mtgfe`, never copied.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .config import (
-    DATASETS,
-    BENCHMARK_DATASETS,
-    MIXED_PRECISIONS,
-    EVAL_SCORES,
-    MVJRC_VARIANTS,
-    SELECTION_METRICS,
-    TOKENIZER_CHOICES,
-    CACHE_DTYPES,
-    ConfigError,
-    TrainConfig,
-    resolve_config_path,
-)
+from modeling_mtgfe.configuration_mtgfe import MVJRC_VARIANTS, PRESETS, RETRIEVAL_SCORES, MTGFEConfig
+
+from . import views
+from .metrics import RECALL_KEYS
+
+
+if TYPE_CHECKING:  # annotations only: config.py imports this module, never the other way round
+    from .config import TrainConfig
+
+
+DATASETS = ("ucm", "sydney", "rsicd", "rsitmd", "synthetic", "jsonl")
+BENCHMARK_DATASETS = ("ucm", "sydney", "rsicd", "rsitmd")
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
+SELECTION_METRICS = ("mR", *(key for key in RECALL_KEYS if key != "mR"))  # the report's keys, mR first
+LOSS_NAMES = ("itc", "itm", "mlm", "mvjrc")
+TOKENIZER_CHOICES = ("default", "wordpiece")
+CACHE_DTYPES = ("float16", "bfloat16", "float32")
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A training configuration is invalid; the message names the key, the value and the source file."""
+
+
+def resolve_config_path(path: str | os.PathLike) -> Path:
+    """A config file by path, else by name among the shipped configs (`synthetic_tiny`, `ucm_fusion.yaml`).
+
+    Here rather than in config.py because validation needs it too (`model.pretrained_recipe` must name
+    an existing config) and this module must not import config.py (that was an import cycle).
+    """
+    file = Path(path)
+    if file.is_file():
+        return file
+    shipped = SHIPPED_CONFIGS
+    for candidate in (shipped / file.name, shipped / f"{file.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    available = sorted(p.stem for p in shipped.glob("*.yaml"))
+    raise ConfigError(f"config file {path} does not exist (shipped configs: {available})")
 
 
 def _fail(source: str, message: str) -> None:
@@ -36,7 +67,6 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
     m, d, o, s, e = cfg.model, cfg.data, cfg.optim, cfg.schedule, cfg.eval
 
     # model source
-    from modeling_mtgfe.configuration_mtgfe import PRESETS  # light: configuration only, no model code
 
     if m.preset is None and m.init is None and m.pretrained is None:
         _fail(source, "model needs one of model.preset (e.g. 'tiny'), model.init {vision, text} or model.pretrained")
@@ -226,8 +256,8 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         _fail(source, f"eval.every={e.every} must be >= 0 (0: no evaluation during training)")
     if e.k < 1:
         _fail(source, f"eval.k={e.k} must be >= 1")
-    if e.score not in EVAL_SCORES:
-        _fail(source, f"eval.score={e.score!r} is not one of {list(EVAL_SCORES)}")
+    if e.score not in RETRIEVAL_SCORES:
+        _fail(source, f"eval.score={e.score!r} is not one of {list(RETRIEVAL_SCORES)}")
     if e.score == "itm" and e.alpha != 0.0:
         _fail(source, f"eval.alpha={e.alpha} only applies to eval.score='itm+itc'")
     if e.batch_size < 1:
@@ -279,8 +309,6 @@ def check_data_dependent(cfg: TrainConfig, total_steps: int, max_captions_per_im
 
 def build_view_transforms(cfg: TrainConfig, seed: int | None = None):
     """`(base_transform, mvjrc_transform)` from `cfg.views`; the second is None when MVJRC is off."""
-    from . import views
-
     size = cfg.data.image_size
     if cfg.views.augment:
         base = views.BaseTransform(image_size=size, seed=seed, **cfg.views.base)
@@ -307,6 +335,4 @@ def _close(key: str, choices, prefix: str) -> str:
 
 
 def _mtgfe_config_fields() -> set[str]:
-    from modeling_mtgfe.configuration_mtgfe import MTGFEConfig
-
     return {f.name for f in dataclasses.fields(MTGFEConfig)}

@@ -29,8 +29,20 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
+from datasets import Image as ImageFeature
+
+from mtgfe.utils.io import atomic_write_json, read_json
+
+from .config_validation import ConfigError
+from .data import ImageRecord, build_dataset
+from .loading import load_config_split
+from .metrics import HEADLINE_RULE, RECALL_KEYS
+
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 FOLDS_FILE = "cv_folds.json"  # in each fold run's output_dir
 _DIGITS = re.compile(r"(\d+)")
@@ -67,10 +79,6 @@ class CVData:
 
 def pool_images(splits: dict[str, Any]) -> tuple[list, list, list[str]]:
     """`(records, image sources, split of each)` of the images views in `splits`, in pool order."""
-    from datasets import Image as ImageFeature
-
-    from .data import ImageRecord
-
     records, sources, owners, seen = [], [], [], {}
     for split, dataset in splits.items():
         if "captions" not in dataset.column_names:
@@ -89,8 +97,6 @@ def pool_images(splits: dict[str, Any]) -> tuple[list, list, list[str]]:
 
 def cv_split(splits: dict[str, Any], folds: int, fold: int) -> CVData:
     """Pool the images views in `splits` (`{name: dataset}`, train first) and cut out fold `fold`."""
-    from .data import build_dataset
-
     if not 0 <= fold < folds:
         raise ValueError(f"fold must be in [0, {folds - 1}], got {fold}")
     records, sources, owners = pool_images(splits)
@@ -114,13 +120,21 @@ def cv_split(splits: dict[str, Any], folds: int, fold: int) -> CVData:
     return CVData(train=train, val=val, pool=pool, membership=membership)
 
 
+def load_cv(cfg: TrainConfig) -> CVData:
+    """`data.cv` of a run: its train and val splits (images views) pooled and cut into folds (`cv_split`).
+
+    Here, not in train.py, because evaluation (`mtgfe-eval --cv-run`) needs the same held-out fold and
+    must not import the trainer for it (that was the train -> cv -> evaluation -> train cycle).
+    """
+    d = cfg.data
+    splits = {split: load_config_split(cfg, split, "images") for split in (d.train_split, d.val_split)}
+    try:
+        return cv_split(splits, d.cv.folds, d.cv.fold)
+    except ValueError as error:
+        raise ConfigError(f"data.cv: {error}") from None
+
+
 # ------------------------------------------------------------------------------------------ summary
-def _recall_keys() -> tuple[str, ...]:
-    from .evaluation import RECALL_KEYS
-
-    return RECALL_KEYS
-
-
 def read_fold(folder: str | Path, which: str = "final") -> dict:
     """The held-out fold's report of one fold run: `final/` (the end-of-run eval; falls back to the last
     eval in `metrics.jsonl`) or `best/` (the best in-loop eval: selected on the same fold, so optimistic)."""
@@ -128,11 +142,11 @@ def read_fold(folder: str | Path, which: str = "final") -> dict:
     folds_file = folder / FOLDS_FILE
     if not folds_file.is_file():
         raise FileNotFoundError(f"{folds_file} not found: {folder} is not a cross-validation run (data.cv.folds)")
-    membership = json.loads(folds_file.read_text(encoding="utf-8"))
+    membership = read_json(folds_file, what="cross-validation folds file")
     report = None
     path = folder / which / "eval_results.json"
     if path.is_file():
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = read_json(path, what="evaluation report")
     elif which == "final" and (folder / "metrics.jsonl").is_file():
         evals = [r for r in map(json.loads, (folder / "metrics.jsonl").read_text(encoding="utf-8").splitlines())
                  if r.get("type") == "eval"]
@@ -142,18 +156,16 @@ def read_fold(folder: str | Path, which: str = "final") -> dict:
                                 (" and no eval record in metrics.jsonl" if which == "final" else ""))
     return {"folder": str(folder), "source": str(path), "fold": membership["fold"], "folds": membership["folds"],
             "pool_sha256": membership.get("pool_sha256"), "val_images": membership["val"]["images"],
-            "step": report.get("step"), "metrics": {k: report["metrics"][k] for k in _recall_keys()},
+            "step": report.get("step"), "metrics": {k: report["metrics"][k] for k in RECALL_KEYS},
             "alpha_sweep_mR": _sweep_mR(folder, report)}
 
 
 def _sweep_mR(folder: Path, report: dict) -> dict[str, float]:
     """mR of ITM + a * cosine per alpha (`eval.alpha_sweep`), from the report or its `eval/step-N.json`."""
-    from .evaluation import HEADLINE_RULE
-
     sweep = report.get("alpha_sweep")
     step_file = folder / "eval" / f"step-{report.get('step')}.json"
     if sweep is None and step_file.is_file():
-        sweep = json.loads(step_file.read_text(encoding="utf-8")).get("alpha_sweep")
+        sweep = read_json(step_file, what="evaluation report").get("alpha_sweep")
     return {alpha: rules[HEADLINE_RULE]["mR"] for alpha, rules in (sweep or {}).items()}
 
 
@@ -170,7 +182,7 @@ def summarize(folders: Sequence[str | Path], which: str = "final") -> dict:
     if len(set(folds)) != len(folds):
         raise ValueError(f"a fold appears twice: {[(r['fold'], r['folder']) for r in runs]}")
     mean, std = {}, {}
-    for key in _recall_keys():
+    for key in RECALL_KEYS:
         values = [r["metrics"][key] for r in runs]
         mean[key] = statistics.fmean(values)
         std[key] = statistics.stdev(values) if len(values) > 1 else None
@@ -182,7 +194,7 @@ def summarize(folders: Sequence[str | Path], which: str = "final") -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    keys = _recall_keys()
+    keys = RECALL_KEYS
     lines = ["| fold | step | images | " + " | ".join(keys) + " |", "|---:|---:|---:|" + "---:|" * len(keys)]
     for r in summary["runs"]:
         lines.append(f"| {r['fold']} | {r['step']} | {r['val_images']} | "
@@ -213,9 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     sys.stdout.write(format_summary(summary) + "\n")
     if args.json:
-        from .evaluation import write_json
-
-        write_json(summary, args.json)
+        atomic_write_json(args.json, summary)
     return 0
 
 

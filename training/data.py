@@ -43,6 +43,11 @@ from typing import Iterable, Sequence
 from datasets import Dataset, DatasetInfo, Features, Image, List, Value
 from transformers.utils import logging
 
+from modeling_mtgfe import retrieval as model_retrieval
+
+from . import benchmarks
+from .deprecation import deprecated_attribute
+
 
 logger = logging.get_logger(__name__)
 
@@ -55,7 +60,15 @@ RETRIEVAL_LAYOUT = "retrieval"
 
 # When an annotation names `1.tif` and only `1.jpg` exists (UCM ships JPEG re-encodes), the stem is
 # matched with these extensions, in this order. The exact name always wins.
-IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# When a stem exists with several extensions, lossless originals win over re-encodings (UCM ships
+# `1.tif` re-encoded as `1.jpg`); the accepted extensions themselves are the package's one list,
+# `modeling_mtgfe.retrieval.IMAGE_EXTENSIONS`.
+_LOSSLESS_FIRST = (".tif", ".tiff", ".png")
+STEM_MATCH_ORDER = tuple(sorted(model_retrieval.IMAGE_EXTENSIONS, key=lambda ext: (
+    ext not in _LOSSLESS_FIRST, (_LOSSLESS_FIRST + model_retrieval.IMAGE_EXTENSIONS).index(ext))))
+# Names that moved out of this module (still importable from here, with a DeprecationWarning).
+_MOVED = {"IMAGE_EXTENSIONS": ("modeling_mtgfe.retrieval", "IMAGE_EXTENSIONS"),
+          "BENCHMARKS": ("mtgfe.training.benchmarks", "BENCHMARKS")}
 # HarMA image paths start with the split folder HarMA used; `filename` drops it so that the same
 # image has the same name in every layout.
 _HARMA_SPLIT_PREFIXES = ("train", "val", "test")
@@ -311,7 +324,7 @@ class ImageLocator:
             except (FileNotFoundError, NotADirectoryError):
                 names = frozenset()
             by_stem: dict[str, str] = {}
-            for ext in reversed(IMAGE_EXTENSIONS):  # earlier extensions overwrite: they win
+            for ext in reversed(STEM_MATCH_ORDER):  # earlier extensions overwrite: they win
                 for name in names:
                     stem, suffix = os.path.splitext(name)
                     if suffix.lower() == ext:
@@ -414,71 +427,13 @@ def build_dataset(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Benchmark:
-    """Where a benchmark's files live below the data folder and which layouts give which splits."""
-
-    image_dirs: tuple[str, ...]
-    sources: dict[str, dict[str, tuple[str, ...]]]  # layout -> split -> annotation files
-    retrieval: dict[str, str]  # split -> layout of the retrieval convention ("derived": see below)
-
-
-def _amfmn(folder: str, splits: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    base = f"{folder}/annotations/amfmn_txt"
-    return {s: (f"{base}/{s}_caps.txt", f"{base}/{s}_filename.txt") for s in splits}
-
-
-def _per_split(pattern: str, splits: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    return {s: (pattern.format(split=s),) for s in splits}
-
-
-_SPLITS = ("train", "val", "test")
-_UCM_KARPATHY = "ucm_captions/annotations/karpathy_json/dataset_ucm_modified.json"
-_SYDNEY_KARPATHY = "sydney_captions/annotations/karpathy_json/dataset_sydney_modified.json"
-
-BENCHMARKS: dict[str, _Benchmark] = {
-    "ucm": _Benchmark(
-        image_dirs=("ucm_captions/images/jpeg_q95",),
-        sources={"karpathy": {s: (_UCM_KARPATHY,) for s in _SPLITS}},
-        retrieval=dict.fromkeys(_SPLITS, "karpathy"),
-    ),
-    "sydney": _Benchmark(
-        image_dirs=("sydney_captions/images/tif_original_samples",),
-        sources={
-            "karpathy": {s: (_SYDNEY_KARPATHY,) for s in _SPLITS},
-            "coco": _per_split("sydney_captions/annotations/coco_json/{split}_sydney.json", _SPLITS),
-        },
-        retrieval=dict.fromkeys(_SPLITS, "karpathy"),
-    ),
-    "rsicd": _Benchmark(
-        image_dirs=("rsicd/images/retrieval_test",),
-        sources={
-            "amfmn": _amfmn("rsicd", ("train", "test")),
-            # rsicd_train.json is not shipped (>= 4 MiB); it is used when a user adds it.
-            "harma": _per_split("rsicd/annotations/harma_json/rsicd_{split}.json", _SPLITS),
-            "coco": _per_split("rsicd/annotations/coco_json/captions_{split}2017.json", ("val", "test")),
-        },
-        retrieval={"train": "derived", "val": "harma", "test": "harma"},
-    ),
-    "rsitmd": _Benchmark(
-        image_dirs=("rsitmd/images",),
-        sources={
-            "amfmn": _amfmn("rsitmd", ("train", "test")),
-            "harma": _per_split("rsitmd/annotations/harma_json/rsitmd_{split}.json", _SPLITS),
-        },
-        retrieval=dict.fromkeys(_SPLITS, "harma"),
-    ),
-}
-_ALIASES = {"ucm_captions": "ucm", "ucm-captions": "ucm", "sydney_captions": "sydney", "sydney-captions": "sydney"}
-
-
 def default_data_dir() -> Path:
     """``$MTGFE_DATA_DIR``, else the ``shared/data`` folder beside the repository checkout."""
     env = os.environ.get(DATA_DIR_ENV)
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def _rsicd_derived_train(bench: _Benchmark, root: Path) -> tuple[list[ImageRecord], str]:
+def _rsicd_derived_train(bench: benchmarks.BenchmarkLayout, root: Path) -> tuple[list[ImageRecord], str]:
     """RSICD retrieval train: HarMA's train file if present, else AMFMN train minus HarMA val."""
     harma_train = root / bench.sources["harma"]["train"][0]
     if harma_train.is_file():
@@ -522,11 +477,11 @@ def load_rs_benchmark(
             column (annotations only: counts, captions, ``filename``). This is how RSITMD and the
             Sydney/RSICD splits without shipped images load.
     """
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in BENCHMARKS:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(BENCHMARKS)}")
+    key = benchmarks.canonical_benchmark(name) or name.lower()
+    if key not in benchmarks.BENCHMARKS:
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(benchmarks.BENCHMARKS)}")
     _check_choice("view", view, VIEWS)
-    bench = BENCHMARKS[key]
+    bench = benchmarks.BENCHMARKS[key]
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     needs_root = annotation_file is None or (require_images and image_dir is None)
     if needs_root and not root.is_dir():
@@ -648,3 +603,8 @@ def _check_choice(field: str, value, allowed: Sequence, context: str = "") -> No
     if value not in allowed:
         where = f" for {context}" if context else ""
         raise ValueError(f"unknown {field} {value!r}{where}; allowed: {list(dict.fromkeys(allowed))}")
+
+
+def __getattr__(name: str):
+    """Old names kept importable (with a DeprecationWarning): see `_MOVED`."""
+    return deprecated_attribute(__name__, name, _MOVED)

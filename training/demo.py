@@ -25,6 +25,16 @@ from typing import Sequence
 
 from PIL import Image
 
+from modeling_mtgfe import MTGFEModel
+from mtgfe.search.gallery_index import GalleryIndex
+from mtgfe.search.report_html import write_html
+from mtgfe.processing import MTGFEProcessor
+
+from .cli import train_recipe
+from .config import load_config
+from .evaluation import evaluate_model, format_table
+from .loading import load_dataset_split
+
 logger = logging.getLogger("mtgfe.demo")
 
 # The trainer config each dataset starts from, and the held-out split that becomes the gallery.
@@ -49,16 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def held_out_split(cfg, data: str, split: str, gallery_size: int, data_dir: str | None):
-    """The images view of the held-out split, cut to `gallery_size` images."""
-    if data == "synthetic":
-        from .synthetic import load_synthetic
-
-        return load_synthetic(split, num_scenes=gallery_size, seed=cfg.data.synthetic.seed,
-                              image_size=cfg.data.synthetic.render_size, view="images")
-    from .data import load_rs_benchmark
-
-    dataset = load_rs_benchmark(data, data_dir=data_dir, split=split, view="images")
-    return dataset.select(range(min(gallery_size, len(dataset))))
+    """The images view of the held-out split, cut to `gallery_size` images (the shared loader of
+    `loading.py`; synthetic scenes are rendered as the run's config renders them)."""
+    return load_dataset_split(data, split, "images", data_dir=data_dir, max_images=gallery_size,
+                              synthetic_scenes=gallery_size, synthetic_seed=cfg.data.synthetic.seed,
+                              synthetic_size=cfg.data.synthetic.render_size)
 
 
 def write_gallery_folder(dataset, folder: Path) -> dict[str, list[str]]:
@@ -76,15 +81,7 @@ def write_gallery_folder(dataset, folder: Path) -> dict[str, list[str]]:
 
 
 def run_demo(args: argparse.Namespace) -> dict:
-    from modeling_mtgfe import MTGFEModel
-    from mtgfe.processing import MTGFEProcessor
-    from mtgfe.search.gallery_index import GalleryIndex
-    from mtgfe.search.report_html import write_html
-
-    from .config import load_config
-    from .evaluation import evaluate_model, format_table
-    from .train import train_recipe
-
+    """Train the recipe, index a held-out gallery, search it, evaluate filtered vs exhaustive, write HTML."""
     output = Path(args.output)
     config_name, split = DEMO_CONFIGS[args.data]
     overrides = [f"output_dir={output / 'model'}", *args.overrides]

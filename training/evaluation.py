@@ -20,21 +20,53 @@ module's chunking and by fusing candidate pairs in `batch_size` groups.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from accelerate import Accelerator
+from datasets import Image as ImageFeature
+from PIL import Image
 from transformers.utils import logging
 
+import modeling_mtgfe  # noqa: F401  (registers the Auto classes)
+from modeling_mtgfe import MTGFEModel
+from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES
+from modeling_mtgfe.retrieval import (
+    SCORES,
+    Candidates,
+    ImageFeatures,
+    coarse_topk,
+    encode_images,
+    encode_texts,
+    resolve_alpha,
+    score_candidates,
+)
+from mtgfe.processing import MTGFEProcessor, load_image
+from mtgfe.utils.io import atomic_write_json
+
+from . import metrics
+from .config import load_config
+from .config_validation import ConfigError
+from .cv import load_cv
+from .deprecation import deprecated_attribute
+from .loading import load_dataset_split
 from .metrics import TIE_RULES, all_tie_rules
+from .views import apply_colour
 
 
 logger = logging.get_logger(__name__)
 
-HEADLINE_RULE = "expected"
+# Names that moved out of this module (still importable from here, with a DeprecationWarning).
+_MOVED = {
+    "RECALL_KEYS": ("mtgfe.training.metrics", "RECALL_KEYS"),
+    "HEADLINE_RULE": ("mtgfe.training.metrics", "HEADLINE_RULE"),
+    "_captions": ("mtgfe.training.evaluation", "flatten_captions"),
+    "_image_sources": ("mtgfe.training.evaluation", "dataset_image_sources"),
+}
 SHIFTS = ("rotate90", "color", "rescale")
 # Fixed colour shift (no randomness: every run sees the same test images): brighter, flatter, more
 # saturated, hue moved by 0.05 of the circle.
@@ -49,10 +81,6 @@ def apply_shift(image, shift: str):
     * `color`: the fixed colour change `_COLOR_SHIFT`;
     * `rescale`: down-scaled x0.5 (the processor scales it back up: half the ground resolution).
     """
-    from PIL import Image
-
-    from .views import apply_colour
-
     if shift == "rotate90":
         return image.transpose(Image.Transpose.ROTATE_90)
     if shift == "color":
@@ -60,16 +88,14 @@ def apply_shift(image, shift: str):
     if shift == "rescale":
         return image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.Resampling.BILINEAR)
     raise ValueError(f"unknown shift {shift!r}; allowed: {list(SHIFTS)}")
-RECALL_KEYS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR")
 
 
-def _image_sources(dataset) -> list[Any]:
+def dataset_image_sources(dataset) -> list[Any]:
     """Encoded bytes or paths of the split's images, without decoding them all into memory.
 
-    `load_image` (inside the processor) then decodes each batch, with the RS-robust rules.
+    `load_image` (inside the processor) then decodes each batch, with the RS-robust rules. Public
+    because analyses (results/ucm_ceilings.py) encode the same images in the same order.
     """
-    from datasets import Image as ImageFeature
-
     if "image" not in dataset.column_names:
         raise ValueError("The evaluation dataset has no 'image' column (was it loaded with require_images=False?)")
     raw = dataset.cast_column("image", ImageFeature(decode=False))["image"]
@@ -84,8 +110,8 @@ def _image_sources(dataset) -> list[Any]:
     return sources
 
 
-def _captions(dataset) -> tuple[list[str], list[int]]:
-    """Flattened captions and the image row of each (`txt2img`)."""
+def flatten_captions(dataset) -> tuple[list[str], list[int]]:
+    """Flattened captions and the image row of each (`txt2img`): the order every score matrix uses."""
     if "captions" not in dataset.column_names:
         raise ValueError(
             f"evaluate_model needs the images view (a 'captions' list per image); got columns {dataset.column_names}. "
@@ -110,15 +136,13 @@ def _gather(accelerator, obj: list) -> list:
     """Concatenate per-rank lists in rank order (single process: the list itself)."""
     if accelerator is None or accelerator.num_processes == 1:
         return obj
-    from accelerate.utils import gather_object
+    from accelerate.utils import gather_object  # only with several processes
 
     return gather_object(obj)
 
 
 def _empty_like(candidates, keep: range):
     """Candidates with the rows outside `keep` emptied: `score_candidates` then fuses only this rank's queries."""
-    from modeling_mtgfe.retrieval import Candidates
-
     empty_index = torch.empty(0, dtype=torch.long)
     empty_score = torch.empty(0, dtype=torch.float32)
     keep = set(keep)
@@ -133,10 +157,10 @@ def evaluate_model(
     model,
     processor,
     dataset,
-    k: int | None = 16,
+    k: int | None = None,
     exhaustive: bool = False,
-    score: str = "itm",
-    alpha: float = 0.0,
+    score: str | None = None,
+    alpha: float | None = None,
     batch_size: int = 32,
     accelerator=None,
     filter_only: bool = False,
@@ -153,12 +177,18 @@ def evaluate_model(
     """Evaluate `model` on `dataset` (images view) and return (and optionally write) a result dict.
 
     Args:
-        model: `MTGFEModel` or `MTGFEForImageTextRetrieval` (a DDP-wrapped model is unwrapped).
+        model: `MTGFEModel` or `MTGFEForPreTraining` (a DDP-wrapped model is unwrapped).
         processor: `MTGFEProcessor` (image decoding/normalisation and the tokenizer).
         dataset: `datasets.Dataset` with `image`, `captions` (list) rows; `txt2img` follows row order.
-        k: filter top-k per query (ignored with `exhaustive` or `filter_only`).
+        k: filter top-k per query (ignored with `exhaustive` or `filter_only`); None: the model's
+            `config.retrieval_k`.
         exhaustive: fuse every (image, distinct caption) pair: the "no filter" baseline.
-        score: `itm` (ITM probability) or `itm+itc` (`itm + alpha * cosine`).
+        score: `itm` (ITM probability), `itm+itc` (`itm + alpha * cosine`) or `filter` (= `filter_only`);
+            None: the model's `config.retrieval_score`.
+        alpha: weight of the cosine with `itm+itc`; None: `config.retrieval_alpha` (None there: 1.0).
+            With `itm` it must be None or 0.
+        Defaults come from the model config so that `mtgfe-eval`, the search CLI and the pipeline score a
+        saved model the same way, the way its training run selected it (`retrieval_defaults`).
         filter_only: rank by the filter cosine alone (no fusion).
         batch_size: images per encoding batch; `rerank_batch_size`: pairs per fusion batch.
         accelerator: an `accelerate.Accelerator` to spread the work over its processes (all ranks must
@@ -177,23 +207,20 @@ def evaluate_model(
         fusion_passes, exhaustive_pairs, model_path}`; `metrics` holds i2t/t2i R@1/5/10 and mR (percent,
         expected tie rule).
     """
-    from modeling_mtgfe.retrieval import (
-        ImageFeatures,
-        SCORES,
-        coarse_topk,
-        encode_images,
-        encode_texts,
-        score_candidates,
-    )
-
+    if accelerator is not None:
+        model = accelerator.unwrap_model(model)
+    alpha_given = alpha is not None
+    k, score, alpha = retrieval_defaults(model, k, score, alpha)
+    if score == "filter":
+        filter_only, score = True, "itm"  # the report says score "itc" for filter-only, as before
+    if filter_only and not alpha_given:
+        alpha = 0.0  # no fused score to mix: the report's alpha stays 0, as before
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     if score == "itm" and alpha != 0.0:
         raise ValueError(f"alpha={alpha} only applies to score='itm+itc'")
     if not exhaustive and not filter_only and (k is None or k < 1):
         raise ValueError(f"k must be >= 1 for filtered evaluation, got {k!r} (use exhaustive=True for all pairs)")
-    if accelerator is not None:
-        model = accelerator.unwrap_model(model)
     was_training = model.training
     model.eval()
     rank = accelerator.process_index if accelerator is not None else 0
@@ -201,11 +228,9 @@ def evaluate_model(
     show = progress and rank == 0
 
     start = time.perf_counter()
-    texts, txt2img = _captions(dataset)
-    sources = _image_sources(dataset)
+    texts, txt2img = flatten_captions(dataset)
+    sources = dataset_image_sources(dataset)
     if shift is not None:
-        from mtgfe.processing import load_image
-
         if shift not in SHIFTS:
             raise ValueError(f"shift must be one of {SHIFTS}, got {shift!r}")
         sources = [apply_shift(load_image(source), shift) for source in sources]
@@ -268,8 +293,8 @@ def evaluate_model(
         for value in alpha_sweep:
             mixed_t2i = scores_t2i + value * cosine.t() if scores_t2i is not None else None
             rules = all_tie_rules(scores_i2t + value * cosine, txt2img, scores_t2i=mixed_t2i)
-            sweep[str(float(value))] = {rule: {key: rules[rule][key] for key in RECALL_KEYS} for rule in TIE_RULES}
-    headline = by_rule[HEADLINE_RULE]
+            sweep[str(float(value))] = {rule: {key: rules[rule][key] for key in metrics.RECALL_KEYS} for rule in TIE_RULES}
+    headline = by_rule[metrics.HEADLINE_RULE]
     total_s = time.perf_counter() - start
     if was_training:
         model.train()
@@ -282,9 +307,9 @@ def evaluate_model(
         "score": "itc" if filter_only else score,
         "alpha": alpha,
         "shift": shift,
-        "tie_rule": HEADLINE_RULE,
-        "metrics": {key: headline[key] for key in RECALL_KEYS},
-        "metrics_by_tie_rule": {rule: {key: by_rule[rule][key] for key in RECALL_KEYS} for rule in TIE_RULES},
+        "tie_rule": metrics.HEADLINE_RULE,
+        "metrics": {key: headline[key] for key in metrics.RECALL_KEYS},
+        "metrics_by_tie_rule": {rule: {key: by_rule[rule][key] for key in metrics.RECALL_KEYS} for rule in TIE_RULES},
         "ties": headline.get("ties", {}),
         "timings": {"encode_s": round(encode_s, 4), "rerank_s": round(rerank_s, 4), "total_s": round(total_s, 4)},
         "num_images": num_images,
@@ -298,29 +323,46 @@ def evaluate_model(
     if sweep is not None:
         report["alpha_sweep"] = sweep
     if output is not None and rank == 0:
-        write_json(report, output)
+        atomic_write_json(output, report)
     if return_scores:
         report["scores"] = {"i2t": scores_i2t, "t2i": scores_t2i}
     return report
 
 
+def retrieval_defaults(model, k: int | None = None, score: str | None = None, alpha: float | None = None):
+    """`(k, score, alpha)` with each None filled from the model config (`retrieval_k`, `retrieval_score`,
+    `retrieval_alpha`), which the trainer writes from the run's `eval` section.
+
+    `alpha` is 0.0 for the `itm` score (no cosine term) and, for `itm+itc`, `resolve_alpha`'s rule
+    (the config's value, else 1.0): the same rule the search CLI and the pipeline use.
+    """
+    config = getattr(model, "config", None)
+    if k is None:
+        k = getattr(config, "retrieval_k", None) or 16
+    if score is None:
+        score = getattr(config, "retrieval_score", None) or "itm+itc"
+    if score not in RETRIEVAL_SCORES:
+        raise ValueError(f"score must be one of {RETRIEVAL_SCORES}, got {score!r}")
+    if alpha is None:
+        alpha = resolve_alpha(model, None) if score == "itm+itc" else 0.0
+    return k, score, float(alpha)
+
+
 def write_json(obj: dict, path: str | os.PathLike) -> None:
-    """Write JSON atomically (temp file + rename) so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Deprecated: use `mtgfe.utils.io.atomic_write_json(path, obj)` (note the argument order)."""
+    warnings.warn("mtgfe.training.evaluation.write_json is deprecated; use mtgfe.utils.io.atomic_write_json(path, obj)",
+                  DeprecationWarning, stacklevel=2)
+    atomic_write_json(path, obj)
 
 
 def format_table(report: dict) -> str:
     """Markdown table: one row per tie rule, the headline rule first."""
-    header = "| tie rule | " + " | ".join(RECALL_KEYS) + " |"
-    rule_line = "|---|" + "---:|" * len(RECALL_KEYS)
+    header = "| tie rule | " + " | ".join(metrics.RECALL_KEYS) + " |"
+    rule_line = "|---|" + "---:|" * len(metrics.RECALL_KEYS)
     rows = []
-    for rule in (HEADLINE_RULE, *[r for r in TIE_RULES if r != HEADLINE_RULE]):
+    for rule in (metrics.HEADLINE_RULE, *[r for r in TIE_RULES if r != metrics.HEADLINE_RULE]):
         values = report["metrics_by_tie_rule"][rule]
-        rows.append(f"| {rule} | " + " | ".join(f"{values[key]:.2f}" for key in RECALL_KEYS) + " |")
+        rows.append(f"| {rule} | " + " | ".join(f"{values[key]:.2f}" for key in metrics.RECALL_KEYS) + " |")
     mode = "filter only (ITC)" if report["filter_only"] else ("exhaustive" if report["exhaustive"] else f"k={report['k']}")
     t = report["timings"]
     title = (
@@ -340,32 +382,15 @@ def format_table(report: dict) -> str:
 def load_eval_dataset(name: str, split: str, data_dir: str | None = None, image_dir: str | None = None,
                       data_file: str | None = None, max_images: int | None = None, synthetic_size: int = 128,
                       synthetic_scenes: int | None = None, synthetic_seed: int = 0):
-    """The images view of a split: a benchmark, the synthetic data, or a user's JSONL/CSV file."""
-    if name == "synthetic":
-        from .synthetic import load_synthetic
-
-        dataset = load_synthetic(split, num_scenes=synthetic_scenes, seed=synthetic_seed, image_size=synthetic_size,
-                                 view="images")
-    elif name == "jsonl":
-        from .data import load_caption_file
-
-        if not data_file:
-            raise ValueError("--dataset jsonl needs --data-file (a JSONL/CSV caption file)")
-        dataset = load_caption_file(data_file, image_dir=image_dir, view="images")
-    else:
-        from .data import load_rs_benchmark
-
-        dataset = load_rs_benchmark(name, data_dir, split=split, view="images", image_dir=image_dir)
-    if max_images is not None and max_images < len(dataset):
-        dataset = dataset.select(range(max_images))
-    return dataset
+    """The images view of a split: a benchmark, the synthetic data, or a user's JSONL/CSV file
+    (`loading.load_dataset_split`, the loader the trainer and the demo use too)."""
+    return load_dataset_split(name, split, "images", data_dir=data_dir, image_dir=image_dir, data_file=data_file,
+                              max_images=max_images, synthetic_scenes=synthetic_scenes,
+                              synthetic_seed=synthetic_seed, synthetic_size=synthetic_size)
 
 
 def held_out_fold(run_dir: str | Path):
     """`(images dataset, dataset name, split label)` of the fold a `data.cv` training run held out."""
-    from .config import ConfigError, load_config
-    from .train import load_cv
-
     config_file = Path(run_dir) / "train_config.yaml"
     if not config_file.is_file():
         raise SystemExit(f"mtgfe-eval: --cv-run {run_dir} has no train_config.yaml (not a training output folder)")
@@ -394,11 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-file", default=None, help="JSONL/CSV caption file for --dataset jsonl")
     parser.add_argument("--split", default="test")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--k", type=int, default=16, help="filter top-k per query (default 16)")
+    mode.add_argument("--k", type=int, default=None,
+                      help="filter top-k per query (default: the model's retrieval_k, 16 unless trained otherwise)")
     mode.add_argument("--exhaustive", action="store_true", help="fuse every pair (no filter)")
     mode.add_argument("--filter-only", action="store_true", help="rank by the ITC filter cosine alone")
-    parser.add_argument("--score", choices=("itm", "itm+itc"), default="itm")
-    parser.add_argument("--alpha", type=float, default=0.0, help="weight of the cosine in --score itm+itc")
+    parser.add_argument("--score", choices=RETRIEVAL_SCORES, default=None,
+                        help="itm+itc, itm or filter (= --filter-only); default: the model's retrieval_score")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="weight of the cosine in --score itm+itc (default: the model's retrieval_alpha, else 1)")
     parser.add_argument("--alpha-sweep", default=None,
                         help="comma-separated alphas: with --score itm also report itm + alpha * cosine for each")
     parser.add_argument("--batch-size", type=int, default=32, help="images per encoding batch")
@@ -415,16 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """`mtgfe-eval`: parse, load model + processor + split, evaluate, print a table, write JSON."""
     args = build_parser().parse_args(argv)
-    if args.score == "itm" and args.alpha != 0.0:
+    if args.score == "itm" and args.alpha not in (None, 0.0):
         raise SystemExit("mtgfe-eval: --alpha only applies with --score itm+itc")
+    if args.alpha_sweep and args.score is None:
+        args.score = "itm"  # the sweep adds a * cosine to the ITM score itself
     if not Path(args.model).is_dir():
         raise SystemExit(f"mtgfe-eval: --model {args.model} is not a folder")
-    from accelerate import Accelerator
-
-    import modeling_mtgfe  # noqa: F401  (registers the Auto classes)
-    from modeling_mtgfe import MTGFEModel
-    from mtgfe.processing import MTGFEProcessor
-
     if (args.dataset is None) == (args.cv_run is None):
         raise SystemExit("mtgfe-eval: give exactly one of --dataset or --cv-run")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -457,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     accelerator.print(format_table(report))
     for value, rules in report.get("alpha_sweep", {}).items():
-        accelerator.print(f"alpha {value}: mR {rules[HEADLINE_RULE]['mR']:.2f} ({HEADLINE_RULE} ties)")
+        accelerator.print(f"alpha {value}: mR {rules[metrics.HEADLINE_RULE]['mR']:.2f} ({metrics.HEADLINE_RULE} ties)")
     if args.output:
         accelerator.print(f"wrote {args.output}")
     return 0
@@ -465,3 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def __getattr__(name: str):
+    """Old names kept importable (with a DeprecationWarning): see `_MOVED`."""
+    return deprecated_attribute(__name__, name, _MOVED)

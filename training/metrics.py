@@ -49,9 +49,15 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 TIE_RULES: tuple[str, ...] = ("expected", "pessimistic", "optimistic", "argsort")
+# The headline rule of every report (method.md section 6b) and the recall keys every table shows: here,
+# beside the code that computes them, so evaluation, CV summaries and cards read one definition.
+HEADLINE_RULE = "expected"
+RECALL_KEYS: tuple[str, ...] = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR")
 DEFAULT_CHUNK_ELEMENTS = 1 << 22  # scores per chunk: 4M float32 = 16 MB, plus a few bool masks
 
 __all__ = [
+    "HEADLINE_RULE",
+    "RECALL_KEYS",
     "TIE_RULES",
     "retrieval_metrics",
     "all_tie_rules",
