@@ -169,6 +169,12 @@ def test_tifffile_path_honours_a_raised_budget(tmp_path):
         load_image(path, max_pixels=64 * 48 - 1)
 
 
+def test_image_processor_refuses_bombs_by_name(tmp_path):
+    path = write_zero_png(tmp_path / "bomb.png", BOMB_SIDE, BOMB_SIDE)
+    with pytest.raises(ImageTooLargeError, match="bomb.png"):
+        MTGFEImageProcessor()(images=[str(path)], return_tensors="np")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Defect 2: reduced decoding towards the resize target
 # ----------------------------------------------------------------------------------------------------
@@ -282,3 +288,30 @@ def test_high_bit_depth_is_reduced_before_the_stretch(tmp_path):
     assert reduced.size == (220, 240) and reduced.mode == "RGB"  # 1100/5, 1200/5 (>= 200)
     full = np.asarray(load_image(path).resize(reduced.size, Image.BOX), dtype=np.int16)
     assert np.abs(full.mean() - np.asarray(reduced, dtype=np.int16).mean()) < 64
+
+
+def test_image_processor_passes_its_target_size(big_jpeg, ucm_jpg, monkeypatch):
+    seen = []
+    original = image_decoding.load_image
+
+    def spy(source, *args, **kwargs):
+        seen.append(kwargs.get("target_size"))
+        return original(source, *args, **kwargs)
+
+    import mtgfe.processing.image_processing_mtgfe as module
+
+    monkeypatch.setattr(module, "load_image", spy)
+    processor = MTGFEImageProcessor()
+    out = processor(images=[str(big_jpeg), str(ucm_jpg)], return_tensors="np")["pixel_values"]
+    assert out.shape == (2, 3, 256, 256)
+    assert seen[:2] == [(256, 256), (256, 256)]
+    assert processor.fetch_images(str(big_jpeg)).size == (750, 750)
+    seen.clear()
+    processor(images=str(ucm_jpg), size={"height": 64, "width": 32}, return_tensors="np")
+    assert seen[0] == (64, 32)  # the per-call size, not the configured one
+    seen.clear()
+    processor(images=str(ucm_jpg), do_resize=False, return_tensors="np")
+    assert seen[0] is None
+    # Unchanged pixels for benchmark-size images: same output as decoding without a target.
+    expected = processor(images=[original(ucm_jpg)], return_tensors="np")["pixel_values"]
+    np.testing.assert_array_equal(processor(images=[str(ucm_jpg)], return_tensors="np")["pixel_values"], expected)
