@@ -41,8 +41,31 @@ Decoding rules:
    `tifffile` package when it is installed; its channel / sample axis is moved last.
 8. EXIF orientation is applied to files and bytes, as `transformers.image_utils.load_image` does.
 
+Pixel budget (decompression bombs): encoded inputs (paths, bytes) larger than [`MAX_IMAGE_PIXELS`]
+(64 Mi = 67,108,864 pixels, e.g. 8192 x 8192) raise [`ImageTooLargeError`] *before* any pixel is
+decoded. The size comes from the header (PIL's `Image.open`; `tifffile`'s `series[0].shape`, where every
+non-channel axis counts), so the same budget holds whichever decoder runs. Why: a few-hundred-KB deflate
+TIFF or PNG can expand to gigabytes (a 20000 x 20000 TIFF of 456 KB took 1.9 GB and 7 s through the
+`tifffile` fallback, which PIL's own `Image.MAX_IMAGE_PIXELS` check never covered; a 12000 x 12000 RGB
+PNG under PIL's error limit took 1.1 GB). RS chips and benchmark tiles are 224-1024 px and even large
+aerial tiles are a few thousand px, so 64 Mi pixels (192 MiB as 8-bit RGB; below PIL's 89.5 M warning and
+179 M error limits) refuses only whole scenes, which belong in windowed reading (mtgfe-index's scene mode,
+rasterio), not whole-image decoding. Raise it per call (`max_pixels=`), per process with
+`MTGFE_MAX_IMAGE_PIXELS`, or by assigning the module constant. In-memory inputs (PIL images, arrays)
+are already decoded and are not checked.
+
+Reduced decoding: with `target_size` (the image processor passes its resize `size`), encoded inputs at
+least `2 x REDUCING_GAP` times larger than the target are decoded reduced by an integer factor, keeping
+at least [`REDUCING_GAP`] (2) x the target: JPEGs through libjpeg's DCT scaling (`Image.draft`, so the
+full-resolution array never exists), other formats with `Image.reduce` right after decoding (high
+bit-depth data before the float64 percentile stretch). Why: the processor resizes to 256 px anyway,
+and a batch of 8 JPEGs of 6000 x 6000 px peaked at 2.5 GB of process memory decoded at full
+resolution, 0.4 GB with the target (0.36 GB are the imports); one such JPEG: 277 -> 7 MiB peak. Smaller images are decoded exactly as without a target. The reduced
+result differs slightly from full decode + resize (see [`load_image`]).
+
 Errors: a missing path raises [`ImageFileNotFoundError`] (both a `FileNotFoundError` and an
-[`ImageDecodeError`]); a corrupt, truncated or non-image file, or an unsupported layout, raises
+[`ImageDecodeError`]); an input over the pixel budget raises [`ImageTooLargeError`] (an
+`ImageDecodeError`); a corrupt, truncated or non-image file, or an unsupported layout, raises
 [`ImageDecodeError`] (a `ValueError`). Every message names the offending file. The whole image is
 decoded eagerly (`Image.load()`) so a truncated file fails here, not later inside a data loader.
 Note: if the global `PIL.ImageFile.LOAD_TRUNCATED_IMAGES` is set to `True`, PIL pads truncated
@@ -54,6 +77,7 @@ third-party packages.
 
 import io
 import logging
+import math
 import os
 from collections.abc import Sequence
 from typing import Union
@@ -70,6 +94,20 @@ STRETCH_PERCENTILES = (2.0, 98.0)
 DEFAULT_BANDS = (0, 1, 2)
 """Bands taken from multi-band (C > 3) inputs when `bands` is not given."""
 
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+"""Pixel budget (width x height, 67,108,864 = 8192 x 8192) above which encoded inputs are refused.
+
+Checked from the file header before any pixel is decoded, for PIL and for the `tifffile` fallback alike.
+Overridable per call (`load_image(..., max_pixels=N)`), per process with the environment variable
+[`MAX_IMAGE_PIXELS_ENV`] (`MTGFE_MAX_IMAGE_PIXELS`), or by assigning this module attribute."""
+
+MAX_IMAGE_PIXELS_ENV = "MTGFE_MAX_IMAGE_PIXELS"
+"""Environment variable that overrides [`MAX_IMAGE_PIXELS`] (a positive integer) when `max_pixels` is not given."""
+
+REDUCING_GAP = 2.0
+"""With `target_size`, decoding reduces an image by an integer factor only while the result stays at least
+`REDUCING_GAP` times the target in both dimensions (the same rule as PIL's `Image.thumbnail`)."""
+
 _HIGH_BIT_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
@@ -79,6 +117,10 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray]
 
 class ImageDecodeError(ValueError):
     """An input could not be decoded into an RGB image; the message names the file (or input)."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An encoded image is over the pixel budget ([`MAX_IMAGE_PIXELS`]); refused before decoding."""
 
 
 class ImageFileNotFoundError(ImageDecodeError, FileNotFoundError):
@@ -202,15 +244,132 @@ def _pil_to_rgb(image: Image.Image, bands, where: str) -> Image.Image:
         raise ImageDecodeError(f"Cannot convert PIL mode {mode!r} to RGB for {where}: {err}") from err
 
 
-def _read_tiff_with_tifffile(path: str, where: str) -> np.ndarray:
-    """Rule 7: read a TIFF PIL cannot open with `tifffile`, channels last."""
+# ----------------------------------------------------------------------------------------------- pixel budget
+_SAMPLE_BYTES = {"I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
+
+
+def _resolve_max_pixels(max_pixels) -> int:
+    """`max_pixels` if given, else $MTGFE_MAX_IMAGE_PIXELS, else [`MAX_IMAGE_PIXELS`]; a positive int."""
+    origin = "max_pixels"
+    if max_pixels is None:
+        env = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+        if env:
+            origin = f"${MAX_IMAGE_PIXELS_ENV}"
+            try:
+                max_pixels = int(env.replace("_", ""))
+            except ValueError:
+                raise ImageDecodeError(
+                    f"{origin} must be a positive integer number of pixels, got {env!r}."
+                ) from None
+        else:
+            origin, max_pixels = "MAX_IMAGE_PIXELS", MAX_IMAGE_PIXELS
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise ImageDecodeError(f"{origin} must be a positive integer number of pixels, got {max_pixels!r}.")
+    return int(max_pixels)
+
+
+def _check_budget(width: int, height: int, bands: int, sample_bytes: int, max_pixels: int, where: str) -> None:
+    """Raise [`ImageTooLargeError`] when `width * height` exceeds `max_pixels` (header values, nothing decoded)."""
+    pixels = int(width) * int(height)
+    if pixels <= max_pixels:
+        return
+    mib = pixels * bands * sample_bytes / 2**20
+    raise ImageTooLargeError(
+        f"Refusing to decode {where}: it is {width}x{height} pixels ({pixels / 1e6:.1f} M pixels, {bands} band(s), "
+        f"about {mib:,.0f} MiB once decoded), over the image decoding budget of {max_pixels:,} pixels "
+        f"({max_pixels / 1e6:.1f} M). Large scenes: index them with windowed reading via mtgfe-index's scene "
+        "mode (rasterio), not whole-image decoding. Or raise the budget if you have the memory: "
+        f"load_image(..., max_pixels=N), the {MAX_IMAGE_PIXELS_ENV} environment variable, or "
+        "mtgfe.processing.image_decoding.MAX_IMAGE_PIXELS."
+    )
+
+
+def _check_pil_budget(image: Image.Image, max_pixels: int, where: str) -> None:
+    """Budget check on an opened, not yet loaded, PIL image (`Image.open` reads only the header)."""
+    width, height = image.size
+    _check_budget(width, height, len(image.getbands()), _SAMPLE_BYTES.get(image.mode, 1), max_pixels, where)
+
+
+# ----------------------------------------------------------------------------------------------- reduction
+def _normalize_target_size(target_size, where: str) -> "tuple[int, int] | None":
+    """`target_size` (int or `(height, width)`) as `(height, width)`, or None."""
+    if target_size is None:
+        return None
+    if isinstance(target_size, (int, np.integer)) and not isinstance(target_size, bool):
+        target_size = (target_size, target_size)
+    if (
+        isinstance(target_size, (str, bytes))
+        or not isinstance(target_size, Sequence)
+        or len(target_size) != 2
+        or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in target_size)
+    ):
+        raise ImageDecodeError(
+            f"`target_size` must be a positive int or (height, width), got {target_size!r} for {where}."
+        )
+    return int(target_size[0]), int(target_size[1])
+
+
+def _needed_size(target_hw: tuple) -> tuple:
+    """Smallest `(width, height)` a reduced decode may have: `REDUCING_GAP` times the target."""
+    return math.ceil(target_hw[1] * REDUCING_GAP), math.ceil(target_hw[0] * REDUCING_GAP)
+
+
+def _reduce_factor(size_wh: tuple, target_hw: "tuple | None") -> int:
+    """Largest integer factor that keeps `size_wh` at least `REDUCING_GAP` x the target (1: no reduction)."""
+    if target_hw is None:
+        return 1
+    need_w, need_h = _needed_size(target_hw)
+    return max(1, min(size_wh[0] // need_w, size_wh[1] // need_h))
+
+
+def _draft_jpeg(image: Image.Image, target_hw: "tuple | None") -> None:
+    """JPEG only: let libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling) before the pixels exist."""
+    if target_hw is None or image.format not in ("JPEG", "MPO"):
+        return
+    need_w, need_h = _needed_size(target_hw)
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block is handled (ignored) by exif_transpose later as well
+        orientation = 1
+    if orientation in (5, 6, 7, 8):  # rotated by 90 degrees on display: the stored axes are swapped
+        need_w, need_h = need_h, need_w
+    if image.size[0] >= 2 * need_w and image.size[1] >= 2 * need_h:
+        image.draft(None, (need_w, need_h))
+
+
+def _decoded_to_rgb(image: "Image.Image | np.ndarray", bands, target_hw, where: str) -> Image.Image:
+    """Rules 1-8 for a freshly decoded file or bytes, reducing towards `target_hw` when given."""
+    if isinstance(image, np.ndarray):
+        rgb = _array_to_rgb(image, bands, where)
+    else:
+        image = ImageOps.exif_transpose(image)
+        factor = _reduce_factor(image.size, target_hw)
+        if factor > 1 and image.mode in _HIGH_BIT_DEPTH_MODES:
+            # Reduce before the percentile stretch, which works in float64 (8 bytes per sample).
+            image = (image if image.mode in ("I", "F") else image.convert("I")).reduce(factor)
+        rgb = _pil_to_rgb(image, bands, where)
+    factor = _reduce_factor(rgb.size, target_hw)
+    return rgb.reduce(factor) if factor > 1 else rgb
+
+
+# ----------------------------------------------------------------------------------------------- readers
+def _read_tiff_with_tifffile(path: str, where: str, max_pixels: int) -> np.ndarray:
+    """Rule 7: read a TIFF PIL cannot open with `tifffile`, channels last, after the budget check."""
     import tifffile  # optional dependency, only needed for exotic TIFFs
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        array = np.asarray(series.asarray())
         axes = str(series.axes)
-    channel_axes = [i for i, ax in enumerate(axes) if ax in ("S", "C")]
+        shape = tuple(int(n) for n in series.shape)  # from the IFDs: no pixel data is read yet
+        channel_axes = [i for i, ax in enumerate(axes) if ax in ("S", "C")]
+        bands = shape[channel_axes[0]] if channel_axes else 1
+        spatial = [n for i, n in enumerate(shape) if i not in channel_axes[:1]]
+        # Every non-channel axis counts (pages / planes too), so a multi-page series cannot slip through.
+        height = int(np.prod(spatial[:-1], dtype=np.int64)) if len(spatial) > 1 else 1
+        width = spatial[-1] if spatial else 1
+        sample_bytes = int(getattr(getattr(series, "dtype", None), "itemsize", 1) or 1)
+        _check_budget(width, height, bands, sample_bytes, max_pixels, where)
+        array = np.asarray(series.asarray())
     if channel_axes:
         array = np.moveaxis(array, channel_axes[0], -1)
     if array.ndim > 3:
@@ -218,7 +377,28 @@ def _read_tiff_with_tifffile(path: str, where: str) -> np.ndarray:
     return array
 
 
-def _open_path(path: str, where: str) -> "Image.Image | np.ndarray":
+_PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def _pil_bomb_error(err: Exception, where: str, max_pixels: int) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"Refusing to decode {where}: PIL's own decompression-bomb limit rejected it ({err}); the mtgfe "
+        f"budget is {max_pixels:,} pixels. Large scenes: index them with windowed reading via mtgfe-index's "
+        "scene mode (rasterio), not whole-image decoding; to decode it whole anyway, raise both this budget "
+        "and `PIL.Image.MAX_IMAGE_PIXELS`."
+    )
+
+
+def _open_with_pil(stream, where: str, max_pixels: int, target_hw) -> Image.Image:
+    """Read the header, check the budget, draft JPEGs towards the target, then decode eagerly."""
+    image = Image.open(stream)
+    _check_pil_budget(image, max_pixels, where)
+    _draft_jpeg(image, target_hw)
+    image.load()
+    return image
+
+
+def _open_path(path: str, where: str, max_pixels: int, target_hw=None) -> "Image.Image | np.ndarray":
     """Open and fully decode an image file, turning every failure into an `ImageDecodeError`."""
     if not os.path.exists(path):
         err = ImageFileNotFoundError(f"Image file not found: {where}.")
@@ -226,17 +406,22 @@ def _open_path(path: str, where: str) -> "Image.Image | np.ndarray":
         raise err
     if os.path.isdir(path):
         raise ImageDecodeError(f"Expected an image file but got a directory: {where}.")
+    is_tiff = path.lower().endswith(_TIFF_SUFFIXES)
     try:
         # Decode eagerly inside `with` so the file handle is closed (PIL keeps TIFF handles open otherwise).
         with open(path, "rb") as handle:
-            image = Image.open(handle)
-            image.load()
-        return image
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+            return _open_with_pil(handle, where, max_pixels, target_hw)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as err:
+        if not is_tiff:  # TIFFs go on to tifffile, which applies the mtgfe budget from its own header read
+            raise _pil_bomb_error(err, where, max_pixels) from err
         pil_error = err
-    if path.lower().endswith(_TIFF_SUFFIXES):
+    except _PIL_ERRORS as err:
+        pil_error = err
+    if is_tiff:
         try:
-            return _read_tiff_with_tifffile(path, where)
+            return _read_tiff_with_tifffile(path, where, max_pixels)
         except ImportError:
             raise ImageDecodeError(
                 f"Cannot decode TIFF {where} with PIL ({pil_error}); multi-band TIFFs need the optional "
@@ -253,16 +438,24 @@ def _open_path(path: str, where: str) -> "Image.Image | np.ndarray":
     ) from pil_error
 
 
-def _open_bytes(data: bytes, where: str) -> Image.Image:
+def _open_bytes(data: bytes, where: str, max_pixels: int, target_hw=None) -> Image.Image:
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        return image
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return _open_with_pil(io.BytesIO(data), where, max_pixels, target_hw)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise _pil_bomb_error(err, where, max_pixels) from err
+    except _PIL_ERRORS as err:
         raise ImageDecodeError(f"Cannot decode {where} (corrupt, truncated or not an image): {err}") from err
 
 
-def load_image(source: ImageSource, bands: Sequence[int] | None = None) -> Image.Image:
+def load_image(
+    source: ImageSource,
+    bands: Sequence[int] | None = None,
+    *,
+    max_pixels: int | None = None,
+    target_size: "int | tuple[int, int] | None" = None,
+) -> Image.Image:
     """Decode `source` into an 8-bit RGB `PIL.Image.Image` following the module's rules.
 
     Args:
@@ -271,27 +464,38 @@ def load_image(source: ImageSource, bands: Sequence[int] | None = None) -> Image
         bands (`Sequence[int]`, *optional*):
             Three band indices `(r, g, b)` to take from inputs with 2 or more than 3 bands; ignored for
             1- and 3-band inputs. Defaults to [`DEFAULT_BANDS`] `(0, 1, 2)`.
+        max_pixels (`int`, *optional*):
+            Pixel budget (width x height) for encoded inputs (paths, bytes), checked from the header before
+            decoding. Defaults to `$MTGFE_MAX_IMAGE_PIXELS`, else [`MAX_IMAGE_PIXELS`] (64 Mi pixels).
+        target_size (`int` or `(height, width)`, *optional*):
+            The size the caller will resize the result to (the image processor passes its `size`). Encoded
+            inputs larger than [`REDUCING_GAP`] x 2 times this are decoded reduced by an integer factor
+            (JPEG: DCT scaling in libjpeg; other formats: `Image.reduce` box averaging right after decoding),
+            keeping at least `REDUCING_GAP` x the target. Smaller inputs and in-memory inputs (PIL images,
+            arrays) are returned unchanged. The reduced result then resized differs slightly from full
+            decode + resize: UCM-Captions `1.jpg` upscaled to 2048 px (JPEG q95 or PNG) and resized to 256 px
+            differs by at most 4 grey levels (mean 0.45) from the full decode resized the same way.
 
     Returns:
         `PIL.Image.Image` in mode `"RGB"`.
 
     Raises:
         [`ImageFileNotFoundError`]: the path does not exist (also a `FileNotFoundError`).
+        [`ImageTooLargeError`]: an encoded input is over the pixel budget (also an `ImageDecodeError`).
         [`ImageDecodeError`]: the input cannot be decoded, or `bands` is invalid (a `ValueError`).
         `TypeError`: `source` is of an unsupported type.
     """
     where = _describe(source)
     if bands is not None:
         bands = _validate_bands(bands, None, where)
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        image = _open_path(path, where)
-        if isinstance(image, np.ndarray):
-            return _array_to_rgb(image, bands, where)
-        return _pil_to_rgb(ImageOps.exif_transpose(image), bands, where)
-    if isinstance(source, (bytes, bytearray)):
-        image = _open_bytes(bytes(source), where)
-        return _pil_to_rgb(ImageOps.exif_transpose(image), bands, where)
+    if isinstance(source, (str, os.PathLike, bytes, bytearray)):
+        budget = _resolve_max_pixels(max_pixels)
+        target_hw = _normalize_target_size(target_size, where)
+        if isinstance(source, (bytes, bytearray)):
+            image = _open_bytes(bytes(source), where, budget, target_hw)
+        else:
+            image = _open_path(os.fspath(source), where, budget, target_hw)
+        return _decoded_to_rgb(image, bands, target_hw, where)
     if isinstance(source, Image.Image):
         return _pil_to_rgb(source, bands, where)
     if isinstance(source, np.ndarray):
@@ -304,9 +508,13 @@ def load_image(source: ImageSource, bands: Sequence[int] | None = None) -> Image
 
 __all__ = [
     "DEFAULT_BANDS",
+    "MAX_IMAGE_PIXELS",
+    "MAX_IMAGE_PIXELS_ENV",
+    "REDUCING_GAP",
     "STRETCH_PERCENTILES",
     "ImageDecodeError",
     "ImageFileNotFoundError",
+    "ImageTooLargeError",
     "load_image",
     "percentile_stretch",
 ]

@@ -82,18 +82,47 @@ class MTGFEImageProcessor(PilBackend):
         super().__init__(**kwargs)
         self.bands = bands
 
-    def fetch_images(self, image_url_or_urls):
+    def fetch_images(self, image_url_or_urls, target_size=None):
         """Decode paths / bytes / PIL images / integer arrays with [`load_image`] (recursing into lists).
 
-        Called by `preprocess` (through `_prepare_images_structure`) and by processors before
-        processing, so every entry point sees the RS-robust decoding. Idempotent on its own output.
+        Called by `preprocess` (through `_prepare_image_like_inputs`, with that call's `do_resize` / `size`)
+        and by processors / pipelines before processing, so every entry point sees the RS-robust decoding.
+        Encoded inputs (paths, bytes) are decoded reduced towards the resize target (`target_size`, by
+        default this processor's `size` when `do_resize`), see `load_image(target_size=...)`: a 6000 px
+        JPEG is never materialised at full resolution just to be resized to 256. Idempotent on its output.
         """
+        if target_size is None:
+            target_size = self._decode_target(self.do_resize, self.size)
         if isinstance(image_url_or_urls, (list, tuple)):
-            return [self.fetch_images(item) for item in image_url_or_urls]
-        return self._decode_one(image_url_or_urls)
+            return [self.fetch_images(item, target_size=target_size) for item in image_url_or_urls]
+        return self._decode_one(image_url_or_urls, target_size)
 
-    def _decode_one(self, image):
-        if isinstance(image, (str, os.PathLike, bytes, bytearray, Image.Image)):
+    def _prepare_image_like_inputs(self, images, *args, expected_ndims: int = 3, **kwargs):
+        # Decode here with the per-call resize target; the base class's fetch_images pass is then a no-op.
+        target_size = self._decode_target(kwargs.get("do_resize"), kwargs.get("size"))
+        images = self.fetch_images(images, target_size=target_size or False)
+        return super()._prepare_image_like_inputs(images, *args, expected_ndims=expected_ndims, **kwargs)
+
+    @staticmethod
+    def _decode_target(do_resize, size):
+        """`(height, width)` that decoding may reduce towards (never below 2x), or None (no resize)."""
+        if not do_resize or size is None:
+            return None
+        get = size.get if hasattr(size, "get") else (lambda key, default=None: getattr(size, key, default))
+        if get("height") and get("width"):
+            return int(get("height")), int(get("width"))
+        for key in ("shortest_edge", "longest_edge"):
+            if get(key):  # conservative: both sides are kept at least 2x this edge
+                return int(get(key)), int(get(key))
+        if get("max_height") and get("max_width"):
+            return int(get("max_height")), int(get("max_width"))
+        return None
+
+    def _decode_one(self, image, target_size=None):
+        target_size = target_size or None  # False: "no resize in this call", not "use the default"
+        if isinstance(image, (str, os.PathLike, bytes, bytearray)):
+            return load_image(image, bands=self.bands, target_size=target_size)
+        if isinstance(image, Image.Image):
             return load_image(image, bands=self.bands)
         if isinstance(image, np.ndarray):
             if np.issubdtype(image.dtype, np.floating):

@@ -218,6 +218,8 @@ def test_multiband_tiff_via_tifffile(tmp_path, monkeypatch):
 
     class _Series:
         axes = "SYX"
+        shape = planar.shape
+        dtype = planar.dtype
 
         def asarray(self):
             return planar
