@@ -199,11 +199,24 @@ with open(args["out"], "w") as f:
 """
 
 
+# A user without the optional `tifffile` package, whatever this machine has installed.
+HIDE_TIFFFILE = """
+import importlib.abc, sys
+class _NoTifffile(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tifffile":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+sys.meta_path.insert(0, _NoTifffile())
+"""
+
+
 def _run_child(hub: dict, label: str, steps: list, *, stub_tifffile: bool) -> dict:
     """A fresh interpreter on the temporary cache, offline, own HF_MODULES_CACHE, mtgfe blocked.
 
-    `stub_tifffile` puts an empty `tifffile` module on the path: transformers' import check of remote code
-    otherwise refuses the processor by repo id (see `test_processor_by_repo_id_needs_no_optional_tifffile`).
+    `stub_tifffile=True` puts an empty `tifffile` module on the path: transformers' import check of remote code
+    otherwise refuses the processor by repo id (see `test_processor_by_repo_id_needs_no_optional_tifffile`);
+    `False` makes `tifffile` unimportable, as for most users.
     """
     root = hub["root"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith(("HF_", "TRANSFORMERS_"))}
@@ -224,8 +237,9 @@ def _run_child(hub: dict, label: str, steps: list, *, stub_tifffile: bool) -> di
     out = root / f"report-{label}.json"
     cwd = root / f"cwd-{label}"  # an empty working directory: nothing importable from the repo checkout
     cwd.mkdir()
+    code = BLOCK_PACKAGE + ("" if stub_tifffile else HIDE_TIFFFILE) + textwrap.dedent(CHILD)
     result = subprocess.run(
-        [sys.executable, "-c", BLOCK_PACKAGE + textwrap.dedent(CHILD), json.dumps({"steps": steps, "out": str(out)})],
+        [sys.executable, "-c", code, json.dumps({"steps": steps, "out": str(out)})],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
