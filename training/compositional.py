@@ -283,8 +283,8 @@ def _count_edit(toks, site, new_value: int, new_word: str | None = None):
         repl[noun_pos] = R.RS_NOUNS[noun]
         repl[p] = new_word
     prev = toks[p - 1] if p else ""
-    if prev in _DETERMINERS:
-        return None  # "the two roads" has no grammatical one-road form by a word swap
+    if prev in _DETERMINERS or (new_value == 1 and prev in ("between", "among", "amongst")):
+        return None  # "the two roads", "between two roads" have no grammatical one-road form by a swap
     # Agreement. "there is a plane": the verb before the count. A sentence-initial count is the
     # subject: its verb is the first is/are/was/were/has/have after the noun, and without one (a
     # lexical verb: "two bridges link ...") the edit is skipped. Elsewhere the noun is an object.
@@ -466,7 +466,8 @@ def _single_candidates(key: str, text: str, freq: _Frequencies, source: str):
         p = sites[rng.randrange(len(sites))]
         ctx = _object_context(toks, p)
         plural = toks[p] in R._PLURAL_TO_SINGULAR
-        new = freq.draw("object", ctx, lambda w: _object_class(w) == _object_class(toks[p])
+        present = {_object_class(t) for t in toks}  # "buildings ... near a building": no real change
+        new = freq.draw("object", ctx, lambda w: _object_class(w) in present
                         or (w in R._PLURAL_TO_SINGULAR) != plural, rng)
         if new is not None:
             neg = R.apply_replacements(text, spans, {p: new})
