@@ -290,7 +290,9 @@ def _count_edit(toks, site, new_value: int, new_word: str | None = None):
     # lexical verb: "two bridges link ...") the edit is skipped. Elsewhere the noun is an object.
     if prev in R.AGREEMENT:
         repl[p - 1] = R.AGREEMENT[prev]
-    elif p == 0 or prev in (",", "and"):
+    elif prev == "and":
+        pass  # "buildings and a field are ...": a compound subject is plural either way
+    elif p == 0 or prev == ",":
         verb = next((q for q in range(noun_pos + 1, len(toks)) if toks[q] in R.AGREEMENT), None)
         if verb is None or any(toks[q] in ("and", ",", "which", "that") for q in range(noun_pos + 1, verb)) \
                 and verb != noun_pos + 1:
