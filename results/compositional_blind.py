@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mtgfe.training.compositional import _json_safe, blind_check, count_table
+from mtgfe.training.compositional import json_safe, blind_check, count_table
 from mtgfe.utils.io import atomic_write_json
 
 OUT = Path(__file__).resolve().parent / "compositional"
@@ -22,9 +22,9 @@ def main():
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     report = blind_check(args.data_dir)
-    atomic_write_json(OUT / "blind_check.json", _json_safe(report))
+    atomic_write_json(OUT / "blind_check.json", json_safe(report))
     atomic_write_json(OUT / "counts.json", count_table(data_dir=args.data_dir))
-    print(json.dumps(_json_safe(report), indent=1))
+    print(json.dumps(json_safe(report), indent=1))
 
 
 if __name__ == "__main__":

@@ -112,27 +112,27 @@ def test_single_edits_change_only_the_intended_words(ucm):
 def test_count_edits_keep_plural_agreement():
     spans = R.token_spans("There is a white airplane at the airport .")
     toks = [t for t, _, _ in spans]
-    site = C._count_sites(toks)[0]
-    out = R.apply_replacements("There is a white airplane at the airport .", spans, C._count_edit(toks, site, 3, "three"))
+    site = R.count_sites(toks)[0]
+    out = R.apply_replacements("There is a white airplane at the airport .", spans, R.count_edit(toks, site, 3, "three"))
     assert out == "There are three white airplanes at the airport ."
     text = "Two airplanes are stopped at the airport ."
     spans = R.token_spans(text)
     toks = [t for t, _, _ in spans]
-    out = R.apply_replacements(text, spans, C._count_edit(toks, C._count_sites(toks)[0], 1))
+    out = R.apply_replacements(text, spans, R.count_edit(toks, R.count_sites(toks)[0], 1))
     assert out == "An airplane is stopped at the airport ."
     # A subject without an is/are/has verb ("two bridges link ...") cannot be made singular by swaps.
     toks = R.tokenize("two bridges link two sides of the river .")
-    assert C._count_edit(toks, C._count_sites(toks)[0], 1) is None
+    assert R.count_edit(toks, R.count_sites(toks)[0], 1) is None
     # "the two roads" has no one-road form by a word swap.
     toks = R.tokenize("cars on the two roads .")
-    assert C._count_edit(toks, C._count_sites(toks)[0], 1) is None
+    assert R.count_edit(toks, R.count_sites(toks)[0], 1) is None
 
 
 def test_no_symmetric_relation_is_swapped_and_spatial_swaps_are_opposites():
     for rel in sorted(R.SYMMETRIC_RELATIONS):
         assert rel not in R.SPATIAL_OPPOSITES
-        assert not C._spatial_sites(R.tokenize(f"a house {rel} the road ."))
-    sites = C._spatial_sites(R.tokenize("a car in front of the house ."))
+        assert not R.spatial_sites(R.tokenize(f"a house {rel} the road ."))
+    sites = R.spatial_sites(R.tokenize("a car in front of the house ."))
     assert sites == [(2, 3, "behind")]
     text = "a car in front of the house ."
     spans = R.token_spans(text)

@@ -230,150 +230,6 @@ def raw_one_word_counts(source: str, data_dir=None, vocab: dict[str, Iterable[st
 # --------------------------------------------------------------------------------------------
 
 
-def _is_word(tok: str | None) -> bool:
-    return tok is not None and tok.isalpha()
-
-
-def _count_sites(toks: Sequence[str]):
-    """Editable count words: ``(pos, value, noun_pos)``; the noun is at pos+1 or pos+2 (one adjective)."""
-    sites = []
-    for p, w in enumerate(toks):
-        if w not in R.NUMBER_WORDS:
-            continue
-        nxt = toks[p + 1] if p + 1 < len(toks) else None
-        if not _is_word(nxt) or nxt in R._NOT_COUNT_AFTER or nxt in R.NUMBER_WORDS:
-            continue
-        value = R.NUMBER_WORDS[w]
-        nouns = R.RS_NOUNS if value == 1 else R._PLURAL_TO_SINGULAR
-        noun_pos = next((q for q in (p + 1, p + 2) if q < len(toks) and toks[q] in nouns), None)
-        if value == 1 and noun_pos is None:
-            continue  # "a" is a count only in front of a countable RS noun
-        if value >= 2 and noun_pos is None and w == "one":
-            continue
-        sites.append((p, value, noun_pos))
-    return sites
-
-
-def _count_context(toks, noun_pos):
-    if noun_pos is None:
-        return ""
-    noun = toks[noun_pos]
-    # The noun phrase after the count: "baseball field" and "football field" have different priors.
-    lemma = R._PLURAL_TO_SINGULAR.get(toks[noun_pos], toks[noun_pos])
-    return f"{toks[noun_pos - 1]} {lemma}" if toks[noun_pos - 1] not in R.NUMBER_WORDS else lemma
-
-
-def _count_edit(toks, site, new_value: int, new_word: str | None = None):
-    """Token replacements turning the count at ``site`` into ``new_value``, agreement fixed; None if
-    that cannot be made grammatical."""
-    p, value, noun_pos = site
-    repl: dict[int, str] = {}
-    if (value == 1) == (new_value == 1):
-        if new_value == 1:
-            return None
-        repl[p] = new_word
-        return repl
-    if noun_pos is None:
-        return None
-    noun = toks[noun_pos]
-    if new_value == 1:
-        repl[noun_pos] = R._PLURAL_TO_SINGULAR[noun]
-        repl[p] = R.article_for(toks[p + 1] if noun_pos == p + 2 else repl[noun_pos])
-    else:
-        repl[noun_pos] = R.RS_NOUNS[noun]
-        repl[p] = new_word
-    prev = toks[p - 1] if p else ""
-    if prev in _DETERMINERS or (new_value == 1 and prev in ("between", "among", "amongst")):
-        return None  # "the two roads", "between two roads" have no grammatical one-road form by a swap
-    # Agreement. "there is a plane": the verb before the count. A sentence-initial count is the
-    # subject: its verb is the first is/are/was/were/has/have after the noun, and without one (a
-    # lexical verb: "two bridges link ...") the edit is skipped. Elsewhere the noun is an object.
-    if prev in R.AGREEMENT:
-        repl[p - 1] = R.AGREEMENT[prev]
-    elif prev == "and":
-        pass  # "buildings and a field are ...": a compound subject is plural either way
-    elif p == 0 or prev == ",":
-        verb = next((q for q in range(noun_pos + 1, len(toks)) if toks[q] in R.AGREEMENT), None)
-        if verb is None or any(toks[q] in ("and", ",", "which", "that") for q in range(noun_pos + 1, verb)) \
-                and verb != noun_pos + 1:
-            return None
-        repl[verb] = R.AGREEMENT[toks[verb]]
-    return repl
-
-
-_DETERMINERS = frozenset({"the", "these", "those", "its", "their", "his", "her", "our"})
-
-
-def _colour_sites(toks):
-    return [p for p, w in enumerate(toks) if w in R.COLOURS and p + 1 < len(toks) and _is_word(toks[p + 1])
-            and toks[p + 1] not in R.COLOURS and toks[p + 1] != "and"]
-
-
-_OBJECT_CLASSES = [
-    {"airplane", "plane", "aircraft"}, {"house", "villa", "building"}, {"car", "vehicle", "truck"},
-    {"road", "highway", "lane", "intersection"}, {"ship", "boat"}, {"pond", "lake", "pool"},
-    {"pier", "dock"}, {"railway", "track"}, {"bridge", "viaduct", "overpass"}, {"field", "playground"},
-    {"square"}, {"stadium"}, {"tower"}, {"mountain"}, {"bunker"}, {"island"}, {"river"}, {"tree"},
-    {"church"}, {"factory"}, {"runway"}, {"tank", "container"}, {"court"},
-]
-_OBJECT_CLASS = {w: i for i, c in enumerate(_OBJECT_CLASSES) for w in c}
-_COMPOUND_MODIFIERS = frozenset({
-    "storage", "tennis", "basketball", "baseball", "football", "soccer", "parking", "golf", "oil",
-    "swimming", "railway", "train", "race", "running", "sports", "car", "water", "bus", "traffic",
-    "apron", "cross", "mobile", "residential", "industrial", "ball",
-})
-
-
-def _object_class(word):
-    return _OBJECT_CLASS.get(R._PLURAL_TO_SINGULAR.get(word, word))
-
-
-def _object_sites(toks):
-    sites = []
-    for p, w in enumerate(toks):
-        if w not in R.OBJECT_NOUNS or _object_class(w) is None:
-            continue
-        prev = toks[p - 1] if p else ""
-        nxt = toks[p + 1] if p + 1 < len(toks) else ""
-        if prev in _COMPOUND_MODIFIERS or (_is_word(nxt) and nxt in R.OBJECT_NOUNS) or nxt in ("lot", "side", "court"):
-            continue
-        sites.append(p)
-    return sites
-
-
-def _object_context(toks, p):
-    """The word after an object noun (its verb or preposition: "boats *docked*", "cars *parked*")."""
-    return toks[p + 1] if p + 1 < len(toks) else ""
-
-
-def _spatial_sites(toks):
-    sites = []
-    for p, w in enumerate(toks):
-        prev = toks[p - 1] if p else ""
-        nxt = toks[p + 1] if p + 1 < len(toks) else ""
-        if w == "in" and toks[p + 1:p + 3] == ["front", "of"]:
-            sites.append((p, 3, "behind"))
-        elif w in R.SPATIAL_OPPOSITES and w != "front":
-            if w in ("over", "under") and nxt not in ("the", "a", "an"):
-                continue
-            if w in ("top", "bottom") and prev == "on":
-                continue  # "on top of" has no "on bottom of"
-            if w in ("left", "right") and nxt not in ("side", "corner", "of", "", ".", ",", "part", "bank", "edge") \
-                    and prev not in ("the", "upper", "lower", "bottom", "top"):
-                continue  # "right" as "correct", "left" as a verb
-            sites.append((p, 1, R.SPATIAL_OPPOSITES[w]))
-    return sites
-
-
-def _binding_site(toks):
-    sites = _colour_sites(toks)
-    for i, p in enumerate(sites):
-        for q in sites[i + 1:]:
-            if q > p + 1 and R.colour_class(toks[p]) != R.colour_class(toks[q]) and toks[p + 1] != toks[q + 1]:
-                return p, q
-    return None
-
-
 class _Frequencies:
     """Frequencies of words at editable sites of train captions, per type and context."""
 
@@ -385,12 +241,12 @@ class _Frequencies:
             padded = ["<s>", *toks, "</s>"]
             for i in range(len(padded) - 2):
                 self.trigrams[tuple(padded[i:i + 3])] += 1
-            for p, value, noun_pos in _count_sites(toks):
-                self.table[("count", _count_context(toks, noun_pos))][str(value)] += 1
-            for p in _colour_sites(toks):
+            for p, value, noun_pos in R.count_sites(toks):
+                self.table[("count", R.count_context(toks, noun_pos))][str(value)] += 1
+            for p in R.colour_sites(toks):
                 self.table[("colour", toks[p + 1])][R.colour_class(toks[p])] += 1
-            for p in _object_sites(toks):
-                self.table[("object", _object_context(toks, p))][toks[p]] += 1
+            for p in R.object_sites(toks):
+                self.table[("object", R.object_context(toks, p))][toks[p]] += 1
 
     def attested(self, text: str, original: str) -> bool:
         """Every 3-gram of ``text`` that is new with respect to ``original`` occurs in train captions.
@@ -424,21 +280,21 @@ def _single_candidates(key: str, text: str, freq: _Frequencies, source: str):
         return random.Random(int(_hash(COMPOSITIONAL_VERSION, source, key, typ)[:16], 16))
 
     rng = rng_for("count")
-    sites = _count_sites(toks)
+    sites = R.count_sites(toks)
     if sites:
         site = sites[rng.randrange(len(sites))]
         p, value, noun_pos = site
-        ctx = _count_context(toks, noun_pos)
+        ctx = R.count_context(toks, noun_pos)
         new = freq.draw("count", ctx, lambda v: v == str(value), rng)
         if new is not None:
             new_word = _COUNT_WORD[int(new)]
-            repl = _count_edit(toks, site, int(new), new_word)
+            repl = R.count_edit(toks, site, int(new), new_word)
             if repl:
                 neg = R.apply_replacements(text, spans, repl)
                 out.append(("count", neg, toks[p], repl[p], ("count", ctx, str(value), new)))
 
     rng = rng_for("colour")
-    sites = _colour_sites(toks)
+    sites = R.colour_sites(toks)
     if sites:
         p = sites[rng.randrange(len(sites))]
         ctx = toks[p + 1]
@@ -448,7 +304,7 @@ def _single_candidates(key: str, text: str, freq: _Frequencies, source: str):
             out.append(("colour", neg, toks[p], new, ("colour", ctx, R.colour_class(toks[p]), new)))
 
     rng = rng_for("spatial")
-    sites = _spatial_sites(toks)
+    sites = R.spatial_sites(toks)
     if sites:
         p, width, new = sites[rng.randrange(len(sites))]
         repl = {p: new, **{q: None for q in range(p + 1, p + width)}}
@@ -456,20 +312,20 @@ def _single_candidates(key: str, text: str, freq: _Frequencies, source: str):
         old = " ".join(toks[p:p + width])
         out.append(("spatial", neg, old, new, ("spatial", "", old, new)))
 
-    site = _binding_site(toks)
+    site = R.binding_site(toks)
     if site:
         p, q = site
         neg = R.apply_replacements(text, spans, {p: toks[q], q: toks[p]})
         out.append(("binding", neg, f"{toks[p]} {toks[p + 1]}", f"{toks[q]} {toks[p + 1]}", None))
 
     rng = rng_for("object")
-    sites = _object_sites(toks)
+    sites = R.object_sites(toks)
     if sites:
         p = sites[rng.randrange(len(sites))]
-        ctx = _object_context(toks, p)
+        ctx = R.object_context(toks, p)
         plural = toks[p] in R._PLURAL_TO_SINGULAR
-        present = {_object_class(t) for t in toks}  # "buildings ... near a building": no real change
-        new = freq.draw("object", ctx, lambda w: _object_class(w) in present
+        present = {R.object_class(t) for t in toks}  # "buildings ... near a building": no real change
+        new = freq.draw("object", ctx, lambda w: R.object_class(w) in present
                         or (w in R._PLURAL_TO_SINGULAR) != plural, rng)
         if new is not None:
             neg = R.apply_replacements(text, spans, {p: new})
@@ -785,11 +641,12 @@ def blind_check(data_dir=None, test_sources: Sequence[str] = tuple(BLIND_TRAIN),
     return report
 
 
-def _json_safe(obj):
+def json_safe(obj):
+    """``obj`` with NaN floats as None (strict JSON)."""
     if isinstance(obj, float) and math.isnan(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     return obj
 
 

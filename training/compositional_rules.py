@@ -3,8 +3,9 @@
 Everything here is pure and deterministic: a tokeniser that keeps character spans (so an edit
 rewrites only the edited words of the real caption and leaves spacing, case and punctuation
 byte-identical), the closed word lists per edit type, the equivalence classes that make a
-difference *not* count as a change of meaning, and English agreement helpers (plural nouns,
-``is``/``are``).
+difference *not* count as a change of meaning, English agreement helpers (plural nouns,
+``is``/``are``), and the edit sites of the single-edit view (where a caption can be edited and the
+token replacements that keep it grammatical).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ NUMBER_WORDS = {
     "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
     "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12,
 }
-PLURAL_COUNTS = tuple(w for w, n in NUMBER_WORDS.items() if n >= 2)
 VAGUE_QUANTIFIERS = frozenset({"some", "many", "several", "few", "numerous", "lots", "much", "multiple"})
 # "one" in these contexts is not a count of objects ("one side of", "one by one", "one another").
 _NOT_COUNT_AFTER = frozenset({"of", "by", "another", "side", "end", "corner", "after", "is", "are", "and", ".", "sides", "lines", "rows", "parts", "pieces", "kinds", "types", "different"})
@@ -53,11 +53,9 @@ SPATIAL_OPPOSITES = {
 SYMMETRIC_RELATIONS = frozenset({"near", "beside", "besides", "next", "around", "alongside", "by", "between", "across"})
 # For the pairs view a pair of relation words must be one of these opposites (or near|far).
 SPATIAL_PAIR_WORDS = {**{k: v for k, v in SPATIAL_OPPOSITES.items() if " " not in v}, "near": "far", "far": "near"}
-# Words before "over" that make it not a relation ("all over", "turn over"); "over" = "above".
-_OVER_NOT_RELATION = frozenset({"all", "turn", "turned", "flown", "more", "fly", "flying"})
 
-# Attribute adjectives that binding swaps between two "ADJ NOUN" phrases of one caption.
-BINDING_ADJECTIVES = frozenset(COLOURS)
+# Binding swaps the colours of two "COLOUR NOUN" phrases of one caption (colours are the only
+# attribute class closed enough to swap safely).
 
 # --------------------------------------------------------------------------------------------
 # Object nouns of remote-sensing captions: singular -> plural. Object replacement swaps one for
@@ -173,3 +171,152 @@ def count_words(texts: Iterable[str]) -> dict[str, int]:
         for tok in tokenize(text):
             counts[tok] = counts.get(tok, 0) + 1
     return counts
+
+
+# --------------------------------------------------------------------------------------------
+# Edit sites of the single-edit view: where a caption can be edited, and how
+# --------------------------------------------------------------------------------------------
+
+
+def is_word(tok: str | None) -> bool:
+    return tok is not None and tok.isalpha()
+
+
+def count_sites(toks: Sequence[str]):
+    """Editable count words: ``(pos, value, noun_pos)``; the noun is at pos+1 or pos+2 (one adjective)."""
+    sites = []
+    for p, w in enumerate(toks):
+        if w not in NUMBER_WORDS:
+            continue
+        nxt = toks[p + 1] if p + 1 < len(toks) else None
+        if not is_word(nxt) or nxt in _NOT_COUNT_AFTER or nxt in NUMBER_WORDS:
+            continue
+        value = NUMBER_WORDS[w]
+        nouns = RS_NOUNS if value == 1 else _PLURAL_TO_SINGULAR
+        noun_pos = next((q for q in (p + 1, p + 2) if q < len(toks) and toks[q] in nouns), None)
+        if value == 1 and noun_pos is None:
+            continue  # "a" is a count only in front of a countable RS noun
+        if value >= 2 and noun_pos is None and w == "one":
+            continue
+        sites.append((p, value, noun_pos))
+    return sites
+
+
+def count_context(toks, noun_pos):
+    if noun_pos is None:
+        return ""
+    noun = toks[noun_pos]
+    # The noun phrase after the count: "baseball field" and "football field" have different priors.
+    lemma = _PLURAL_TO_SINGULAR.get(toks[noun_pos], toks[noun_pos])
+    return f"{toks[noun_pos - 1]} {lemma}" if toks[noun_pos - 1] not in NUMBER_WORDS else lemma
+
+
+def count_edit(toks, site, new_value: int, new_word: str | None = None):
+    """Token replacements turning the count at ``site`` into ``new_value``, agreement fixed; None if
+    that cannot be made grammatical."""
+    p, value, noun_pos = site
+    repl: dict[int, str] = {}
+    if (value == 1) == (new_value == 1):
+        if new_value == 1:
+            return None
+        repl[p] = new_word
+        return repl
+    if noun_pos is None:
+        return None
+    noun = toks[noun_pos]
+    if new_value == 1:
+        repl[noun_pos] = _PLURAL_TO_SINGULAR[noun]
+        repl[p] = article_for(toks[p + 1] if noun_pos == p + 2 else repl[noun_pos])
+    else:
+        repl[noun_pos] = RS_NOUNS[noun]
+        repl[p] = new_word
+    prev = toks[p - 1] if p else ""
+    if prev in DETERMINERS or (new_value == 1 and prev in ("between", "among", "amongst")):
+        return None  # "the two roads", "between two roads" have no grammatical one-road form by a swap
+    # Agreement. "there is a plane": the verb before the count. A sentence-initial count is the
+    # subject: its verb is the first is/are/was/were/has/have after the noun, and without one (a
+    # lexical verb: "two bridges link ...") the edit is skipped. Elsewhere the noun is an object.
+    if prev in AGREEMENT:
+        repl[p - 1] = AGREEMENT[prev]
+    elif prev == "and":
+        pass  # "buildings and a field are ...": a compound subject is plural either way
+    elif p == 0 or prev == ",":
+        verb = next((q for q in range(noun_pos + 1, len(toks)) if toks[q] in AGREEMENT), None)
+        if verb is None or any(toks[q] in ("and", ",", "which", "that") for q in range(noun_pos + 1, verb)) \
+                and verb != noun_pos + 1:
+            return None
+        repl[verb] = AGREEMENT[toks[verb]]
+    return repl
+
+
+DETERMINERS = frozenset({"the", "these", "those", "its", "their", "his", "her", "our"})
+
+
+def colour_sites(toks):
+    return [p for p, w in enumerate(toks) if w in COLOURS and p + 1 < len(toks) and is_word(toks[p + 1])
+            and toks[p + 1] not in COLOURS and toks[p + 1] != "and"]
+
+
+OBJECT_CLASSES = [
+    {"airplane", "plane", "aircraft"}, {"house", "villa", "building"}, {"car", "vehicle", "truck"},
+    {"road", "highway", "lane", "intersection"}, {"ship", "boat"}, {"pond", "lake", "pool"},
+    {"pier", "dock"}, {"railway", "track"}, {"bridge", "viaduct", "overpass"}, {"field", "playground"},
+    {"square"}, {"stadium"}, {"tower"}, {"mountain"}, {"bunker"}, {"island"}, {"river"}, {"tree"},
+    {"church"}, {"factory"}, {"runway"}, {"tank", "container"}, {"court"},
+]
+OBJECT_CLASS = {w: i for i, c in enumerate(OBJECT_CLASSES) for w in c}
+COMPOUND_MODIFIERS = frozenset({
+    "storage", "tennis", "basketball", "baseball", "football", "soccer", "parking", "golf", "oil",
+    "swimming", "railway", "train", "race", "running", "sports", "car", "water", "bus", "traffic",
+    "apron", "cross", "mobile", "residential", "industrial", "ball",
+})
+
+
+def object_class(word):
+    return OBJECT_CLASS.get(_PLURAL_TO_SINGULAR.get(word, word))
+
+
+def object_sites(toks):
+    sites = []
+    for p, w in enumerate(toks):
+        if w not in OBJECT_NOUNS or object_class(w) is None:
+            continue
+        prev = toks[p - 1] if p else ""
+        nxt = toks[p + 1] if p + 1 < len(toks) else ""
+        if prev in COMPOUND_MODIFIERS or (is_word(nxt) and nxt in OBJECT_NOUNS) or nxt in ("lot", "side", "court"):
+            continue
+        sites.append(p)
+    return sites
+
+
+def object_context(toks, p):
+    """The word after an object noun (its verb or preposition: "boats *docked*", "cars *parked*")."""
+    return toks[p + 1] if p + 1 < len(toks) else ""
+
+
+def spatial_sites(toks):
+    sites = []
+    for p, w in enumerate(toks):
+        prev = toks[p - 1] if p else ""
+        nxt = toks[p + 1] if p + 1 < len(toks) else ""
+        if w == "in" and toks[p + 1:p + 3] == ["front", "of"]:
+            sites.append((p, 3, "behind"))
+        elif w in SPATIAL_OPPOSITES and w != "front":
+            if w in ("over", "under") and nxt not in ("the", "a", "an"):
+                continue
+            if w in ("top", "bottom") and prev == "on":
+                continue  # "on top of" has no "on bottom of"
+            if w in ("left", "right") and nxt not in ("side", "corner", "of", "", ".", ",", "part", "bank", "edge") \
+                    and prev not in ("the", "upper", "lower", "bottom", "top"):
+                continue  # "right" as "correct", "left" as a verb
+            sites.append((p, 1, SPATIAL_OPPOSITES[w]))
+    return sites
+
+
+def binding_site(toks):
+    sites = colour_sites(toks)
+    for i, p in enumerate(sites):
+        for q in sites[i + 1:]:
+            if q > p + 1 and colour_class(toks[p]) != colour_class(toks[q]) and toks[p + 1] != toks[q + 1]:
+                return p, q
+    return None
