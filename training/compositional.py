@@ -1,0 +1,667 @@
+"""A blind-proof compositional benchmark built from real remote-sensing captions (issue #14).
+
+Two views of the same question: does a model see *within-class detail* (counts, colours, spatial
+relations, which attribute goes with which object) or does it read a caption as a bag of words?
+
+* ``view="pairs"`` (primary, Winoground-style, real data only): two captions of two *different*
+  images whose token sequences differ by exactly one meaning-changing word of one type (count,
+  colour, spatial), or (``kind="near"``) by that word plus at most two agreement-only tokens
+  (``is|are``, ``plane|planes``, ``a|the``), e.g. "an airplane is parked" / "two airplanes are
+  parked". An item scores (`group_accuracy`) when image a prefers caption a over caption b AND image
+  b prefers caption b over caption a. A text-only score s(c) gives s(c_a) > s(c_b) for both images,
+  so it scores on at most one side: its group accuracy is exactly 0 (ties count as failures). The
+  benchmark is blind-proof by construction, not by hope.
+* ``view="single"`` (secondary, SugarCrepe-style): one real image, its real caption and an edited
+  negative (count with agreement fixed, colour, asymmetric spatial swap, attribute binding swap,
+  object replacement). Replacement words are drawn from the words seen *in the same context* in
+  train captions, with probability proportional to their train frequency, and every edit direction
+  (u -> v vs v -> u in the same context) is subsampled to appear equally often as truth and as
+  negative, so word and bigram frequency priors cancel. `blind_check` measures what is left.
+
+Determinism: no global random state; every draw is seeded by a hash of (source, caption string,
+type). Items carry ids and the whole list has a content hash (`items_hash`), recorded with
+`COMPOSITIONAL_VERSION` in every results file. Rules: ``results/compositional/README.md``.
+
+CLI: ``python -m mtgfe.training.compositional --source ucm_test --view pairs --out items.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import re
+from collections import defaultdict
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from datasets import Dataset, DatasetInfo, Features, Image, Value
+
+from . import compositional_rules as R
+from .data import load_rs_benchmark, normalize_caption
+
+COMPOSITIONAL_VERSION = "1.0"
+VIEWS = ("pairs", "single")
+# source name -> (benchmark, split) of its captions, and (benchmark, split) of the train captions
+# whose frequencies the single-edit replacements are drawn from.
+SOURCES = {
+    "ucm_test": (("ucm", "test"), ("ucm", "train")),
+    "ucm_train": (("ucm", "train"), ("ucm", "train")),
+    "rsicd_test": (("rsicd", "test"), ("rsicd", "train")),
+    # RSICD train has no shipped images: annotations only, for the blind model's training.
+    "rsicd_train": (("rsicd", "train"), ("rsicd", "train")),
+}
+# The train source whose single edits train the blind model for each test source.
+BLIND_TRAIN = {"ucm_test": "ucm_train", "rsicd_test": "rsicd_train"}
+PAIR_TYPES = ("count", "colour", "spatial")
+# Single-edit types that passed the blind check (results/compositional/blind_check.json: at least 10
+# items and text-only accuracy within [0.4, 0.6]). `load_compositional(view="single")` keeps only
+# these unless asked for all; the others stay available for inspection and training.
+CERTIFIED_SINGLE = {
+    "ucm_test": ("count", "colour"),
+    "rsicd_test": ("colour",),
+}
+SINGLE_TYPES = R.TYPES
+MAX_AGREEMENT_EXTRAS = 2
+# Keep only single edits whose new 3-grams all occur in train captions (`_Frequencies.attested`).
+ATTESTED_ONLY = True
+_ARTICLES = frozenset({"a", "an", "the"})
+
+
+# --------------------------------------------------------------------------------------------
+# Captions
+# --------------------------------------------------------------------------------------------
+
+
+def _natural_key(name: str):
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+@lru_cache(maxsize=None)
+def _load_images(bench: str, split: str, data_dir: str | None, require_images: bool):
+    """((filename, path or None, captions), ...) of one split, via the public loader."""
+    ds = load_rs_benchmark(bench, data_dir=data_dir, split=split, view="images", require_images=require_images)
+    paths = [None] * len(ds)
+    if require_images:
+        paths = [row["path"] for row in ds.cast_column("image", Image(decode=False))["image"]]
+    return tuple((f, p, tuple(c)) for f, p, c in zip(ds["filename"], paths, ds["captions"]))
+
+
+def load_source_captions(source: str, data_dir=None, require_images: bool = True):
+    """The images of a source as ``(filename, path, captions)`` tuples (path None without images)."""
+    _check(source, SOURCES, "source")
+    bench, split = SOURCES[source][0]
+    return _load_images(bench, split, None if data_dir is None else str(data_dir), require_images)
+
+
+def train_captions_of(source: str, data_dir=None) -> list[str]:
+    """Train captions whose word frequencies drive the single-edit replacements of ``source``."""
+    bench, split = SOURCES[source][1]
+    records = _load_images(bench, split, None if data_dir is None else str(data_dir), False)
+    return [c for _, _, caps in records for c in caps]
+
+
+def _caption_index(images):
+    """normalised caption -> (representative raw text, sorted image filenames, filename -> path)."""
+    owners: dict[str, set[str]] = defaultdict(set)
+    raw: dict[str, tuple] = {}
+    paths = {}
+    for filename, path, caps in images:
+        paths[filename] = path
+        for text in caps:
+            key = normalize_caption(text)
+            owners[key].add(filename)
+            cand = (_natural_key(filename), text)
+            if key not in raw or cand < raw[key]:
+                raw[key] = cand
+    return {k: (raw[k][1], sorted(v, key=_natural_key)) for k, v in owners.items()}, paths
+
+
+def _hash(*parts) -> str:
+    return hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------------------------
+# Pairs view
+# --------------------------------------------------------------------------------------------
+
+
+def classify_pair(tokens_a: Sequence[str], tokens_b: Sequence[str], near: bool = True):
+    """``(type, word_a, word_b, kind)`` when two token sequences form a pair item, else None.
+
+    ``kind="exact"``: the sequences differ at one position only and that difference changes
+    meaning (`compositional_rules.token_type`). ``kind="near"``: besides that one position they
+    differ at up to `MAX_AGREEMENT_EXTRAS` positions that are grammatical agreement or articles only.
+    Sequences of different length never pair.
+    """
+    if len(tokens_a) != len(tokens_b):
+        return None
+    diff = [i for i, (a, b) in enumerate(zip(tokens_a, tokens_b)) if a != b]
+    if not diff or len(diff) > 1 + (MAX_AGREEMENT_EXTRAS if near else 0):
+        return None
+    typed = [(i, R.token_type(tokens_a[i], tokens_b[i])) for i in diff]
+    edits = [(i, t) for i, t in typed if t is not None]
+    if len(edits) != 1:
+        return None
+    pos, kind_type = edits[0]
+    for i in diff:
+        if i == pos:
+            continue
+        a, b = tokens_a[i], tokens_b[i]
+        if not (R.is_agreement_pair(a, b) or (a in _ARTICLES and b in _ARTICLES)):
+            return None
+    return kind_type, tokens_a[pos], tokens_b[pos], "exact" if len(diff) == 1 else "near"
+
+
+def generate_pairs(source: str, data_dir=None, near: bool = True, require_images: bool = True) -> list[dict]:
+    """Pair items of a source, one per unordered pair of distinct (normalised) caption strings.
+
+    Image a is the first image (natural filename order) that has caption a and not caption b, and
+    image b likewise; a caption pair whose captions share all their images is dropped. ``n_image_pairs``
+    records how many (image a, image b) combinations the caption pair stands for.
+    """
+    index, paths = _caption_index(load_source_captions(source, data_dir, require_images))
+    keys = sorted(index)
+    tokens = {k: R.tokenize(k) for k in keys}
+    by_len: dict[int, list[str]] = defaultdict(list)
+    for k in keys:
+        by_len[len(tokens[k])].append(k)
+    items = []
+    for bucket in by_len.values():
+        for i, ka in enumerate(bucket):
+            ta = tokens[ka]
+            for kb in bucket[i + 1:]:
+                found = classify_pair(ta, tokens[kb], near)
+                if found is None:
+                    continue
+                typ, wa, wb, kind = found
+                owners_a, owners_b = set(index[ka][1]), set(index[kb][1])
+                only_a = sorted(owners_a - owners_b, key=_natural_key)
+                only_b = sorted(owners_b - owners_a, key=_natural_key)
+                if not only_a or not only_b:
+                    continue
+                items.append({
+                    "item_id": _hash(source, "pairs", ka, kb)[:16],
+                    "source": source, "view": "pairs", "type": typ, "kind": kind,
+                    "filename": only_a[0], "caption": index[ka][0],
+                    "filename_b": only_b[0], "negative": index[kb][0],
+                    "word_true": wa, "word_neg": wb,
+                    "n_image_pairs": len(only_a) * len(only_b),
+                    "image": paths[only_a[0]], "image_b": paths[only_b[0]],
+                })
+    items.sort(key=lambda it: (PAIR_TYPES.index(it["type"]), it["item_id"]))
+    return items
+
+
+def raw_one_word_counts(source: str, data_dir=None, vocab: dict[str, Iterable[str]] | None = None) -> dict:
+    """Issue #14's sanity numbers: exact one-token differences between captions of different images,
+    counted over caption *instances* (every image pair, repeats included), before any meaning filter.
+
+    ``vocab`` maps a type to its word set (default: numbers plus vague quantifiers for count, all
+    colours plus "dark" for colour), so both words in the type's set is all that is asked.
+    """
+    vocab = vocab or {
+        "count": set(R.NUMBER_WORDS) | set(R.VAGUE_QUANTIFIERS),
+        "colour": set(R.COLOURS) | {"dark"},
+    }
+    images = load_source_captions(source, data_dir, require_images=False)
+    caps = [(f, R.tokenize(normalize_caption(c))) for f, _, cs in images for c in cs]
+    slots: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
+    for f, t in caps:
+        for k in range(len(t)):
+            slots[(tuple(t[:k]), tuple(t[k + 1:]))].append((f, t[k]))
+    counts = {typ: 0 for typ in vocab}
+    for members in slots.values():
+        for i, (fa, wa) in enumerate(members):
+            for fb, wb in members[i + 1:]:
+                if fa == fb or wa == wb:
+                    continue
+                for typ, words in vocab.items():
+                    if wa in words and wb in words:
+                        counts[typ] += 1
+    return counts
+
+
+# --------------------------------------------------------------------------------------------
+# Single-edit view
+# --------------------------------------------------------------------------------------------
+
+
+class _Frequencies:
+    """Frequencies of words at editable sites of train captions, per type and context."""
+
+    def __init__(self, texts: Iterable[str]):
+        self.table: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.trigrams: dict[tuple[str, ...], int] = defaultdict(int)
+        for text in texts:
+            toks = R.tokenize(text)
+            padded = ["<s>", *toks, "</s>"]
+            for i in range(len(padded) - 2):
+                self.trigrams[tuple(padded[i:i + 3])] += 1
+            for p, value, noun_pos in R.count_sites(toks):
+                self.table[("count", R.count_context(toks, noun_pos))][str(value)] += 1
+            for p in R.colour_sites(toks):
+                self.table[("colour", toks[p + 1])][R.colour_class(toks[p])] += 1
+            for p in R.object_sites(toks):
+                self.table[("object", R.object_context(toks, p))][toks[p]] += 1
+
+    def attested(self, text: str, original: str) -> bool:
+        """Every 3-gram of ``text`` that is new with respect to ``original`` occurs in train captions.
+
+        A negative built only from attested 3-grams is locally as fluent as a real caption, so a
+        text-only model cannot tell it by novelty ("houses docked at the harbor").
+        """
+        before = ["<s>", *R.tokenize(original), "</s>"]
+        after = ["<s>", *R.tokenize(text), "</s>"]
+        old = {tuple(before[i:i + 3]) for i in range(len(before) - 2)}
+        return all(self.trigrams.get(g, 0) > 0 for g in (tuple(after[i:i + 3]) for i in range(len(after) - 2))
+                   if g not in old)
+
+    def draw(self, typ: str, context: str, exclude: Callable[[str], bool], rng: random.Random) -> str | None:
+        options = sorted((w, n) for w, n in self.table.get((typ, context), {}).items() if not exclude(w))
+        if not options:
+            return None
+        return rng.choices([w for w, _ in options], weights=[n for _, n in options])[0]
+
+
+_COUNT_WORD = {v: w for w, v in R.NUMBER_WORDS.items() if w not in ("a", "an")}
+
+
+def _single_candidates(key: str, text: str, freq: _Frequencies, source: str):
+    """Every edit of one caption: ``(type, negative, word_true, word_neg, balance_key)``."""
+    spans = R.token_spans(text)
+    toks = [t for t, _, _ in spans]
+    out = []
+
+    def rng_for(typ):
+        return random.Random(int(_hash(COMPOSITIONAL_VERSION, source, key, typ)[:16], 16))
+
+    rng = rng_for("count")
+    sites = R.count_sites(toks)
+    if sites:
+        site = sites[rng.randrange(len(sites))]
+        p, value, noun_pos = site
+        ctx = R.count_context(toks, noun_pos)
+        new = freq.draw("count", ctx, lambda v: v == str(value), rng)
+        if new is not None:
+            new_word = _COUNT_WORD[int(new)]
+            repl = R.count_edit(toks, site, int(new), new_word)
+            if repl:
+                neg = R.apply_replacements(text, spans, repl)
+                out.append(("count", neg, toks[p], repl[p], ("count", ctx, str(value), new)))
+
+    rng = rng_for("colour")
+    sites = R.colour_sites(toks)
+    if sites:
+        p = sites[rng.randrange(len(sites))]
+        ctx = toks[p + 1]
+        new = freq.draw("colour", ctx, lambda c: c == R.colour_class(toks[p]), rng)
+        if new is not None:
+            neg = R.apply_replacements(text, spans, {p: new})
+            out.append(("colour", neg, toks[p], new, ("colour", ctx, R.colour_class(toks[p]), new)))
+
+    rng = rng_for("spatial")
+    sites = R.spatial_sites(toks)
+    if sites:
+        p, width, new = sites[rng.randrange(len(sites))]
+        repl = {p: new, **{q: None for q in range(p + 1, p + width)}}
+        neg = R.apply_replacements(text, spans, repl)
+        old = " ".join(toks[p:p + width])
+        out.append(("spatial", neg, old, new, ("spatial", "", old, new)))
+
+    site = R.binding_site(toks)
+    if site:
+        p, q = site
+        neg = R.apply_replacements(text, spans, {p: toks[q], q: toks[p]})
+        out.append(("binding", neg, f"{toks[p]} {toks[p + 1]}", f"{toks[q]} {toks[p + 1]}", None))
+
+    rng = rng_for("object")
+    sites = R.object_sites(toks)
+    if sites:
+        p = sites[rng.randrange(len(sites))]
+        ctx = R.object_context(toks, p)
+        plural = toks[p] in R._PLURAL_TO_SINGULAR
+        present = {R.object_class(t) for t in toks}  # "buildings ... near a building": no real change
+        new = freq.draw("object", ctx, lambda w: R.object_class(w) in present
+                        or (w in R._PLURAL_TO_SINGULAR) != plural, rng)
+        if new is not None:
+            neg = R.apply_replacements(text, spans, {p: new})
+            out.append(("object", neg, toks[p], new, ("object", ctx, toks[p], new)))
+    return out
+
+
+def balance_directions(items: list[dict]) -> list[dict]:
+    """Keep, per (type, context, unordered word pair), as many u->v items as v->u items.
+
+    The kept ones are the first by item id (deterministic). Items without a balance key (binding:
+    the negative has the same words) are kept as they are.
+    """
+    groups: dict[tuple, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    kept = []
+    for it in items:
+        bk = it.pop("_balance")
+        if bk is None:
+            kept.append(it)
+            continue
+        typ, ctx, u, v = bk
+        groups[(typ, ctx, *sorted((u, v)))][(u, v)].append(it)
+    for key, dirs in groups.items():
+        a, b = key[2], key[3]
+        forward, backward = dirs.get((a, b), []), dirs.get((b, a), [])
+        n = min(len(forward), len(backward))
+        for side in (forward, backward):
+            kept.extend(sorted(side, key=lambda it: it["item_id"])[:n])
+    return kept
+
+
+def generate_single(source: str, data_dir=None, require_images: bool = True, balance: bool = True) -> list[dict]:
+    """Single-edit items of a source: one per (distinct normalised caption, type) that has an edit.
+
+    The image is the first image (natural order) holding the caption.
+    """
+    index, paths = _caption_index(load_source_captions(source, data_dir, require_images))
+    freq = _Frequencies(train_captions_of(source, data_dir))
+    items = []
+    for key in sorted(index):
+        text, owners = index[key]
+        for typ, neg, w_true, w_neg, bk in _single_candidates(key, text, freq, source):
+            if normalize_caption(neg) in index:
+                continue  # the negative is itself a real caption of this source: not surely false
+            if ATTESTED_ONLY and not freq.attested(neg, text):
+                continue  # a new 3-gram never seen in train: a blind model would spot the edit
+            items.append({
+                "item_id": _hash(source, "single", key, typ)[:16], "source": source, "view": "single",
+                "type": typ, "kind": "single", "filename": owners[0], "caption": text, "negative": neg,
+                "word_true": w_true, "word_neg": w_neg, "image": paths[owners[0]], "_balance": bk,
+            })
+    if balance:
+        items = balance_directions(items)
+    else:
+        for it in items:
+            it.pop("_balance")
+    items.sort(key=lambda it: (SINGLE_TYPES.index(it["type"]), it["item_id"]))
+    return items
+
+
+# --------------------------------------------------------------------------------------------
+# Public API: items, hash, dataset, scoring
+# --------------------------------------------------------------------------------------------
+
+
+def generate_items(source: str, view: str = "pairs", data_dir=None, require_images: bool = True) -> list[dict]:
+    """The items of one source and view as JSON-able dicts (``image``/``image_b``: file paths)."""
+    _check(view, VIEWS, "view")
+    if view == "pairs":
+        return generate_pairs(source, data_dir, require_images=require_images)
+    return generate_single(source, data_dir, require_images=require_images)
+
+
+_HASHED_FIELDS = ("item_id", "source", "view", "type", "kind", "filename", "filename_b", "caption", "negative",
+                  "word_true", "word_neg")
+
+
+def items_hash(items: Sequence[dict]) -> str:
+    """Stable content hash of items (paths excluded, so it is the same on every machine)."""
+    canon = [{k: it.get(k) for k in _HASHED_FIELDS} for it in items]
+    blob = json.dumps([COMPOSITIONAL_VERSION, canon], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _features(view: str, with_image: bool) -> Features:
+    cols: dict = {"image": Image()} if with_image else {}
+    cols.update({k: Value("string") for k in ("caption", "negative", "type", "source", "kind", "item_id",
+                                              "filename", "word_true", "word_neg")})
+    if view == "pairs":
+        if with_image:
+            cols["image_b"] = Image()
+        cols.update(filename_b=Value("string"), n_image_pairs=Value("int64"))
+    return Features(cols)
+
+
+def load_compositional(source: str, view: str = "pairs", data_dir=None, require_images: bool = True,
+                       certified_only: bool = True) -> Dataset:
+    """The items of ``source`` (``ucm_test``, ``ucm_train``, ``rsicd_test``) and ``view`` as a `datasets.Dataset`.
+
+    Columns: ``image`` (lazy, path-backed `Image`), ``caption`` (true for ``image``), ``negative``
+    (false for ``image``; in the pairs view the true caption of ``image_b``), ``type``, ``source``,
+    ``kind``, ``item_id``, ``filename``, ``word_true``, ``word_neg``; pairs add ``image_b``,
+    ``filename_b`` and ``n_image_pairs``. ``info.description`` carries the version and `items_hash`
+    (of the rows returned). With ``certified_only`` (default) the single view of a test source keeps
+    only the types in `CERTIFIED_SINGLE` (those a text-only model cannot solve); train sources and
+    the pairs view are never filtered.
+    """
+    items = generate_items(source, view, data_dir, require_images)
+    if view == "single" and certified_only and source in CERTIFIED_SINGLE:
+        items = [it for it in items if it["type"] in CERTIFIED_SINGLE[source]]
+    features = _features(view, require_images)
+    columns = {name: [it.get(name) for it in items] for name in features}
+    desc = f"mtgfe compositional {COMPOSITIONAL_VERSION} {source} {view} hash={items_hash(items)}"
+    return Dataset.from_dict(columns, features=features, info=DatasetInfo(description=desc, features=features))
+
+
+def group_scores(s_aa: float, s_ab: float, s_ba: float, s_bb: float) -> dict[str, bool]:
+    """Winoground scores of one pair item from ``s_xy`` = score(image x, caption y).
+
+    ``group_accuracy`` (issue #14's item score; Winoground's *text score*): each image prefers its
+    own caption. ``image_score``: each caption prefers its own image. ``both``: the two together
+    (Winoground's *group score*). Ties fail. A text-only scorer has s_aa == s_ba and s_ab == s_bb,
+    so ``group_accuracy`` needs s_a > s_b and s_b > s_a at once: it is never met.
+    """
+    text = s_aa > s_ab and s_bb > s_ba
+    image = s_aa > s_ba and s_bb > s_ab
+    return {"group_accuracy": text, "image_score": image, "both": text and image}
+
+
+def write_jsonl(items: Sequence[dict], path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for it in items:
+            handle.write(json.dumps(it, ensure_ascii=False) + "\n")
+    return path
+
+
+def count_table(sources: Sequence[str] = ("ucm_test", "rsicd_test", "ucm_train"), data_dir=None) -> dict:
+    """Items per view/source/type (+ exact vs near pairs, distinct caption vs image pairs), and hashes."""
+    table = {"version": COMPOSITIONAL_VERSION, "pairs": {}, "single": {}, "hashes": {}}
+    for source in sources:
+        for view in VIEWS:
+            items = generate_items(source, view, data_dir, require_images=False)
+            types = PAIR_TYPES if view == "pairs" else SINGLE_TYPES
+            row = {t: sum(it["type"] == t for it in items) for t in types}
+            if view == "pairs":
+                row["by_kind"] = {k: {t: sum(it["type"] == t and it["kind"] == k for it in items) for t in types}
+                                  for k in ("exact", "near")}
+                row["image_pairs"] = {t: sum(it["n_image_pairs"] for it in items if it["type"] == t) for t in types}
+            row["total"] = len(items)
+            table[view][source] = row
+            table["hashes"][f"{source}/{view}"] = items_hash(items)
+    return table
+
+
+def _check(value, allowed, what):
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {sorted(allowed)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Blind check: a text-only model that never sees an image
+# --------------------------------------------------------------------------------------------
+
+_DIM = 1 << 18
+
+
+def text_features(text: str) -> dict[int, float]:
+    """Hashed 1-3-gram counts of a caption (with sentence boundary marks)."""
+    toks = ["<s>", *R.tokenize(normalize_caption(text)), "</s>"]
+    feats: dict[int, float] = defaultdict(float)
+    for n in (1, 2, 3):
+        for i in range(len(toks) - n + 1):
+            gram = " ".join(toks[i:i + n])
+            feats[int(hashlib.md5(gram.encode()).hexdigest()[:8], 16) % _DIM] += 1.0
+    return feats
+
+
+class BlindModel:
+    """Pairwise logistic regression on hashed n-grams: s(caption) = w . phi(caption).
+
+    Trained to rank the true caption over its negative from text alone (x = phi(c) - phi(n), both
+    orders, L2), with numpy full-batch gradient descent; deterministic.
+    """
+
+    def __init__(self, l2: float = 1e-3, steps: int = 300, lr: float = 0.5):
+        self.l2, self.steps, self.lr = l2, steps, lr
+        self.w = None
+
+    def _diff(self, pairs):
+        import numpy as np
+
+        rows, cols, vals = [], [], []
+        for r, (c, n) in enumerate(pairs):
+            d = defaultdict(float)
+            for k, v in text_features(c).items():
+                d[k] += v
+            for k, v in text_features(n).items():
+                d[k] -= v
+            for k, v in d.items():
+                if v:
+                    rows.append(r), cols.append(k), vals.append(v)
+        return np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64), np.array(vals, dtype=np.float64)
+
+    def fit(self, pairs: Sequence[tuple[str, str]]) -> "BlindModel":
+        import numpy as np
+
+        rows, cols, vals = self._diff(pairs)
+        n = len(pairs)
+        # Both orders: (c - n, 1) and (n - c, 0) == logistic on margins with labels +-1.
+        w = np.zeros(_DIM)
+        m = np.zeros(_DIM)
+        v2 = np.zeros(_DIM)
+        for t in range(1, self.steps + 1):
+            margin = np.bincount(rows, weights=vals * w[cols], minlength=n)
+            g_row = -1.0 / (1.0 + np.exp(np.clip(margin, -50, 50)))  # d/dm log(1+e^-m)
+            grad = np.bincount(cols, weights=vals * g_row[rows], minlength=_DIM) / n + self.l2 * w
+            m = 0.9 * m + 0.1 * grad
+            v2 = 0.999 * v2 + 0.001 * grad * grad
+            w -= self.lr * 0.1 * (m / (1 - 0.9 ** t)) / (np.sqrt(v2 / (1 - 0.999 ** t)) + 1e-8)
+        self.w = w
+        return self
+
+    def score(self, text: str) -> float:
+        return float(sum(v * self.w[k] for k, v in text_features(text).items()))
+
+
+def _accuracy(model_score, items) -> float:
+    if not items:
+        return float("nan")
+    return sum(model_score(it["caption"]) > model_score(it["negative"]) for it in items) / len(items)
+
+
+def _binomial_ci(k: int, n: int) -> list[float] | None:
+    """95% Wilson interval of k successes out of n."""
+    if not n:
+        return None
+    z, p = 1.96, k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(centre - half, 4), round(centre + half, 4)]
+
+
+def blind_training_items(test_source: str, data_dir=None) -> tuple[list[dict], int]:
+    """Single edits of the train source of ``test_source`` with every test string removed.
+
+    An item is removed when its caption or negative (normalised) is a caption of *any* test source
+    or the negative of a test single-edit item, so no test caption feeds the blind model.
+    Returns ``(items, n_removed)``.
+    """
+    train = generate_items(BLIND_TRAIN[test_source], "single", data_dir, require_images=False)
+    banned = set()
+    for src in BLIND_TRAIN:
+        for _, _, caps in load_source_captions(src, data_dir, require_images=False):
+            banned.update(normalize_caption(c) for c in caps)
+        banned.update(normalize_caption(it["negative"]) for it in generate_items(src, "single", data_dir, False))
+    clean = [it for it in train if normalize_caption(it["caption"]) not in banned
+             and normalize_caption(it["negative"]) not in banned]
+    return clean, len(train) - len(clean)
+
+
+def blind_check(data_dir=None, test_sources: Sequence[str] = tuple(BLIND_TRAIN), threshold: float = 0.6,
+                min_items: int = 10) -> dict:
+    """Train a text-only `BlindModel` per test source on single edits of its train source, evaluate it.
+
+    UCM test is checked by a model trained on UCM train edits, RSICD test by one trained on RSICD
+    train edits (`BLIND_TRAIN`), test strings removed (`blind_training_items`). Reports per test
+    source and type: the single-edit accuracy (chance 0.5) with a 95% interval, a word-frequency
+    prior baseline (prefer the caption whose edited word is more frequent in train; ties count
+    half), ``solvable`` (accuracy above ``threshold`` or below ``1 - threshold``: either way a
+    text-only cue exists) and ``certified`` (at least ``min_items`` items and not solvable: the
+    types `CERTIFIED_SINGLE` lists). For the pairs view: the Winoground scores of the same model (0 by
+    construction) and, for contrast, the one-sided accuracy on image a alone.
+    """
+    report = {"version": COMPOSITIONAL_VERSION, "model": "pairwise logistic regression on hashed 1-3-grams "
+              "(numpy, Adam, 300 full-batch steps, L2 1e-3)", "threshold": threshold, "sources": {}}
+    for src in test_sources:
+        clean, removed = blind_training_items(src, data_dir)
+        model = BlindModel().fit([(it["caption"], it["negative"]) for it in clean])
+        single = generate_items(src, "single", data_dir, require_images=False)
+        pairs = generate_items(src, "pairs", data_dir, require_images=False)
+        freq = R.count_words(train_captions_of(src, data_dir))
+        per_type = {}
+        for typ in SINGLE_TYPES:
+            sel = [it for it in single if it["type"] == typ]
+            wins = sum(model.score(it["caption"]) > model.score(it["negative"]) for it in sel)
+            prior = []
+            for it in sel:
+                ft, fn = freq.get(it["word_true"].split()[0], 0), freq.get(it["word_neg"].split()[0], 0)
+                prior.append(1.0 if ft > fn else 0.5 if ft == fn else 0.0)
+            acc = wins / len(sel) if sel else float("nan")
+            per_type[typ] = {
+                "n": len(sel), "blind_accuracy": acc, "blind_ci95": _binomial_ci(wins, len(sel)),
+                "frequency_prior_accuracy": sum(prior) / len(prior) if prior else float("nan"),
+                "solvable": bool(sel) and (acc > threshold or acc < 1 - threshold),
+                "certified": len(sel) >= min_items and 1 - threshold <= acc <= threshold,
+            }
+        pair_scores: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(int))
+        for it in pairs:
+            sa, sb = model.score(it["caption"]), model.score(it["negative"])
+            for name, ok in group_scores(sa, sb, sa, sb).items():  # s(image, caption) ignores the image
+                pair_scores[it["type"]][name] += ok
+            pair_scores[it["type"]]["n"] += 1
+            pair_scores[it["type"]]["image_a_only_correct"] += sa > sb
+        report["sources"][src] = {
+            "train_source": BLIND_TRAIN[src], "train_items": len(clean),
+            "train_items_removed_for_test_overlap": removed,
+            "train_accuracy": _accuracy(model.score, clean),
+            "single": per_type, "single_hash": items_hash(single), "pairs_hash": items_hash(pairs),
+            "pairs": {t: {k: (v / d["n"] if k != "n" else v) for k, v in d.items()} for t, d in pair_scores.items()},
+        }
+    return report
+
+
+def json_safe(obj):
+    """``obj`` with NaN floats as None (strict JSON)."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    return obj
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", choices=sorted(SOURCES), required=True)
+    parser.add_argument("--view", choices=VIEWS, default="pairs")
+    parser.add_argument("--out", required=True, help="JSONL file to write")
+    parser.add_argument("--data-dir", default=None)
+    args = parser.parse_args(argv)
+    items = generate_items(args.source, args.view, args.data_dir)
+    write_jsonl(items, args.out)
+    print(f"{len(items)} items, version {COMPOSITIONAL_VERSION}, hash {items_hash(items)} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
