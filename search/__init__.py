@@ -1,0 +1,1 @@
+"""Search application: gallery indexes, scene tiling, footprints and reports (`mtgfe.search`)."""
