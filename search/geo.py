@@ -85,18 +85,21 @@ def _ccw_closed(points: Sequence[Sequence[float]]) -> list[list[float]]:
     return ring
 
 
-def _affine(transform: Sequence[float]):
-    from affine import Affine  # a rasterio dependency
+def apply_affine(transform: Sequence[float], col: float, row: float) -> tuple[float, float]:
+    """Map pixel `(col, row)` through a GDAL/rasterio affine `(a, b, c, d, e, f)`: x = a·col + b·row + c.
 
-    return Affine(*transform[:6])
+    Written out rather than `Affine * (col, row)`: that operator is deprecated in affine 3 and `@` is
+    missing in affine 2, and both are allowed by rasterio>=1.3.
+    """
+    a, b, c, d, e, f = (float(v) for v in transform[:6])
+    return a * col + b * row + c, d * col + e * row + f
 
 
 def window_corners(transform: Sequence[float], window: Sequence[float]) -> list[tuple[float, float]]:
     """The four corners of `window` in the coordinates of `transform` (upper-left, upper-right,
     lower-right, lower-left of the pixel grid)."""
-    aff = _affine(transform)
     c0, r0, c1, r1 = window_to_box(window)
-    return [aff * (c0, r0), aff * (c1, r0), aff * (c1, r1), aff * (c0, r1)]
+    return [apply_affine(transform, c, r) for c, r in ((c0, r0), (c1, r0), (c1, r1), (c0, r1))]
 
 
 def _densify(corners: Sequence[tuple[float, float]], densify_pts: int) -> list[tuple[float, float]]:

@@ -25,7 +25,7 @@ from PIL import Image
 from mtgfe.processing.image_decoding import load_image
 from mtgfe.utils.io import atomic_path, atomic_write_json, read_json
 
-from .geo import box_iou, window_to_box
+from .geo import apply_affine, box_iou, window_to_box
 
 UCM_CLASSES = (
     "agricultural", "airplane", "baseballdiamond", "beach", "buildings", "chaparral", "denseresidential",
@@ -138,8 +138,8 @@ def build_ucm_mosaic(
                 pixels = load_ucm_cell(source)
                 window = (c * CELL_SIZE, r * CELL_SIZE, CELL_SIZE, CELL_SIZE)
                 dst.write(np.moveaxis(pixels, -1, 0), window=Window(*window))
-                x0, y0 = transform * (window[0], window[1])
-                x1, y1 = transform * (window[0] + CELL_SIZE, window[1] + CELL_SIZE)
+                x0, y0 = apply_affine(transform, window[0], window[1])
+                x1, y1 = apply_affine(transform, window[0] + CELL_SIZE, window[1] + CELL_SIZE)
                 cells.append({
                     "row": r, "col": c, "class": cls, "image": source.name, "imgid": entry.get("imgid"),
                     "source": source.relative_to(data_dir).as_posix(), "window": list(window),

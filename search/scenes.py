@@ -34,6 +34,7 @@ Decisions (each documented where it is implemented):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -346,6 +347,7 @@ def iter_scene_tiles(
     stretch: tuple[float, float] | None | str = "scene",
     overview_size: int = 1024,
     densify_pts: int = 0,
+    gdal_cache_mb: int | None = 64,
 ) -> Iterator[SceneTile]:
     """Yield the tiles of one scene, read window by window (a scene is never loaded whole).
 
@@ -362,19 +364,36 @@ def iter_scene_tiles(
             uint8 unchanged.
         overview_size: long side of the decimated read used for the per-scene stretch.
         densify_pts: extra points per edge of the WGS84 footprint (see `geo.footprint_wgs84`).
+        gdal_cache_mb: cap on GDAL's block cache while this scene is read (`rasterio.Env(GDAL_CACHEMAX=)`),
+            `None` to leave GDAL's setting. Why: windowed reads alone do not bound memory — GDAL keeps
+            every decoded block in a process-wide cache whose default is 5 % of RAM, so RSS grows with
+            the scene until that (GB-sized) cap. Tiles are visited row-major and each block is needed
+            by at most a few neighbouring windows, so a small cache costs almost no re-decoding. The
+            cap is global to the process while the generator is live (GDAL has one cache), and is
+            restored when it finishes or is closed.
 
     Raises:
         [`SceneReadError`]: missing / corrupt / truncated file (also while reading a window).
         [`SceneError`]: tile larger than the scene, non-positive tile size or stride, bad `bands`.
         [`SceneCRSError`]: the scene CRS cannot be transformed to WGS84.
     """
-    from rasterio.windows import Window
-
     where = _where(path)
     stride = tile_size if stride is None else stride
     _check_sizes(tile_size, stride, where)
     if not 0.0 <= float(nodata_max_fraction) <= 1.0:
         raise SceneError(f"`nodata_max_fraction` must be in [0, 1], got {nodata_max_fraction!r} (scene {where}).")
+    rasterio = _rasterio()
+    env = rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) * 2**20) if gdal_cache_mb else contextlib.nullcontext()
+    with env:
+        yield from _scene_tiles(path, where, tile_size, stride, bands, nodata_max_fraction, edge, report, stretch,
+                                overview_size, densify_pts)
+
+
+def _scene_tiles(path, where, tile_size, stride, bands, nodata_max_fraction, edge, report, stretch, overview_size,
+                 densify_pts) -> Iterator[SceneTile]:
+    """The body of [`iter_scene_tiles`], run inside its GDAL environment."""
+    from rasterio.windows import Window
+
     src = open_scene(path)
     read_errors = _read_errors()
     with src:
