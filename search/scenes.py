@@ -22,7 +22,8 @@ Decisions (each documented where it is implemented):
   of the valid pixels, not per tile. Why: a per-tile stretch makes adjacent tiles of one field look
   different (a dark tile is brightened, a bright one darkened), which changes what the model sees
   depending on where the grid happens to fall. `uint8` data is passed through unchanged (rule 1).
-* **No-data** comes from the dataset mask (nodata value, internal mask or alpha band). Tiles whose
+* **No-data** comes from the dataset mask (nodata value, internal mask or alpha band) and, for float
+  data, non-finite values (NaN / inf fills are common in float products). Tiles whose
   no-data fraction exceeds `nodata_max_fraction` are skipped and recorded in a [`TilingReport`];
   no-data pixels of kept tiles are black (rule 4: "nothing here" is 0).
 * **Un-georeferenced scenes** (no CRS): footprints are in pixel coordinates, `crs` is `None`,
@@ -85,8 +86,9 @@ def list_scenes(path: str | os.PathLike, recursive: bool = False) -> list[Path]:
 
     Sorted by their path relative to the folder (POSIX form), so two runs on two machines tile, index and
     rank the same scenes in the same order. A file given explicitly is taken whatever its suffix (the
-    user chose it; rasterio decides whether it can read it). A missing path or a folder with no scene
-    raises [`SceneError`] naming it.
+    user chose it; rasterio decides whether it can read it). Hidden files and folders (a leading dot:
+    the package's own atomic-write temporaries `.name.tmp-PID`, macOS `._name` forks) are not scenes.
+    A missing path or a folder with no scene raises [`SceneError`] naming it.
     """
     root = Path(path)
     if not root.exists():
@@ -94,11 +96,16 @@ def list_scenes(path: str | os.PathLike, recursive: bool = False) -> list[Path]:
     if root.is_file():
         return [root]
     pattern = "**/*" if recursive else "*"
-    scenes = [p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in SCENE_EXTENSIONS]
+    scenes = [p for p in root.glob(pattern)
+              if p.is_file() and p.suffix.lower() in SCENE_EXTENSIONS and not _hidden(p.relative_to(root))]
     scenes.sort(key=lambda p: p.relative_to(root).as_posix())
     if not scenes:
         raise SceneError(f"No scenes ({'/'.join(SCENE_EXTENSIONS)}) found in folder {_where(root)}.")
     return scenes
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
 
 
 # -------------------------------------------------------------------------------------------- windows
@@ -432,6 +439,11 @@ def _scene_tiles(path, where, tile_size, stride, bands, nodata_max_fraction, edg
                     f"Cannot read window (col_off={col}, row_off={row}, width={width}, height={height}) of "
                     f"scene {where} (corrupt or truncated): {err}"
                 ) from err
+            if np.issubdtype(data.dtype, np.floating):
+                # Undeclared float no-data (NaN / inf fill) is no-data too, not a black patch of "data".
+                finite = np.isfinite(data).all(axis=0)
+                if not finite.all():
+                    valid = finite if valid is None else valid & finite
             invalid = 0 if valid is None else int(valid.size - np.count_nonzero(valid))
             nodata_fraction = (invalid + tile_size * tile_size - width * height) / float(tile_size * tile_size)
             if nodata_fraction > nodata_max_fraction:

@@ -136,6 +136,19 @@ def test_stride_128_overlapping_tiles_footprints(mosaic, data_dir):
     assert box_iou(a.bounds, b.bounds) == pytest.approx(1 / 3)
 
 
+def test_off_size_ucm_image_is_resized_into_its_cell(data_dir, tmp_path):
+    # 497.jpg (buildings, test split) is 247x247: the mosaic resizes it, the layout says so, and the tile
+    # is exactly `load_ucm_cell` of it. Taking all test images of the class guarantees it is in.
+    annotations = json.loads((data_dir / "ucm_captions/annotations/karpathy_json/dataset_ucm_modified.json").read_text())
+    n = sum(e["split"] == "test" and ucm_class_of(e["filename"]) == "buildings" for e in annotations["images"])
+    layout = build_ucm_mosaic(data_dir, tmp_path / "b.tif", classes=["buildings"], grid=(1, n), seed=3)
+    cell = next(c for c in layout["cells"] if c["image"] == "497.jpg")
+    assert cell["resized"] and cell["original_size"] == [247, 247]
+    tile = next(t for t in iter_scene_tiles(tmp_path / "b.tif") if list(t.window) == cell["window"])
+    assert np.array_equal(np.asarray(tile.image), load_ucm_cell(data_dir / cell["source"]))
+    assert np.asarray(tile.image).shape == (256, 256, 3)
+
+
 # ------------------------------------------------------------------------------------------ windows
 
 
@@ -244,6 +257,17 @@ def test_nodata_tiles_are_skipped_and_reported(tmp_path):
     assert [t.window[:2] for t in strict] == [(512, 0), (256, 256), (512, 256)]
 
 
+def test_float_nan_fill_counts_as_nodata(tmp_path):
+    data = np.random.default_rng(6).normal(0.2, 0.05, (3, 256, 512)).astype(np.float32)
+    data[:, :, 256:] = np.nan
+    data[:, :32, :256] = np.nan  # 12.5 % of the left tile
+    report = TilingReport()
+    tiles = list(iter_scene_tiles(_write(tmp_path / "f.tif", data), report=report))
+    assert [t.window[:2] for t in tiles] == [(0, 0)] and tiles[0].nodata_fraction == pytest.approx(0.125)
+    assert report.skipped_tiles[0]["window"] == [256, 0, 256, 256]
+    assert (np.asarray(tiles[0].image)[:32] == 0).all() and np.asarray(tiles[0].image)[32:].mean() > 50
+
+
 def test_alpha_band_is_a_mask_not_a_colour_band(tmp_path):
     rng = np.random.default_rng(3)
     data = rng.integers(0, 255, (4, 256, 512), dtype=np.uint8)
@@ -349,7 +373,7 @@ def test_corrupt_and_truncated_scenes_are_named_errors(tmp_path):
 
 
 def test_list_scenes_is_sorted_and_names_bad_paths(tmp_path):
-    for name in ("b.TIF", "a.tif", "c.tiff", "notes.txt", "x.jpg"):
+    for name in ("b.TIF", "a.tif", "c.tiff", "notes.txt", "x.jpg", ".a.tif.tmp-1.tif", "._a.tif"):
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "d.tif").write_bytes(b"")
