@@ -320,13 +320,16 @@ def scene_stretch(src, indexes: Sequence[int], overview_size: int = 1024,
 
 
 def apply_stretch(array: np.ndarray, stretch: tuple[float, float] | None) -> np.ndarray:
-    """Map raw values to `uint8` with a fixed `(low, high)`; `None` means the data is already 8-bit.
+    """Map raw values to `uint8` with a fixed `(low, high)`; `None` means "already 8-bit" (others are clipped).
 
     The same arithmetic as `percentile_stretch` (so one image gives the same pixels either way); a
     degenerate `high <= low` maps everything to 0, as a constant image does there.
     """
     if stretch is None:
-        return array.astype(np.uint8, copy=False)
+        if array.dtype == np.uint8:
+            return array
+        # Clip, never wrap: uint16 300 must not become 44. Non-finite values become 0.
+        return np.clip(np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0), 0, 255).astype(np.uint8)
     low, high = stretch
     data = array.astype(np.float64)
     if not high > low:
@@ -334,6 +337,12 @@ def apply_stretch(array: np.ndarray, stretch: tuple[float, float] | None) -> np.
     finite = np.isfinite(data)
     scaled = (np.where(finite, data, low) - low) / (high - low)
     return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _nodata_fraction(valid: np.ndarray | None, padding: int, tile_size: int) -> float:
+    """Share of a `tile_size`² tile that is no-data: invalid mask pixels plus edge padding."""
+    invalid = 0 if valid is None else int(valid.size - np.count_nonzero(valid))
+    return (invalid + padding) / float(tile_size * tile_size)
 
 
 def _to_rgb_image(array: np.ndarray) -> Image.Image:
@@ -389,6 +398,8 @@ def iter_scene_tiles(
     _check_sizes(tile_size, stride, where)
     if not 0.0 <= float(nodata_max_fraction) <= 1.0:
         raise SceneError(f"`nodata_max_fraction` must be in [0, 1], got {nodata_max_fraction!r} (scene {where}).")
+    if isinstance(stretch, str) and stretch != "scene":
+        raise SceneError(f"`stretch` must be 'scene', (low, high) or None, got {stretch!r} (scene {where}).")
     rasterio = _rasterio()
     env = rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) * 2**20) if gdal_cache_mb else contextlib.nullcontext()
     with env:
@@ -431,21 +442,25 @@ def _scene_tiles(path, where, tile_size, stride, bands, nodata_max_fraction, edg
             report.scenes.append(summary)
         for col, row, width, height in windows:
             window = Window(col, row, width, height)
+            padding = tile_size * tile_size - width * height
             try:
-                data = src.read(list(indexes), window=window, boundless=False)
                 valid = src.dataset_mask(window=window) > 0 if masked else None
+                # Mask first: a tile that is mostly outside the swath is skipped without reading its bands.
+                nodata_fraction = _nodata_fraction(valid, padding, tile_size)
+                data = None
+                if nodata_fraction <= nodata_max_fraction:
+                    data = src.read(list(indexes), window=window, boundless=False)
             except read_errors as err:
                 raise SceneReadError(
                     f"Cannot read window (col_off={col}, row_off={row}, width={width}, height={height}) of "
                     f"scene {where} (corrupt or truncated): {err}"
                 ) from err
-            if np.issubdtype(data.dtype, np.floating):
+            if data is not None and np.issubdtype(data.dtype, np.floating):
                 # Undeclared float no-data (NaN / inf fill) is no-data too, not a black patch of "data".
                 finite = np.isfinite(data).all(axis=0)
                 if not finite.all():
                     valid = finite if valid is None else valid & finite
-            invalid = 0 if valid is None else int(valid.size - np.count_nonzero(valid))
-            nodata_fraction = (invalid + tile_size * tile_size - width * height) / float(tile_size * tile_size)
+                    nodata_fraction = _nodata_fraction(valid, padding, tile_size)
             if nodata_fraction > nodata_max_fraction:
                 summary["tiles_skipped"] += 1
                 if report is not None:

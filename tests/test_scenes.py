@@ -215,6 +215,13 @@ def test_16bit_4band_band_selection_and_per_scene_stretch(tmp_path):
     assert np.array_equal(np.asarray(nir.image), np.moveaxis(percentile_stretch(data[[3, 2, 1]]), 0, -1)[:, :256])
     with pytest.raises(SceneError, match=r"Band index 7.*ms\.tif"):
         next(iter_scene_tiles(path, bands=(7, 1, 2)))
+    # A fixed stretch (shared by a campaign) gives the same pixels; None clips instead of wrapping.
+    fixed = next(iter_scene_tiles(path, stretch=(low, high)))
+    assert np.array_equal(np.asarray(fixed.image), np.asarray(left.image))
+    clipped = np.moveaxis(np.clip(data[:3, :, :256], 0, 255).astype(np.uint8), 0, -1)
+    assert np.array_equal(np.asarray(next(iter_scene_tiles(path, stretch=None)).image), clipped)
+    with pytest.raises(SceneError, match="stretch"):
+        next(iter_scene_tiles(path, stretch="tile"))
     # Decimated overview read for big scenes: the stretch barely moves.
     small = list(iter_scene_tiles(path, overview_size=64, report=(r2 := TilingReport())))
     assert r2.scenes[0]["stretch"] == pytest.approx([low, high], rel=0.05)
