@@ -117,6 +117,18 @@ def _check_sizes(tile_size: int, stride: int, where: str) -> None:
             raise SceneError(f"`{name}` must be a positive integer, got {value!r} (scene {where}).")
 
 
+def _check_args(tile_size, stride, nodata_max_fraction=0.5, edge="shift", stretch="scene", where="<all scenes>"):
+    """Argument checks that do not depend on the scene (so `on_error="skip"` never skips them)."""
+    _check_sizes(tile_size, stride, where)
+    if isinstance(nodata_max_fraction, bool) or not isinstance(nodata_max_fraction, (int, float)) \
+            or not 0.0 <= float(nodata_max_fraction) <= 1.0:
+        raise SceneError(f"`nodata_max_fraction` must be in [0, 1], got {nodata_max_fraction!r} (scene {where}).")
+    if edge not in EDGE_MODES:
+        raise SceneError(f"`edge` must be one of {EDGE_MODES}, got {edge!r} (scene {where}).")
+    if isinstance(stretch, str) and stretch != "scene":
+        raise SceneError(f"`stretch` must be 'scene', (low, high) or None, got {stretch!r} (scene {where}).")
+
+
 def tile_offsets(length: int, tile_size: int, stride: int, edge: str = "shift") -> list[int]:
     """Start offsets of tiles along one axis of `length` pixels.
 
@@ -395,11 +407,7 @@ def iter_scene_tiles(
     """
     where = _where(path)
     stride = tile_size if stride is None else stride
-    _check_sizes(tile_size, stride, where)
-    if not 0.0 <= float(nodata_max_fraction) <= 1.0:
-        raise SceneError(f"`nodata_max_fraction` must be in [0, 1], got {nodata_max_fraction!r} (scene {where}).")
-    if isinstance(stretch, str) and stretch != "scene":
-        raise SceneError(f"`stretch` must be 'scene', (low, high) or None, got {stretch!r} (scene {where}).")
+    _check_args(tile_size, stride, nodata_max_fraction, edge, stretch, where)
     rasterio = _rasterio()
     env = rasterio.Env(GDAL_CACHEMAX=int(gdal_cache_mb) * 2**20) if gdal_cache_mb else contextlib.nullcontext()
     with env:
@@ -497,7 +505,8 @@ def iter_tiles(
     `on_error="raise"` (default) stops at the first bad scene with its named error. `"skip"` records
     `{"scene", "error", "tiles_yielded"}` in `report.skipped_scenes`, logs a warning and goes on; a
     scene that fails half-way keeps the tiles already yielded (they were read correctly) — the record
-    says how many. Argument errors (`tile_size`, `stride`) are never skipped: they would fail every scene.
+    says how many. Argument errors (`tile_size`, `stride`, `edge`, ...) are raised before any scene is
+    read and never skipped: they would fail every scene.
     """
     if on_error not in ON_ERROR_MODES:
         raise ValueError(f"`on_error` must be one of {ON_ERROR_MODES}, got {on_error!r}.")
@@ -507,7 +516,8 @@ def iter_tiles(
         scenes = [Path(p) for p in path]
     tile_size = tile_kwargs.get("tile_size", 256)
     stride = tile_kwargs.get("stride")
-    _check_sizes(tile_size, tile_size if stride is None else stride, "<all scenes>")
+    _check_args(tile_size, tile_size if stride is None else stride, tile_kwargs.get("nodata_max_fraction", 0.5),
+                tile_kwargs.get("edge", "shift"), tile_kwargs.get("stretch", "scene"))
     for scene in scenes:
         yielded = 0
         try:

@@ -328,6 +328,15 @@ def test_wgs84_footprint_against_a_known_point(tmp_path):
         assert -123.0 - 1e-9 <= lon < -122.99 and 36.14 < lat < 36.15
 
 
+def test_wgs84_scene_footprint_is_its_own_lon_lat(tmp_path):
+    path = _write(tmp_path / "ll.tif", np.full((3, 256, 256), 9, np.uint8), crs="EPSG:4326",
+                  transform=from_origin(-122.5, 37.8, 1e-5, 1e-5))
+    tile = next(iter_scene_tiles(path))
+    assert tile.crs == "EPSG:4326"
+    assert np.allclose(tile.footprint_wgs84["coordinates"], tile.footprint["coordinates"], atol=1e-12)
+    assert tile.bounds == pytest.approx([-122.5, 37.8 - 256e-5, -122.5 + 256e-5, 37.8])
+
+
 def test_untransformable_crs_is_a_named_error(tmp_path):
     path = _write(tmp_path / "local.tif", np.ones((3, 256, 256), np.uint8),
                   crs='LOCAL_CS["arbitrary",UNIT["metre",1]]')
@@ -375,8 +384,9 @@ def test_corrupt_and_truncated_scenes_are_named_errors(tmp_path):
     partial = report.skipped_scenes[1]["tiles_yielded"]
     assert partial < 4 and len(tiles) == 4 + partial and "col_off=" in report.skipped_scenes[1]["error"]
     assert all(s["error_type"] == "SceneReadError" for s in report.skipped_scenes)
-    with pytest.raises(SceneError, match="stride"):  # argument errors are never "skipped"
-        list(iter_tiles(tmp_path, on_error="skip", stride=0))
+    for bad in ({"stride": 0}, {"edge": "wrap"}, {"nodata_max_fraction": 2}):  # argument errors are never skipped
+        with pytest.raises(SceneError, match=next(iter(bad))):
+            list(iter_tiles(tmp_path, on_error="skip", **bad))
 
 
 def test_list_scenes_is_sorted_and_names_bad_paths(tmp_path):
