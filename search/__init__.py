@@ -1,7 +1,9 @@
 """`mtgfe.search`: the search application built on the MTGFE model.
 
 A persistent gallery index (`gallery_index`, on-disk format in `index_storage`), the `mtgfe-index` /
-`mtgfe-search` console scripts (`cli`) and HTML / PNG result reports (`report_html`).
+`mtgfe-search` console scripts (`cli`), HTML / PNG result reports (`report_html`), and the scene side:
+windowed tiling of GeoTIFF / COG scenes (`scenes`), GeoJSON hits and footprint boxes (`geo`), and a
+georeferenced mosaic of UCM tiles with known answers (`mosaic`).
 
 Why a package of its own: `modeling_mtgfe/` is the model and its Hub remote-code set; an index with
 resumable builds, manifests and reports is an application of that model, installed with the package and
