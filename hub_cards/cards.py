@@ -1,7 +1,7 @@
 """Model and dataset cards for mtgfe checkpoints and benchmark exports (offline).
 
 Why this module exists: a retrieval number without its tie rule, filter size and split is not
-comparable (method.md §6, §6b), so the card is rendered from the evaluation JSON itself, and the
+comparable (docs/METHOD.md §6, §6b), so the card is rendered from the evaluation JSON itself, and the
 same values go into the machine-readable ``model-index`` block and the human-readable table.
 
 Evaluation JSON accepted by :func:`render_model_card` (one object per dataset/split; the evaluation
@@ -169,7 +169,7 @@ def _parse_eval(obj: Any, source: str) -> EvalRecord:
     if not tie_rule:
         raise ValueError(
             f"evaluation result {source} lacks 'tie_rule': R@1 on these benchmarks depends on how ties are "
-            "ordered, so a number without its rule is not reported (method.md §6b)."
+            "ordered, so a number without its rule is not reported (docs/METHOD.md §6b)."
         )
     metrics = _metric_values(raw_metrics, f"{source}: metrics")
     if not metrics:

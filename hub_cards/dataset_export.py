@@ -1,7 +1,7 @@
 """Export a benchmark (``datasets.Dataset``/``DatasetDict``) as self-contained Parquet + dataset card.
 
 Why not ``Dataset.to_parquet``: it writes path-backed images as their *paths* only, so the files
-are useless once the image folder is gone (hf-v5-notes §6). Here every batch goes through
+are useless once the image folder is gone (docs/HF_PITFALLS.md §6). Here every batch goes through
 ``datasets.table.embed_table_storage``, which reads the image files into the ``bytes`` field (keeping
 only the file's base name as ``path``), and is streamed to a ``pyarrow.parquet.ParquetWriter`` with the
 dataset's feature metadata, so ``load_dataset("parquet", ...)`` gives back ``Image()`` columns that

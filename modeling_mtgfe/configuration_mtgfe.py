@@ -121,7 +121,7 @@ class MTGFEConfig(PreTrainedConfig):
         mlm_probability (`float`, defaults to 0.15): share of maskable tokens masked for MLM.
         itm_random_negative_prob (`float`, defaults to 0.0): share of ITM negatives drawn uniformly instead of
             by ITC similarity. RS captions repeat within a class, so pure hard negatives are often false
-            negatives (method.md §3.2); random ones also teach ITM the easy cases it meets at large k.
+            negatives (docs/METHOD.md §3.2); random ones also teach ITM the easy cases it meets at large k.
         itm_near_duplicate_overlap (`float`, *optional*): when set, a caption whose token set overlaps one of
             the image's own captions in the batch by at least this Jaccard value is never drawn as its ITM
             negative (nor is that image drawn for the caption). `None`: only identical captions are excluded.

@@ -1,7 +1,7 @@
 # Copyright 2025 The MTGFE authors. Licensed under the Apache License, Version 2.0.
 """Convert a salesforce/ALBEF checkpoint (`.pth`) into an MTGFE `save_pretrained` folder.
 
-Why: method.md §2 initialises MTGFE at paper scale from an ALBEF checkpoint. ALBEF stores a timm ViT
+Why: docs/METHOD.md §2 initialises MTGFE at paper scale from an ALBEF checkpoint. ALBEF stores a timm ViT
 (`visual_encoder.*`, fused `qkv`), a forked HF BERT (`text_encoder[.bert].*`, layers >= `fusion_layer`
 with `crossattention`), the filter projections, the ITM head and the temperature, plus training-only
 state (momentum copies `*_m.*`, queues) that MTGFE does not use.
@@ -23,7 +23,7 @@ else `mtgfe.fusion_encoder.{i - fusion_layer}`):
 | `text_encoder[.bert].encoder.layer.{i}.<rest>` | `L.<rest>` (same BERT names, `crossattention.*` included) |
 | `text_encoder.cls.predictions.{bias,transform.*}` | `mlm_head.{bias,transform.*}` (decoder tied to word embeddings) |
 | `vision_proj.*`, `text_proj.*`, `itm_head.*`, `temp` | `mtgfe.vision_proj.*`, `mtgfe.text_proj.*`, `mtgfe.itm_head.*`, `mtgfe.temp` |
-| `*_m.*`, `image_queue`, `text_queue`, `idx_queue`, `queue_ptr` | dropped on purpose (momentum distillation is off by default, method.md §2) |
+| `*_m.*`, `image_queue`, `text_queue`, `idx_queue`, `queue_ptr` | dropped on purpose (momentum distillation is off by default, docs/METHOD.md §2) |
 
 The config is read off the tensor shapes (widths, layer counts, patch size, grid, vocabulary, fusion layer
 = first layer with cross-attention, `embed_dim`); head counts are not visible in shapes and default to

@@ -1,4 +1,4 @@
-"""MTGFE training objectives as plain functions (method.md §3).
+"""MTGFE training objectives as plain functions (docs/METHOD.md §3).
 
 Each loss is a readable function of tensors that returns a scalar, so it can be unit-tested and
 reused outside the model. Sampling helpers take an optional `torch.Generator` so tests are exact.
@@ -19,7 +19,7 @@ def positive_mask(image_ids: torch.Tensor, other_ids: torch.Tensor | None = None
 
 
 def itc_loss(sim_i2t: torch.Tensor, pos_mask: torch.Tensor) -> torch.Tensor:
-    """Symmetric multi-positive InfoNCE (method.md §3.1).
+    """Symmetric multi-positive InfoNCE (docs/METHOD.md §3.1).
 
     Args:
         sim_i2t: `(B_img, B_txt)` similarities already divided by the temperature.
@@ -58,7 +58,7 @@ def sample_negatives(
     random_prob: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Draw one negative column per row, never a forbidden one (method.md §3.2).
+    """Draw one negative column per row, never a forbidden one (docs/METHOD.md §3.2).
 
     Rows draw in proportion to `weights` (softmaxed ITC similarity: hard negatives) except a
     `random_prob` share that draws uniformly among allowed columns. Forbidden columns (the same image,
@@ -101,7 +101,7 @@ def mask_tokens(
     probability: float = 0.15,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT/ALBEF masking (method.md §3.3): 80% [MASK], 10% random token, 10% unchanged.
+    """BERT/ALBEF masking (docs/METHOD.md §3.3): 80% [MASK], 10% random token, 10% unchanged.
 
     Special tokens ([PAD], [CLS], [SEP]) and padding are never masked. At least one token per row is
     masked when the row has any maskable token, so short captions still give an MLM signal.
@@ -136,7 +136,7 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def simsiam_loss(p1: torch.Tensor, z1: torch.Tensor, p2: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-    """Symmetric negative cosine with stop-gradient on the targets (MVJRC default, method.md §3.4).
+    """Symmetric negative cosine with stop-gradient on the targets (MVJRC default, docs/METHOD.md §3.4).
 
     Needs no negatives, so other captions of the same image in the batch cannot act as false negatives.
     Range [-1, 1]; −1 is perfect agreement.

@@ -1,6 +1,6 @@
 """PyTorch MTGFE: an ALBEF-style fusion encoder for remote-sensing text–image retrieval.
 
-Layout (method.md §2):
+Layout (docs/METHOD.md §2):
 
     pixel_values ─► vision backbone ─► image tokens ─► (projection to text width H) ───────┐
                                    └─► global vector ─► vision_proj ─► filter embedding     │ cross-attention K/V
@@ -552,7 +552,7 @@ class MTGFEModel(MTGFEPreTrainedModel):
 
 
 class MTGFEMVJRCHead(nn.Module):
-    """Projector g (Linear-BN-ReLU-Linear-BN) and predictor q (Linear-BN-ReLU-Linear), method.md §3.4."""
+    """Projector g (Linear-BN-ReLU-Linear-BN) and predictor q (Linear-BN-ReLU-Linear), docs/METHOD.md §3.4."""
 
     def __init__(self, config: MTGFEConfig):
         super().__init__()
@@ -686,7 +686,7 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
             with torch.no_grad():
                 if config.itc_weight > 0:
                     w_i2t, w_t2i = sim_i2t.float().softmax(1), sim_i2t.t().float().softmax(1)
-                else:  # no trained filter to mine with: uniform over non-positives (method.md §3.2 step 5)
+                else:  # no trained filter to mine with: uniform over non-positives (docs/METHOD.md §3.2 step 5)
                     w_i2t = w_t2i = torch.ones_like(sim_i2t, dtype=torch.float)
                 neg_image = sample_negatives(w_t2i, forbidden.t(), config.itm_random_negative_prob)
                 neg_text = sample_negatives(w_i2t, forbidden, config.itm_random_negative_prob)

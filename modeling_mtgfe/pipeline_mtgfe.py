@@ -450,7 +450,7 @@ def save_for_pipeline(model, processor, save_directory: str | os.PathLike) -> st
     """Save model + processor + pipeline code so `pipeline(model=dir, trust_remote_code=True)` works anywhere.
 
     `Pipeline.save_pretrained` writes the model, its remote code and `custom_pipelines` into config.json but
-    not `processor_config.json` (hf-v5-notes §3), hence the explicit `processor.save_pretrained`.
+    not `processor_config.json` (docs/HF_PITFALLS.md §3), hence the explicit `processor.save_pretrained`.
     """
     register_pipeline()
     pipe = MTGFERetrievalPipeline(model=model, processor=processor, task=TASK, device=model.device)

@@ -1,12 +1,12 @@
 """Two-stage MTGFE retrieval: cheap filter embeddings pick candidates, the fusion ITM head re-ranks them.
 
-method.md §5 (ALBEF `Retrieval.py::evaluation`, made cheaper and tie-exact):
+docs/METHOD.md §5 (ALBEF `Retrieval.py::evaluation`, made cheaper and tie-exact):
 
 1. `encode_images` / `encode_texts` run every image / *distinct* caption once. Image fusion tokens are
    kept (`keep_tokens=True`) so re-ranking never re-runs the vision backbone.
 2. `coarse_topk`: cosine of the L2-normalised filter embeddings by one matrix product (chunked so a
    100k gallery never materialises more than `chunk_elements` scores), top-k per query **with the
-   whole tie group at the k-th score kept** (method.md §6b).
+   whole tie group at the k-th score kept** (docs/METHOD.md §6b).
 3. `score_candidates` / `rerank`: every distinct (image, caption) pair among the candidates of both
    directions is fused exactly once (a shared pair cache), in batches grouped by image so each
    image's cross-attention K/V are projected once per call.
@@ -27,7 +27,7 @@ Cost accounting (`RerankResult.stats`): `fusion_passes` is the number of distinc
 `keep_ties=True` a query can get more than k candidates (its tie group at the cut), but a tie group of
 identical captions maps to a single distinct pair, so duplicated captions add *no* passes; only ties
 between different captions/images (rare with float scores, common with -inf/0 from a degenerate
-filter) add passes. The bound `k·(N_img + N_txt)` of method.md §5 is then met or beaten because pairs
+filter) add passes. The bound `k·(N_img + N_txt)` of docs/METHOD.md §5 is then met or beaten because pairs
 selected by both directions are scored once.
 
 This file travels as Hub remote code: third-party imports and single-dot siblings only.
@@ -232,7 +232,7 @@ def encode_texts(
 ) -> TextFeatures:
     """Encode each distinct caption once; `inverse` maps every input to its row.
 
-    Why dedupe: identical captions must get bit-identical scores so ties are real (method.md §6b), and
+    Why dedupe: identical captions must get bit-identical scores so ties are real (docs/METHOD.md §6b), and
     UCM/RSICD repeat many captions word for word (UCM test: 1,050 captions, 377 distinct), so it also
     saves work. Captions are deduplicated by string, then by token ids (two strings the tokenizer maps
     to the same ids, e.g. differing only in case, are the same model input).
@@ -567,7 +567,7 @@ def rerank(
     chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
     trim_batches: bool = True,
 ) -> RerankResult:
-    """Coarse top-k by filter cosine, then ITM re-ranking of the candidates (method.md §5).
+    """Coarse top-k by filter cosine, then ITM re-ranking of the candidates (docs/METHOD.md §5).
 
     Args:
         k: candidates per query; `None` or `>=` the other side's size scores every pair (exhaustive).
@@ -606,7 +606,7 @@ def rerank(
 
 
 def exhaustive_itm(model, image_feats: ImageFeatures, text_feats: TextFeatures, **kwargs) -> RerankResult:
-    """Every (image, distinct caption) pair scored once: the "no filter" baseline (method.md §5 step 5)."""
+    """Every (image, distinct caption) pair scored once: the "no filter" baseline (docs/METHOD.md §5 step 5)."""
     return rerank(model, image_feats, text_feats, k=None, **kwargs)
 
 

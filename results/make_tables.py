@@ -5,7 +5,7 @@
 
 Every number comes from an `mtgfe-eval` report (`<run>_test_*.json`), a run summary written by
 `collect_run.py` (`<run>_train.json`: train wall time, end-of-run val report) or an `mtgfe-cv`
-summary (`cv_*.json`). Headline metric: expected recall under random tie order (method.md §6b).
+summary (`cv_*.json`). Headline metric: expected recall under random tie order (docs/METHOD.md §6b).
 Alpha for ITM + alpha * ITC is the one picked by 3-fold cross-validation over the 1,890 non-test
 images (`cv_<recipe>.json`, `best_alpha`), never by test.
 """

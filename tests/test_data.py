@@ -111,7 +111,7 @@ def test_caption_ids_mark_identical_normalised_strings():
     for text, cid in zip(captions["caption"], captions["caption_id"]):
         by_key.setdefault(normalize_caption(text), set()).add(cid)
     assert all(len(ids) == 1 for ids in by_key.values())
-    assert len(set(captions["caption_id"])) == len(by_key) == 377  # method.md §6b: 377 distinct strings
+    assert len(set(captions["caption_id"])) == len(by_key) == 377  # docs/METHOD.md §6b: 377 distinct strings
     assert sorted(set(captions["caption_id"])) == list(range(len(by_key)))
 
 

@@ -1,4 +1,4 @@
-"""Benchmark export to Parquet with embedded image bytes (hf-v5-notes §6 pitfall), on real UCM images."""
+"""Benchmark export to Parquet with embedded image bytes (docs/HF_PITFALLS.md §6 pitfall), on real UCM images."""
 
 from __future__ import annotations
 

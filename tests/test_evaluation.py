@@ -147,7 +147,7 @@ def test_two_processes_match_one(setup, tmp_path):
                str(_free_port()), "-m", "mtgfe.training.evaluation", *args, *mode, "--output", str(two)]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert two.is_file(), proc.stderr[-3000:]
-        if proc.returncode != 0:  # tolerated only as the known SIGABRT-at-exit quirk (hf-v5-notes §7)
+        if proc.returncode != 0:  # tolerated only as the known SIGABRT-at-exit quirk (docs/HF_PITFALLS.md §7)
             assert "terminate called without an active exception" in proc.stderr, proc.stderr[-3000:]
         a, b = json.loads(one.read_text()), json.loads(two.read_text())
         assert b["num_processes"] == 2

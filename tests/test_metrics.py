@@ -1,4 +1,4 @@
-"""Tests for mtgfe.training.metrics: the retrieval protocol and the tie rules (method.md §6, §6b)."""
+"""Tests for mtgfe.training.metrics: the retrieval protocol and the tie rules (docs/METHOD.md §6, §6b)."""
 
 from __future__ import annotations
 

@@ -225,7 +225,7 @@ def _torchrun(out: Path, *overrides: str, timeout: int = 300) -> subprocess.Comp
 
 
 def _require_ok(proc: subprocess.CompletedProcess, out: Path) -> None:
-    """Artifacts decide; a non-zero exit is tolerated only as the known SIGABRT-at-exit quirk (notes §7)."""
+    """Artifacts decide; a non-zero exit is tolerated only as the known SIGABRT-at-exit quirk (docs/HF_PITFALLS.md §7)."""
     assert (out / "final" / "model.safetensors").is_file(), proc.stderr[-3000:]
     if proc.returncode != 0:
         assert "terminate called without an active exception" in proc.stderr, proc.stderr[-3000:]

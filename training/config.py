@@ -202,7 +202,7 @@ class DataConfig:
 
 @dataclass
 class ViewsConfig:
-    """Training augmentation (`mtgfe.training.views`, method.md §4).
+    """Training augmentation (`mtgfe.training.views`, docs/METHOD.md §4).
 
     `base` configures the ITM/MLM view (`BaseTransform`: scale, ratio, hflip, interpolation) and
     `mvjrc` the second MVJRC view (`ViewConfig` fields: rescale, colour jitter, rot90, flips, ...),

@@ -7,7 +7,7 @@ into the field's numbers with `mtgfe.training.metrics`:
 
 * `mtgfe-eval --model DIR --dataset ucm --split test --k 16` (filtered), `--exhaustive` (every pair,
   the "no filter" row), `--filter-only` (ITC cosine alone, no fusion: the dual-encoder baseline row);
-* the headline numbers use the expected tie rule (method.md §6b); pessimistic, optimistic and argsort
+* the headline numbers use the expected tie rule (docs/METHOD.md §6b); pessimistic, optimistic and argsort
   variants are reported beside them, because UCM/RSICD repeat captions and R@1 depends on tie order.
 
 Across processes (`accelerate launch`): images are encoded in shards and gathered; every rank

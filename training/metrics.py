@@ -1,6 +1,6 @@
 """Recall@K and mR for image–text retrieval, with an explicit rule for tied scores.
 
-Protocol (method.md §6, identical to GaLR ``acc_i2t2``/``acc_t2i2``, HarMA/PIR and ALBEF ``itm_eval``,
+Protocol (docs/METHOD.md §6, identical to GaLR ``acc_i2t2``/``acc_t2i2``, HarMA/PIR and ALBEF ``itm_eval``,
 RemoteCLIP ``retrieval.py``):
 
 * **i2t** — each image ranks all captions; it is a hit at K when *any* of its ground-truth captions is
@@ -10,7 +10,7 @@ RemoteCLIP ``retrieval.py``):
 * **mR** — arithmetic mean of the six recalls (of all ``2 * len(ks)`` recalls for other ``ks``).
   All recalls are in percent.
 
-Why a tie rule at all (method.md §6b): UCM-Captions and RSICD repeat many captions word for word, so
+Why a tie rule at all (docs/METHOD.md §6b): UCM-Captions and RSICD repeat many captions word for word, so
 any model gives identical scores to identical text and R@1 depends on how tied scores are ordered.
 Four rules are available:
 
@@ -49,7 +49,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 TIE_RULES: tuple[str, ...] = ("expected", "pessimistic", "optimistic", "argsort")
-# The headline rule of every report (method.md section 6b) and the recall keys every table shows: here,
+# The headline rule of every report (docs/METHOD.md section 6b) and the recall keys every table shows: here,
 # beside the code that computes them, so evaluation, CV summaries and cards read one definition.
 HEADLINE_RULE = "expected"
 RECALL_KEYS: tuple[str, ...] = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR")

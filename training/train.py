@@ -15,7 +15,7 @@ What one run does, in order (everything that can fail cheaply fails before the m
    `find_unused_parameters`: a loss weight of 0 or a frozen part leaves parameters without gradient).
 3. Data: the training captions view, wrapped so each epoch trains on `captions_per_image` captions
    per image; a DataLoader with its *own* generator (without one, creating the resumed iterator
-   consumes the global RNG and the run diverges at the first resumed step; hf-v5-notes §7).
+   consumes the global RNG and the run diverges at the first resumed step; docs/HF_PITFALLS.md §7).
    Data-dependent checks (warm-up vs run length, batch vs captions per image).
 4. Tokenizer, processor, model (preset / pretrained backbones / saved MTGFE), freezing, AdamW with
    parameter groups (`param_groups`), lr as a pure function of the optimizer step.
@@ -293,7 +293,7 @@ def load_run_data(cfg: TrainConfig, accelerator, output_dir: Path):
 
 def build_train_loader(cfg: TrainConfig, train_set, processor, views_pair, accelerator):
     """`(collator, prepared DataLoader)`. The loader has its *own* generator: without one, creating the
-    resumed iterator consumes the global RNG and the run diverges at the first resumed step (notes §7).
+    resumed iterator consumes the global RNG and the run diverges at the first resumed step (docs/HF_PITFALLS.md §7).
     With the backbone cache the collator gets its cache once the model exists (`train`)."""
     if cfg.data.backbone_cache.enabled:
         collator = CachedTrainCollator(processor, cfg.seed, None, augment=cfg.views.augment,

@@ -1,4 +1,4 @@
-"""Image views for training: the ITM/MLM base view and the MVJRC multi-view pairs (method.md §4).
+"""Image views for training: the ITM/MLM base view and the MVJRC multi-view pairs (docs/METHOD.md §4).
 
 PIL in, PIL out (the image processor normalises later), with PIL and numpy only, so nothing needs
 torchvision. Each view first *samples* its parameters from a `numpy.random.Generator` and then
@@ -204,7 +204,7 @@ def _worker_seed() -> int | None:
 class BaseTransform:
     """The ITM/MLM view: random resized crop (scale ``scale``) to a square, then a horizontal flip.
 
-    This is ALBEF's fine-tuning view softened for remote sensing (method.md §4); it keeps the
+    This is ALBEF's fine-tuning view softened for remote sensing (docs/METHOD.md §4); it keeps the
     direction words of captions valid except for left/right, as ALBEF does.
     """
 
@@ -234,7 +234,7 @@ class BaseTransform:
 
 @dataclass(frozen=True)
 class ViewConfig:
-    """Parameters of the MVJRC views (method.md §4); every field is checked, errors name it."""
+    """Parameters of the MVJRC views (docs/METHOD.md §4); every field is checked, errors name it."""
 
     image_size: int = 256
     # resolution

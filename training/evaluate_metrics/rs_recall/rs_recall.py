@@ -1,7 +1,7 @@
 """``evaluate`` wrapper around :func:`mtgfe.training.metrics.retrieval_metrics`.
 
 Load it with ``mtgfe.training.metrics.load_rs_recall_metric()`` (or ``evaluate.load`` on this
-folder; the file name must match the folder name, hf-v5-notes §8). The computation lives in
+folder; the file name must match the folder name, docs/HF_PITFALLS.md §8). The computation lives in
 ``mtgfe.training.metrics`` so that this module and plain function calls cannot drift apart.
 """
 
