@@ -118,6 +118,12 @@ class MTGFEConfig(PreTrainedConfig):
         mvjrc_temperature (`float`, defaults to 0.1): temperature of the InfoNCE variant.
         itc_weight, itm_weight, mlm_weight, mvjrc_weight (`float`, default 1.0): loss weights. A weight of 0
             switches the task off and costs no compute.
+        itc_gather (`bool`, defaults to `True`): under `torch.distributed` with several processes (DDP,
+            `accelerate launch`), ITC contrasts each process's rows against the embeddings and image ids
+            gathered from every process, so the negatives (and cross-process positives) are those of the
+            global batch; gradients match a single process on that batch (`losses.gather_for_itc`). ITM
+            hard-negative mining, MLM and MVJRC stay per process. No effect on a single process; `False`:
+            per-process negatives only (the behaviour before issue #12 item 6).
         mlm_probability (`float`, defaults to 0.15): share of maskable tokens masked for MLM.
         itm_random_negative_prob (`float`, defaults to 0.0): share of ITM negatives drawn uniformly instead of
             by ITC similarity. RS captions repeat within a class, so pure hard negatives are often false
@@ -156,6 +162,7 @@ class MTGFEConfig(PreTrainedConfig):
     mvjrc_predictor_dim: int = 512
     mvjrc_temperature: float = 0.1
     itc_weight: float = 1.0
+    itc_gather: bool = True
     itm_weight: float = 1.0
     mlm_weight: float = 1.0
     mvjrc_weight: float = 1.0
@@ -199,6 +206,8 @@ class MTGFEConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name}={value!r} must be a number >= 0 (0 switches the task off).")
+        if not isinstance(self.itc_gather, bool):
+            raise ValueError(f"itc_gather={self.itc_gather!r} must be a bool (True: ITC negatives from every process).")
         if not 0.0 < self.temperature <= 1.0:
             raise ValueError(f"temperature={self.temperature!r} must be in (0, 1].")
         if not 0.0 < self.mvjrc_temperature <= 1.0:

@@ -9,6 +9,7 @@ This file travels as Hub remote code: only third-party imports.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 
@@ -18,18 +19,132 @@ def positive_mask(image_ids: torch.Tensor, other_ids: torch.Tensor | None = None
     return image_ids.view(-1, 1) == other_ids.view(1, -1)
 
 
-def itc_loss(sim_i2t: torch.Tensor, pos_mask: torch.Tensor) -> torch.Tensor:
+def _multi_positive_nce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the cross-entropy against the uniform distribution over each row's positives."""
+    return -(F.log_softmax(logits, dim=1) * targets / targets.sum(1, keepdim=True)).sum(1).mean()
+
+
+def itc_loss(
+    sim_i2t: torch.Tensor,
+    pos_mask: torch.Tensor,
+    sim_t2i: torch.Tensor | None = None,
+    pos_mask_t2i: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Symmetric multi-positive InfoNCE (docs/METHOD.md §3.1).
 
     Args:
         sim_i2t: `(B_img, B_txt)` similarities already divided by the temperature.
         pos_mask: `(B_img, B_txt)` bool, True for matching pairs (several captions of one image all count).
+        sim_t2i, pos_mask_t2i: the text-to-image rows when they are not `sim_i2t.t()`: the cross-process
+            "local loss" (see `gather_for_itc`) passes `(B_local_txt, B_global_img)` local captions against
+            every process's images here, and local images against every caption as `sim_i2t`. `None`: the
+            square single-batch form, t2i = the transpose.
     """
-    targets = pos_mask.float()
-    i2t = -(F.log_softmax(sim_i2t, dim=1) * targets / targets.sum(1, keepdim=True)).sum(1).mean()
-    t2i_targets = targets.t()
-    t2i = -(F.log_softmax(sim_i2t.t(), dim=1) * t2i_targets / t2i_targets.sum(1, keepdim=True)).sum(1).mean()
+    if sim_t2i is None:
+        targets = pos_mask.float()
+        i2t = _multi_positive_nce(sim_i2t, targets)
+        t2i = _multi_positive_nce(sim_i2t.t(), targets.t())
+        return (i2t + t2i) / 2
+    if pos_mask_t2i is None:
+        raise ValueError("itc_loss: sim_t2i needs its own pos_mask_t2i.")
+    i2t = _multi_positive_nce(sim_i2t, pos_mask.float())
+    t2i = _multi_positive_nce(sim_t2i, pos_mask_t2i.float())
     return (i2t + t2i) / 2
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums, over processes, the gradients sent to this chunk.
+
+    The same contract as `torch.distributed.nn.functional.all_gather` (deprecated in recent torch): the
+    backward all-reduces the `(W * B, D)` gradient and keeps this process's rows, which works on every
+    backend (gloo has no reduce-scatter) and costs nothing next to the encoders for ITC-sized tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor, group, rank, world):
+        ctx.group, ctx.rank, ctx.rows = group, rank, tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(world)]
+        dist.all_gather(parts, tensor.contiguous(), group=group)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None, None, None
+
+
+def itc_world_size(group=None) -> int:
+    """Processes the ITC negatives are gathered from: 1 unless `torch.distributed` is initialised."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
+def gather_for_itc(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    image_ids: torch.Tensor | None = None,
+    group=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Gather the ITC embeddings and image ids of every process (docs/METHOD.md §3.1, issue #12 item 6).
+
+    Returns `(all_image, all_text, all_ids, offset)`: the `(N, D)` embeddings of all processes in rank
+    order, their `(N,)` image ids, and where this process's rows start (rows `offset:offset + B_local`
+    are this process's own tensors). Without an initialised process group, or with one process, it is
+    the identity: `(image_embeds, text_embeds, image_ids, 0)` (`image_ids` None -> `arange(B)`).
+    `image_ids` None means "every row its own image": the ids are then global row numbers, so rows of
+    different processes never count as positives. Given ids are gathered as they are, so an image seen
+    by two processes is a positive across them (the trainer's ids are dataset-wide).
+
+    Design: the loss is computed on the *local rows against the global columns* (open_clip's
+    `local_loss=True, gather_with_grad=True`): local images vs all captions and local captions vs all
+    images, `(B_local, N)` each, instead of the full `(N, N)` matrix on every process (less memory,
+    no duplicated work). The embeddings are gathered with an all-gather
+    whose backward *sums* the gradients every process sends to a chunk (`_AllGatherWithGrad`, the contract of
+    `torch.distributed.nn.functional.all_gather`). Gradient scale: with the
+    global loss L = mean over processes of the local losses L_r (equal batches: exactly the
+    single-process loss on the whole global batch), process r's backward gives its local embeddings
+    d(sum_r' L_r')/de_r = W * dL/de_r, and DDP's *averaging* of parameter gradients over the W processes
+    divides that factor back out: the W-process gradient equals the 1-process gradient of the same
+    global batch (tests/test_itc_gather.py checks it to ~1e-6). Do not rescale the loss by W, and do not
+    replace the gather with a no-grad one: gradients from the other processes' rows would be lost.
+
+    Batches of different sizes are padded for the collective and trimmed after (one extra tiny
+    all_gather of the sizes); each process's mean then weighs its rows by 1/B_r as DDP does for every loss.
+    Every process must call this in the same order (it is a collective), as DDP forward passes do.
+    """
+    batch = image_embeds.shape[0]
+    world = itc_world_size(group)
+    if world == 1:
+        ids = image_ids if image_ids is not None else torch.arange(batch, device=image_embeds.device)
+        return image_embeds, text_embeds, ids, 0
+    rank = dist.get_rank(group)
+    size = torch.tensor([batch], dtype=torch.long, device=image_embeds.device)
+    sizes_list = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes_list, size, group=group)
+    sizes = [int(s) for s in sizes_list]
+    offset, longest = sum(sizes[:rank]), max(sizes)
+
+    def padded(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.shape[0] == longest:
+            return tensor.contiguous()
+        pad = [0, 0] * (tensor.dim() - 1) + [0, longest - tensor.shape[0]]
+        return F.pad(tensor, pad)
+
+    def trimmed(parts) -> torch.Tensor:
+        return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+
+    all_image = trimmed(_AllGatherWithGrad.apply(padded(image_embeds), group, rank, world).chunk(world))
+    all_text = trimmed(_AllGatherWithGrad.apply(padded(text_embeds), group, rank, world).chunk(world))
+    if image_ids is None:
+        all_ids = torch.arange(sum(sizes), device=image_embeds.device)
+    else:
+        local_ids = padded(image_ids.to(torch.long))
+        parts = [torch.empty_like(local_ids) for _ in range(world)]
+        dist.all_gather(parts, local_ids, group=group)
+        all_ids = trimmed(parts)
+    return all_image, all_text, all_ids, offset
 
 
 def caption_overlap(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: tuple[int, ...]) -> torch.Tensor:
@@ -161,7 +276,9 @@ def multiview_infonce_loss(
 
 
 __all__ = [
+    "gather_for_itc",
     "itc_loss",
+    "itc_world_size",
     "itm_loss",
     "mask_tokens",
     "mlm_loss",

@@ -58,7 +58,9 @@ from .configuration_efficientnet_lite import EfficientNetLiteConfig
 from .configuration_mtgfe import MTGFEConfig
 from .losses import (
     caption_overlap,
+    gather_for_itc,
     itc_loss,
+    itc_world_size,
     itm_loss,
     mask_tokens,
     mlm_loss,
@@ -648,6 +650,7 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
         if attention_mask is None:
             attention_mask = (input_ids != config.pad_token_id).long()
         device = image_input.device
+        ids_given = image_ids is not None
         if image_ids is None:
             image_ids = torch.arange(batch, device=device)
         if text_ids is None:
@@ -672,7 +675,19 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
         joint_pos_cls = None
 
         if config.itc_weight > 0:
-            losses["itc"] = itc_loss(sim_i2t, pos)
+            if config.itc_gather and itc_world_size() > 1:
+                # Cross-process negatives: local rows against every process's columns (docs/METHOD.md §3.1;
+                # gradient scale reasoning in `gather_for_itc`). `sim_i2t` stays the local block for mining.
+                all_image, all_text, all_ids, offset = gather_for_itc(
+                    image_embeds, text_embeds, image_ids if ids_given else None
+                )
+                global_pos = positive_mask(all_ids[offset : offset + batch], all_ids)
+                scale = base.logit_scale
+                losses["itc"] = itc_loss(
+                    image_embeds @ all_text.t() * scale, global_pos, text_embeds @ all_image.t() * scale, global_pos
+                )
+            else:
+                losses["itc"] = itc_loss(sim_i2t, pos)
 
         if config.itm_weight > 0:
             # Forbidden negatives: the same image, or a caption identical (or, with itm_near_duplicate_overlap,
@@ -684,6 +699,8 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
                 same_text = same_text | (overlap >= config.itm_near_duplicate_overlap)
             forbidden = pos | ((pos.float() @ same_text.float()) > 0)
             with torch.no_grad():
+                # Mining stays on the local block even when ITC gathers across processes: the fusion
+                # encoder needs the negative's tokens, which only this process holds.
                 if config.itc_weight > 0:
                     w_i2t, w_t2i = sim_i2t.float().softmax(1), sim_i2t.t().float().softmax(1)
                 else:  # no trained filter to mine with: uniform over non-positives (docs/METHOD.md §3.2 step 5)
