@@ -385,6 +385,8 @@ def train_record(cfg: TrainConfig, accelerator, optimizer, window: dict, window_
     """The `metrics.jsonl` line of a logging step: the mean of each loss over the micro-batches since the
     last line (averaged over processes), lr per group, grad norm, throughput (and sample ids if wanted)."""
     now = time.perf_counter()
+    # With the cross-process ITC (model.config.itc_gather) each process's loss_itc covers its own rows
+    # against the global batch, so this mean over processes is the global batch's ITC loss (equal batches).
     losses = {name: accelerator.reduce(torch.stack(values).mean(), reduction="mean").item()
               for name, values in window.items()}
     samples = cfg.batch_size * len(window["loss"]) * accelerator.num_processes
