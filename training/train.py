@@ -327,10 +327,13 @@ def write_retrieval_defaults(config, cfg: TrainConfig) -> None:
         config.retrieval_alpha = e.alpha
 
 
-def resume_state(accelerator, resume_dir: Path, state: dict, total_steps: int, batches_per_epoch: int) -> None:
-    """Load model, optimizer and RNG states and the loop position of `resume_dir` into `state`."""
+def resume_state(accelerator, resume_dir: Path, state: dict, total_steps: int, batches_per_epoch: int,
+                 saved: dict | None = None) -> None:
+    """Load model, optimizer and RNG states and the loop position of `resume_dir` into `state`.
+    `saved`: its trainer state, already checked by `checkpointing.verify_checkpoint`."""
+    if saved is None:
+        saved = checkpointing.read_trainer_state(resume_dir)
     accelerator.load_state(str(resume_dir))
-    saved = checkpointing.read_trainer_state(resume_dir)
     if saved.get("total_steps") != total_steps:
         logger.warning("resuming a run planned for %s steps as a %s-step run: the lr schedule differs",
                        saved.get("total_steps"), total_steps)
@@ -413,9 +416,18 @@ def train(cfg: TrainConfig) -> dict:
     Everything that can fail cheaply (config, data, tokenizer, run length) fails before the model is built.
     """
     output_dir = Path(cfg.output_dir)
+    # ---- the output folder and the checkpoint to resume, checked before any work or any write: a fresh
+    # run never mixes with another run's folder, a resume only continues this run from intact files
+    resume_dir = checkpointing.resolve_resume(cfg)
     accelerator = make_accelerator(cfg)
+    if resume_dir is None:
+        checkpointing.check_output_dir(cfg, remove=accelerator.is_main_process)
+        accelerator.wait_for_everyone()
+        resumed_state = None
+    else:
+        resumed_state = checkpointing.verify_checkpoint(resume_dir, cfg, accelerator.num_processes)
     if accelerator.is_main_process:
-        atomic_write_text(output_dir / "train_config.yaml", cfg.to_yaml())
+        atomic_write_text(output_dir / checkpointing.CONFIG_FILE, cfg.to_yaml())
     set_seed(cfg.seed)
 
     # ---- data (annotations only so far: images decode lazily), tokenizer, loader, data-dependent checks
@@ -424,7 +436,6 @@ def train(cfg: TrainConfig) -> dict:
     train_set = EpochCaptionDataset(train_rows, cfg.data.captions_per_image, seed=cfg.seed,
                                     load_images=not cache_cfg.enabled)
     views_pair = build_view_transforms(cfg)
-    resume_dir = checkpointing.resolve_resume(cfg)
     tokenizer = build_tokenizer(cfg, train_rows["caption"], accelerator, resume_dir)
     processor = build_processor(cfg, tokenizer)
     collator, train_dl = build_train_loader(cfg, train_set, processor, views_pair, accelerator)
@@ -456,9 +467,11 @@ def train(cfg: TrainConfig) -> dict:
     min_ratio = cfg.schedule.min_lr / cfg.optim.lr
 
     # ---- resume
-    state = {"epoch": 0, "step": 0, "batch_in_epoch": 0, "best": None, "total_steps": total_steps}
+    run_id, run_fields = checkpointing.run_identity(cfg)
+    state = {"epoch": 0, "step": 0, "batch_in_epoch": 0, "best": None, "total_steps": total_steps,
+             "run_id": run_id, "run_config": run_fields}
     if resume_dir is not None:
-        resume_state(accelerator, resume_dir, state, total_steps, batches_per_epoch)
+        resume_state(accelerator, resume_dir, state, total_steps, batches_per_epoch, resumed_state)
     else:
         set_seed(cfg.seed, device_specific=True)  # per-rank streams for masking/negatives/dropout
     log = checkpointing.MetricsLog(accelerator, cfg, state["step"] if resume_dir is not None else None)
