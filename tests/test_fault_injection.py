@@ -114,6 +114,12 @@ def test_resume_refuses_a_checkpoint_of_another_run(reference, tmp_path, tokeniz
     assert not (out / "checkpoint-20").exists()
 
 
+def test_resuming_into_another_used_folder_is_refused(reference, tmp_path, tokenizer_dir, capsys):
+    other = copy_run(reference, tmp_path)  # a folder holding a (different) run
+    assert main(args(other, tokenizer_dir, f"checkpoint.resume_from={reference / 'checkpoint-4'}")) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+
+
 def test_the_run_identity_ignores_knobs_that_do_not_change_the_run():
     from mtgfe.training.checkpointing import run_identity
     from mtgfe.training.config import load_config

@@ -30,6 +30,9 @@ and the checkpoint JSON the loop position (epoch, optimizer step, micro-batches 
 Resuming loads all of it, skips the consumed micro-batches with `skip_first_batches` and continues
 with the same batches, masks and negatives as the uninterrupted run. Evaluation runs inside
 `torch.random.fork_rng`, so how often one evaluates does not change the training trajectory.
+Bit-identical with `num_threads: 1`; with more intra-op threads only within float noise (CPU kernels
+reduce in a thread-dependent order, so two straight multi-threaded runs already differ). Before loading,
+`checkpointing.verify_checkpoint` checks the checkpoint is this run's and every file intact.
 """
 
 from __future__ import annotations
@@ -426,6 +429,9 @@ def train(cfg: TrainConfig) -> dict:
         resumed_state = None
     else:
         resumed_state = checkpointing.verify_checkpoint(resume_dir, cfg, accelerator.num_processes)
+        if resume_dir.resolve().parent != output_dir.resolve():  # continuing into another folder: it must be free
+            checkpointing.check_output_dir(cfg, remove=accelerator.is_main_process)
+            accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         atomic_write_text(output_dir / checkpointing.CONFIG_FILE, cfg.to_yaml())
     set_seed(cfg.seed)
