@@ -51,6 +51,7 @@ from mtgfe.utils.io import atomic_write_json
 from mtgfe.utils.validation import check_finite, finite_float_arg
 
 from . import metrics
+from .benchmarks import BENCHMARKS, canonical_benchmark
 from .config import load_config
 from .config_validation import ConfigError
 from .cv import load_cv
@@ -471,8 +472,6 @@ def check_args(args: argparse.Namespace) -> None:
     if args.cv_run is not None and not Path(args.cv_run).is_dir():
         raise UsageError(f"--cv-run {args.cv_run} is not a folder")
     if args.dataset is not None:
-        from .benchmarks import BENCHMARKS, canonical_benchmark
-
         if args.dataset not in ("synthetic", "jsonl") and canonical_benchmark(args.dataset) is None:
             raise UsageError(f"unknown --dataset {args.dataset!r}; known: {['synthetic', 'jsonl', *sorted(BENCHMARKS)]}")
         if args.dataset == "jsonl" and not args.data_file:
