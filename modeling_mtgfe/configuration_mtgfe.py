@@ -11,6 +11,8 @@ This file travels as Hub remote code: it imports only third-party packages and s
 
 from __future__ import annotations
 
+import math
+
 from transformers import AutoConfig, BertConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
@@ -185,6 +187,13 @@ class MTGFEConfig(PreTrainedConfig):
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
         """Fail at construction (and at load) with a message naming the field, never later in forward."""
+        # Every float first: NaN compares False with everything, so the range checks below would let it
+        # through (`itm_weight=nan` trained with ITM silently off). Inlined, not mtgfe.utils.validation:
+        # this file travels as Hub remote code and imports nothing of the package.
+        for owner, prefix in ((self, ""), (self.text_config, "text_config."), (self.vision_config, "vision_config.")):
+            for name, value in list(vars(owner).items() if owner is not None else ()):
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"{prefix}{name}={value!r} must be a finite number (not nan or inf).")
         text = self.text_config
         n_layers = text.num_hidden_layers
         if not isinstance(self.fusion_layer, int) or not 1 <= self.fusion_layer < n_layers:

@@ -125,6 +125,58 @@ def test_cli_on_a_saved_model(setup, tmp_path, capsys):
                  "--synthetic-size", "32", "--filter-only", "--no-progress"]) == 0
 
 
+@pytest.fixture(scope="module")
+def saved_model(setup, tmp_path_factory):
+    model, processor, _ = setup
+    folder = tmp_path_factory.mktemp("saved") / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--dataset", "synthetic", "--alpha", "nan"], "--alpha"),
+    (["--dataset", "synthetic", "--alpha", "inf"], "--alpha"),
+    (["--dataset", "synthetic", "--score", "itm", "--alpha-sweep", "0.5,nan"], "--alpha-sweep"),
+    (["--dataset", "nope"], "unknown --dataset 'nope'"),
+    (["--dataset", "ucm", "--data-dir", "/nonexistent/data"], "--data-dir /nonexistent/data"),
+    (["--dataset", "synthetic", "--split", "bogus"], "unknown split 'bogus'"),
+    (["--dataset", "jsonl", "--data-file", "/nonexistent/caps.jsonl"], "--data-file /nonexistent/caps.jsonl"),
+    (["--dataset", "jsonl"], "--data-file"),
+    (["--dataset", "synthetic", "--k", "0"], "--k=0"),
+    (["--dataset", "synthetic", "--batch-size", "0"], "--batch-size=0"),
+    (["--cv-run", "/nonexistent/run"], "--cv-run /nonexistent/run"),
+])
+def test_cli_input_errors_are_one_line_with_status_2(saved_model, capsys, argv, named):
+    """Issue #11 item 8: argument and input errors exit 2 with one line naming the flag, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:  # argparse-level errors (--alpha nan) exit through SystemExit(2)
+        raise SystemExit(main(["--model", str(saved_model), "--synthetic-size", "32", "--no-progress", *argv]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err, err
+
+
+def test_cli_checks_arguments_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    """`--k 0` with a folder that holds no model: the argument error comes first, nothing is loaded."""
+    import mtgfe.training.evaluation as evaluation
+
+    monkeypatch.setattr(evaluation, "load_eval_dataset", lambda *a, **k: pytest.fail("data loaded before the check"))
+    assert main(["--model", str(tmp_path), "--dataset", "synthetic", "--k", "0"]) == 2
+    assert "--k=0 must be >= 1" in capsys.readouterr().err
+
+
+def test_cli_ctrl_c_exits_130_without_a_traceback(saved_model, capsys, monkeypatch):
+    import mtgfe.training.evaluation as evaluation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate_model", interrupted)
+    assert main(["--model", str(saved_model), "--dataset", "synthetic", "--split", "val", "--max-images", "4",
+                 "--synthetic-size", "32", "--no-progress"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -243,3 +243,75 @@ def test_head_lr_also_applies_to_a_saved_model_in_model_pretrained(tmp_path):
     assert any("crossattention" in n for n in groups["new/decay"]["names"])
     one_lr = param_groups(model, make(overrides + ["optim.head_lr=null"]))
     assert {g["lr"] for g in one_lr} == {1e-5}
+
+
+# ------------------------------------------------------------------------------------------ non-finite floats (#11 item 5)
+@pytest.mark.parametrize("override, key", [
+    ("model.itm_weight=nan", "model.itm_weight"),
+    ("model.mvjrc_weight=inf", "model.mvjrc_weight"),
+    ("optim.lr=inf", "optim.lr"),
+    ("optim.lr=.nan", "optim.lr"),
+    ("optim.weight_decay=-.inf", "optim.weight_decay"),
+    ("optim.betas=[0.9, .nan]", "optim.betas[1]"),
+    ("schedule.min_lr=nan", "schedule.min_lr"),
+    ("eval.alpha=inf", "eval.alpha"),
+    ("eval.alpha_sweep=[0.5, inf]", "eval.alpha_sweep[1]"),
+    ("model.config={temperature: .nan}", "model.config.temperature"),
+])
+def test_nan_and_inf_are_refused_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=r"finite") as info:
+        make([override])
+    assert key in str(info.value)
+
+
+def test_every_float_field_of_the_config_is_checked_for_finiteness():
+    """The generic check walks every float of the schema, so a new float field is covered without a new line."""
+    import dataclasses
+
+    from mtgfe.training.config_validation import _float_fields
+
+    keys = {key for key, _ in _float_fields(make())}
+    assert {"model.itc_weight", "optim.lr", "optim.eps", "schedule.warmup_ratio", "eval.alpha", "optim.betas[0]"} <= keys
+    assert all(isinstance(value, float) for _, value in _float_fields(make()))
+    assert dataclasses.is_dataclass(make())
+
+
+@pytest.mark.parametrize("field", ["itm_weight", "temperature", "mlm_probability", "retrieval_alpha",
+                                   "itm_near_duplicate_overlap"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_model_config_refuses_non_finite_floats(field, value):
+    from modeling_mtgfe import MTGFEConfig
+
+    with pytest.raises(ValueError, match=field):
+        MTGFEConfig.from_preset("tiny", **{field: value})
+
+
+def test_check_finite_helper():
+    from mtgfe.utils.validation import check_finite
+
+    assert check_finite("x", 1, low=0.0) == 1.0
+    for bad in (float("nan"), float("inf"), -float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="x="):
+            check_finite("x", bad)
+    with pytest.raises(ValueError, match=r">= 0"):
+        check_finite("x", -1.0, low=0.0)
+    with pytest.raises(ValueError, match=r"> 0"):
+        check_finite("x", 0.0, low=0.0, low_inclusive=False)
+    with pytest.raises(ValueError, match=r"<= 1"):
+        check_finite("x", 2.0, low=0.0, high=1.0)
+    with pytest.raises(ConfigError):
+        check_finite("x", float("nan"), error=ConfigError)
+
+
+def test_train_cli_refuses_nan_with_status_2(capsys):
+    from mtgfe.training.cli import main
+
+    assert main(["--config", "synthetic_tiny", "--set", "model.itm_weight=nan", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "model.itm_weight=nan must be a finite number" in err and "Traceback" not in err
+
+
+def test_overwrite_is_a_validated_top_level_field():
+    assert make().overwrite is False and make(["overwrite=true"]).overwrite is True
+    with pytest.raises(ConfigError, match="overwrite"):
+        make(["overwrite=maybe"])

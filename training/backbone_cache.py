@@ -12,10 +12,16 @@ import time
 from pathlib import Path
 
 import torch
+from transformers.utils import logging
+
+from mtgfe.utils.io import FileFormatError
 
 from . import views
 from .collate import BackboneCache, cache_fingerprint, image_sources
 from .config import ConfigError, TrainConfig
+
+
+logger = logging.get_logger(__name__)
 
 
 def load_or_build_backbone_cache(cfg: TrainConfig, model, processor, train_rows, accelerator, pool_rows=None):
@@ -46,13 +52,19 @@ def load_or_build_backbone_cache(cfg: TrainConfig, model, processor, train_rows,
             cache.save(path, {"fingerprint": key, "num_views": c.num_views, "image_size": cfg.data.image_size})
         return cache
 
+    cache = None
     if path is not None and path.is_file():
-        cache, how = BackboneCache.load(path), f"loaded {path}"
-    elif path is not None and accelerator.num_processes > 1:
+        try:
+            cache, how = BackboneCache.load(path), f"loaded {path}"
+        except FileFormatError as error:  # derived data: rebuilding it gives the same tokens
+            if accelerator.num_processes > 1:
+                raise ConfigError(f"{error}; delete it (it is rebuilt on the next start)") from None
+            logger.warning("%s: rebuilding it", error)
+    if cache is None and path is not None and accelerator.num_processes > 1:
         cache = build() if accelerator.is_main_process else None
         accelerator.wait_for_everyone()
         cache, how = (cache or BackboneCache.load(path)), f"built {path}"
-    else:
+    elif cache is None:
         cache, how = build(), (f"built {path}" if path else "built (in memory only)")
     missing = sorted({int(i) for i in train_rows["image_id"]} - set(cache.image_ids))
     if missing:

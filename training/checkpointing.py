@@ -6,18 +6,30 @@ written to a temp sibling and renamed into place, so a run killed mid-save leave
 intact and `resume_from: latest` never picks a half-written one; single files go through
 `mtgfe.utils.io`. `metrics.jsonl` is append-only, and a resumed run first drops the records logged
 after its checkpoint (those steps are run again).
+
+Every checkpoint carries the run's identity (`run_identity`: a hash of the config fields that decide
+the trajectory) and a manifest of its files (size + sha256), both in `trainer_state.json`. A resume
+checks both before loading anything (`verify_checkpoint`): a checkpoint of another run, or one with a
+truncated, missing or bit-flipped file, is refused with an error naming the run hashes / the file.
+accelerate's `load_state` would otherwise swallow a damaged RNG state and resume inexactly.
+A fresh run never starts in a folder holding another run's artefacts (`check_output_dir`), unless
+`overwrite: true`, which first removes them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging as std_logging
 import os
 import shutil
 from pathlib import Path
 
-from mtgfe.utils.io import atomic_write_json, atomic_write_text, read_json
+from transformers.utils import logging
+
+from mtgfe.utils.io import FileFormatError, atomic_write_json, atomic_write_text, read_json
 
 from .config import ConfigError, TrainConfig
 
@@ -25,6 +37,173 @@ from .config import ConfigError, TrainConfig
 STATE_FILE = "trainer_state.json"
 PROCESSOR_DIR = "processor"  # inside each checkpoint: the exact tokenizer the run trains with
 LOG_FILE = "metrics.jsonl"
+CONFIG_FILE = "train_config.yaml"
+
+logger = logging.get_logger(__name__)
+
+# Config keys that do NOT define a run (`run_identity` leaves them out): where it is written, whether to
+# resume or overwrite, checkpoint cadence, logging, evaluation (it runs inside `fork_rng` and never changes
+# the trajectory), and machine knobs that change speed, not the run (threads, loader workers). Everything
+# else (model, data, views, optim, schedule, seed, batch, run length, precision, freezing) is the run.
+RUN_IDENTITY_EXCLUDED = ("output_dir", "overwrite", "num_threads", "data.num_workers", "checkpoint", "eval", "log")
+# What a fresh run refuses to start over (and `overwrite: true` removes): another run's artefacts.
+RUN_ARTEFACTS = ("checkpoint-*", ".tmp-checkpoint-*", ".old-checkpoint-*", "final", "best", ".tmp-final",
+                 ".tmp-best", LOG_FILE, "eval", "tensorboard", "tokenizer", CONFIG_FILE, "cv_folds.json")
+# Files `accelerator.load_state` needs from a single-process checkpoint (plus random_states_{rank}.pkl per rank).
+REQUIRED_STATE_FILES = ("model.safetensors", "optimizer.bin", "random_states_0.pkl")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint cannot be resumed exactly: another run's, or a file is missing or damaged (named)."""
+
+
+# ------------------------------------------------------------------------------------------ run identity
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out or {prefix: {}}
+    return {prefix: node}
+
+
+def run_identity(cfg: TrainConfig) -> tuple[str, dict]:
+    """`(run_id, fields)`: the dotted config fields that define the run (all but `RUN_IDENTITY_EXCLUDED`)
+    and the first 16 hex digits of the sha256 of their canonical JSON."""
+    flat = _flatten(dataclasses.asdict(cfg))
+    fields = {key: value for key, value in sorted(flat.items())
+              if not any(key == ex or key.startswith(ex + ".") for ex in RUN_IDENTITY_EXCLUDED)}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+    return digest, fields
+
+
+def _differing_keys(saved: dict, current: dict) -> list[str]:
+    return sorted(key for key in set(saved) | set(current) if saved.get(key, "<unset>") != current.get(key, "<unset>"))
+
+
+# ------------------------------------------------------------------------------------------ output folder
+def run_artefacts(output_dir: Path) -> list[Path]:
+    """Artefacts of a run already in `output_dir` (checkpoints, final/, best/, metrics, ...)."""
+    found: list[Path] = []
+    for pattern in RUN_ARTEFACTS:
+        found += sorted(Path(output_dir).glob(pattern))
+    return found
+
+
+def check_output_dir(cfg: TrainConfig, remove: bool = True) -> None:
+    """A fresh run (no checkpoint to resume) refuses a folder that holds another run's work; with
+    `overwrite: true` it removes that run's artefacts first (and says which). Runs before any work."""
+    output_dir = Path(cfg.output_dir)
+    found = run_artefacts(output_dir)
+    work = [p for p in found if p.name.startswith(("checkpoint-", "final", "best", LOG_FILE))]
+    if not work:
+        return
+    if not cfg.overwrite:
+        names = ", ".join(p.name for p in work[:6]) + (", ..." if len(work) > 6 else "")
+        if cfg.checkpoint.resume_from == "latest":
+            raise ConfigError(
+                f"checkpoint.resume_from=latest but output_dir={str(output_dir)!r} has no checkpoint to resume, only "
+                f"another run's artefacts ({names}); start over with --set overwrite=true or pick another output_dir")
+        raise ConfigError(
+            f"output_dir={str(output_dir)!r} already holds a training run ({names}); a fresh run there would "
+            "delete or mix with its work. Continue it with --set checkpoint.resume_from=latest, start over with "
+            "--set overwrite=true (removes that run's checkpoints, final/, best/, metrics), or pick another output_dir")
+    if not remove:  # other ranks: the main process removes them
+        return
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    logger.warning("overwrite=true: removed the previous run's artefacts from %s: %s", output_dir,
+                   ", ".join(p.name for p in found))
+
+
+# ------------------------------------------------------------------------------------------ integrity
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_manifest(folder: Path) -> dict:
+    """`{relative path: {"size", "sha256"}}` of every file under `folder` but the state file itself."""
+    folder = Path(folder)
+    return {str(path.relative_to(folder)): {"size": path.stat().st_size, "sha256": _sha256(path)}
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != STATE_FILE}
+
+
+def _unloadable_rng_state(path: Path) -> str | None:
+    """Why `random_states_N.pkl` cannot restore the RNGs, or None. accelerate's `load_state` catches every
+    error here and logs at INFO, so a damaged file would resume silently with the wrong random streams."""
+    import torch
+
+    try:
+        states = torch.load(path, weights_only=False)  # our own checkpoint; accelerate unpickles it the same way
+    except Exception as err:
+        return f"cannot be loaded ({type(err).__name__}: {str(err)[:120]})"
+    missing = [k for k in ("random_state", "numpy_random_seed", "torch_manual_seed") if k not in (states or {})]
+    return f"lacks the RNG states {missing}" if missing else None
+
+
+def verify_checkpoint(checkpoint: Path, cfg: TrainConfig, num_processes: int = 1) -> dict:
+    """Check a checkpoint before `load_state` touches it; returns its trainer state.
+
+    Refuses (`CheckpointError`) a checkpoint of another run (names both run hashes and the differing
+    keys), a damaged `trainer_state.json`, and any file that is missing, truncated or changed since it was
+    written (size + sha256 from the manifest). With `checkpoint.allow_inexact_resume: true` a damaged
+    RNG state (`random_states_*.pkl`) only warns: the resume then continues, but not bit-exactly.
+    """
+    checkpoint = Path(checkpoint)
+    try:
+        saved = read_trainer_state(checkpoint)
+    except FileFormatError as error:
+        raise CheckpointError(f"cannot resume from {checkpoint}: {error}") from None
+    run_id, fields = run_identity(cfg)
+    if "run_id" in saved:
+        if saved["run_id"] != run_id:
+            diff = _differing_keys(saved.get("run_config", {}), fields)
+            shown = "; ".join(f"{k}: {saved.get('run_config', {}).get(k, '<unset>')!r} -> {fields.get(k, '<unset>')!r}"
+                              for k in diff[:8])
+            raise CheckpointError(
+                f"{checkpoint} belongs to another run (run {saved['run_id']}, this config is run {run_id}); "
+                f"differing keys: {shown or '(unknown)'}. Resume with the config it was trained with "
+                f"({checkpoint.parent / CONFIG_FILE}), or start a new run in another output_dir")
+    else:
+        logger.warning("%s has no run identity (written by an older mtgfe-train): cannot check it is this run's", checkpoint)
+    required = [*REQUIRED_STATE_FILES[:2], *(f"random_states_{rank}.pkl" for rank in range(num_processes))]
+    problems: list[tuple[str, str]] = []
+    for name in required:
+        if not (checkpoint / name).is_file():
+            problems.append((name, "is missing"))
+    for name, expected in saved.get("files", {}).items():
+        path = checkpoint / name
+        if not path.is_file():
+            problems.append((name, "is missing"))
+        elif path.stat().st_size != expected["size"]:
+            problems.append((name, f"has {path.stat().st_size} bytes, {expected['size']} were written (truncated?)"))
+        elif _sha256(path) != expected["sha256"]:
+            problems.append((name, "fails its sha256 check (changed or damaged since it was written)"))
+    for rank in range(num_processes):  # what accelerate's load_state would swallow: load the RNG states now
+        name = f"random_states_{rank}.pkl"
+        if (checkpoint / name).is_file() and not any(n == name for n, _ in problems):
+            why = _unloadable_rng_state(checkpoint / name)
+            if why:
+                problems.append((name, why))
+    problems = list(dict.fromkeys(problems))
+    if not problems:
+        return saved
+    text = "; ".join(f"{checkpoint / name} {why}" for name, why in problems)
+    only_rng = all(name.startswith("random_states_") for name, _ in problems)
+    if only_rng and cfg.checkpoint.allow_inexact_resume:
+        logger.warning("%s. checkpoint.allow_inexact_resume=true: resuming WITHOUT the saved RNG state; the run "
+                       "continues but is no longer an exact continuation", text)
+        return saved
+    hint = (" (set checkpoint.allow_inexact_resume=true to resume anyway, not exactly)" if only_rng
+            else "; resume from an earlier checkpoint (checkpoint.resume_from=<folder>)")
+    raise CheckpointError(f"cannot resume exactly from {checkpoint}: {text}{hint}")
 
 
 def _atomic_dir(final: Path) -> Path:
@@ -57,6 +236,7 @@ def save_checkpoint(accelerator, output_dir: Path, state: dict, keep_last: int |
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         processor.save_pretrained(str(tmp / PROCESSOR_DIR))
+        state = {**state, "files": file_manifest(tmp)}  # sizes + sha256, checked before a resume loads them
         atomic_write_json(tmp / STATE_FILE, state, indent=2)
         _publish(tmp, final)
         if keep_last is not None:
@@ -127,9 +307,26 @@ class MetricsLog:
         if not self.enabled:
             return
         if resume_step is not None and self.path.is_file():
-            # Drop what the interrupted run logged after its checkpoint: those steps are redone.
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            # Drop what the interrupted run logged after its checkpoint: those steps are redone. A line that
+            # does not parse (a kill mid-append leaves a partial last line) is dropped with a warning: the
+            # log is a record of the run, not its state, so it never blocks a resume.
+            kept, bad = [], []
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+            for number, line in enumerate(text.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    step = record.get("step", 0)
+                    keep = step <= resume_step
+                except (json.JSONDecodeError, AttributeError, TypeError):
+                    bad.append(number)
+                    continue
+                if keep:
+                    kept.append(line)
+            if bad:
+                logger.warning("%s: dropped %d damaged line(s) (line %s) while resuming", self.path, len(bad),
+                               ", ".join(map(str, bad[:5])))
             atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         elif resume_step is None and self.path.is_file():
             self.path.unlink()

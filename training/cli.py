@@ -14,10 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from mtgfe.utils.io import FileFormatError
+
+from .checkpointing import list_checkpoints
 from .config import ConfigError, TrainConfig, load_config
 from .train import train
 
@@ -27,7 +31,7 @@ DEFAULT_RECIPE = "ucm_fusion"
 
 # Overrides that describe the data and the machine, not the model: they apply to a prerequisite stage too
 # (except data.tokenizer: a stage 2 reads its tokenizer from the stage-1 folder).
-STAGE_SHARED_KEYS = ("data.", "seed=", "num_threads=", "mixed_precision=")
+STAGE_SHARED_KEYS = ("data.", "seed=", "num_threads=", "mixed_precision=", "overwrite=")
 
 
 def prerequisite_config(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig | None:
@@ -68,8 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resume_hint(config: str, overrides: Sequence[str], output_dir: str) -> str:
+    """The line printed on Ctrl-C: the last checkpoint and the exact command that continues from it."""
+    checkpoints = list_checkpoints(Path(output_dir))
+    if not checkpoints:
+        return (f"no checkpoint was written yet in {output_dir} (checkpoint.save_every sets how often); "
+                "start again with --set overwrite=true")
+    kept = [item for item in overrides if not item.startswith(("checkpoint.resume_from=", "overwrite="))]
+    command = ["mtgfe-train", "--config", config, "--set", *kept, "checkpoint.resume_from=latest"]
+    return f"last checkpoint {checkpoints[-1]}; resume with: {shlex.join(command)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`mtgfe-train`: parse, build a validated `TrainConfig`, train. Config errors exit with status 2."""
+    """`mtgfe-train`: parse, build a validated `TrainConfig`, train. Config errors exit with status 2
+    (one line, no traceback), Ctrl-C with 130 and the command that resumes."""
     args = build_parser().parse_args(argv)
     overrides = [item for group in args.overrides for item in group]
     try:
@@ -80,11 +96,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.print_config:
         sys.stdout.write(cfg.to_yaml())
         return 0
+    stage1 = None
     try:
+        stage1 = prerequisite_config(cfg, overrides)
         summary = train_recipe(cfg, overrides)
     except ConfigError as error:
         sys.stderr.write(f"mtgfe-train: config error: {error}\n")
         return 2
+    except FileFormatError as error:
+        sys.stderr.write(f"mtgfe-train: {error}\n")
+        return 2
+    except KeyboardInterrupt:
+        if stage1 is not None and not Path(cfg.model.pretrained).is_dir():  # stopped in stage 1 of a recipe
+            shared = [item for item in overrides if item.startswith(STAGE_SHARED_KEYS)]
+            hint = resume_hint(cfg.model.pretrained_recipe, [*shared, f"output_dir={stage1.output_dir}"],
+                               stage1.output_dir)
+            hint += "; then run the same mtgfe-train command again for stage 2"
+        else:
+            hint = resume_hint(args.config, overrides, cfg.output_dir)
+        sys.stderr.write(f"\nmtgfe-train: interrupted (Ctrl-C); {hint}\n")
+        return 130
     if summary and int(os.environ.get("RANK", "0")) == 0:
         sys.stdout.write(json.dumps({k: summary[k] for k in ("steps", "final_dir", "best")}) + "\n")
     return 0

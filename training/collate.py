@@ -18,6 +18,7 @@ MLM masking and negative sampling use the global torch RNG, which `accelerator.s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Callable, Sequence
@@ -30,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mtgfe.processing import load_image
-from mtgfe.utils.io import atomic_path
+from mtgfe.utils.io import FileFormatError, atomic_path
 
 
 TRAIN_COLUMNS = ("image", "caption", "image_id", "caption_id")
@@ -285,16 +286,35 @@ class BackboneCache:
 
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
         """safetensors, written atomically (`atomic_path`): a concurrent reader sees all or nothing."""
-        meta = {"image_ids": json.dumps(self.image_ids), **{k: str(v) for k, v in (metadata or {}).items()}}
+        tokens = self.tokens.contiguous()
+        meta = {"image_ids": json.dumps(self.image_ids), "tokens_sha256": _tensor_sha256(tokens),
+                **{k: str(v) for k, v in (metadata or {}).items()}}
         with atomic_path(path) as tmp:
-            save_file({"tokens": self.tokens.contiguous()}, str(tmp), metadata=meta)
+            save_file({"tokens": tokens}, str(tmp), metadata=meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BackboneCache":
-        with safe_open(str(path), framework="pt") as handle:
-            image_ids = json.loads(handle.metadata()["image_ids"])
-            tokens = handle.get_tensor("tokens")
+        """Read a saved cache; a truncated, unreadable or bit-flipped file raises `FileFormatError` naming it
+        (safetensors has no checksum of its own: `tokens_sha256` in the metadata is checked here; caches
+        written before it existed load unchecked)."""
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                image_ids = json.loads(meta["image_ids"])
+                tokens = handle.get_tensor("tokens")
+        except Exception as err:  # safetensors raises its own error types (header, truncation, missing key)
+            raise FileFormatError(f"backbone cache {path} cannot be read ({type(err).__name__}: {err}); "
+                                  "it is truncated or damaged") from err
+        expected = meta.get("tokens_sha256")
+        if expected is not None and _tensor_sha256(tokens) != expected:
+            raise FileFormatError(f"backbone cache {path} fails its checksum (tokens_sha256): the file is damaged")
         return cls(tokens, image_ids)
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's raw bytes (any dtype, bf16 included)."""
+    data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.sha256(data.tobytes()).hexdigest()
 
 
 def cache_slots(seed: int, epoch: int, index: int, num_slots: int, augment: bool) -> tuple[int, int]:

@@ -272,13 +272,17 @@ class CheckpointConfig:
 
     `save_every` optimizer steps (0 = only at the end, when `save_last`); `keep_last` most recent
     `checkpoint-*` folders are kept (`null` keeps all). `resume_from`: a checkpoint folder or `latest`
-    (the newest `checkpoint-*` in `output_dir`; starts from scratch when there is none).
+    (the newest `checkpoint-*` in `output_dir`; starts from scratch when there is none). A resume checks
+    the checkpoint first: it must be this run's (same run identity) and every file intact (sizes +
+    sha256 recorded at save). `allow_inexact_resume`: a damaged RNG state (`random_states_*.pkl`) then
+    only warns and the run continues, no longer bit-identical to an uninterrupted one.
     """
 
     save_every: int = 0
     save_last: bool = True
     keep_last: int | None = 2
     resume_from: str | None = None
+    allow_inexact_resume: bool = False
 
 
 @dataclass
@@ -300,6 +304,8 @@ class TrainConfig:
     `batch_size * grad_accum * num_processes`. `max_steps` (optimizer steps) wins over `epochs`.
     `num_threads`: torch intra-op threads per process (null = torch's default). On a CPU shared with
     other jobs, 1 avoids OpenMP oversubscription, which was measured to slow small models ~10x.
+    `overwrite`: a fresh run refuses an `output_dir` that holds another run (checkpoints, final/, best/,
+    metrics.jsonl); `true` removes that run's artefacts first (and logs what it removed).
     """
 
     output_dir: str = "outputs/mtgfe"
@@ -311,6 +317,7 @@ class TrainConfig:
     mixed_precision: str = "no"
     activation_checkpointing: bool = False
     num_threads: int | None = None
+    overwrite: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     data: DataConfig = field(default_factory=DataConfig)

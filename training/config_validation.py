@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 from modeling_mtgfe.configuration_mtgfe import MVJRC_VARIANTS, PRESETS, RETRIEVAL_SCORES, MTGFEConfig
 
+from mtgfe.utils.validation import check_finite
+
 from . import views
 from .metrics import RECALL_KEYS
 
@@ -62,9 +64,36 @@ def _fail(source: str, message: str) -> None:
     raise ConfigError(f"{source}: {message}")
 
 
+def _float_fields(node, prefix: str = ""):
+    """`(dotted key, value)` of every float anywhere in a config: dataclass fields, lists (`optim.betas`,
+    `eval.alpha_sweep`) and free mappings (`model.config`, `views.*`)."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            yield from _float_fields(getattr(node, f.name), f"{prefix}.{f.name}" if prefix else f.name)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _float_fields(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _float_fields(value, f"{prefix}[{i}]")
+    elif isinstance(node, float):
+        yield prefix, node
+
+
+def check_all_finite(cfg: TrainConfig, source: str = "<config>") -> None:
+    """Every float of the config is finite. Runs before the range checks: NaN compares False with
+    everything, so `if value < 0: fail` lets it through (and `value <= 0` lets +inf through)."""
+    for key, number in _float_fields(cfg):
+        try:
+            check_finite(key, number)
+        except ValueError as error:
+            _fail(source, str(error))
+
+
 def validate(cfg: TrainConfig, source: str = "<config>") -> None:
     """Static checks: everything decidable without reading data or building the model."""
     m, d, o, s, e = cfg.model, cfg.data, cfg.optim, cfg.schedule, cfg.eval
+    check_all_finite(cfg, source)
 
     # model source
 
@@ -258,6 +287,8 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         _fail(source, f"eval.k={e.k} must be >= 1")
     if e.score not in RETRIEVAL_SCORES:
         _fail(source, f"eval.score={e.score!r} is not one of {list(RETRIEVAL_SCORES)}")
+    if e.alpha < 0:
+        _fail(source, f"eval.alpha={e.alpha} must be >= 0")
     if e.score == "itm" and e.alpha != 0.0:
         _fail(source, f"eval.alpha={e.alpha} only applies to eval.score='itm+itc'")
     if e.batch_size < 1:

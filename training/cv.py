@@ -223,6 +223,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         sys.stderr.write(f"mtgfe-cv: {error}\n")
         return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("\nmtgfe-cv: interrupted (Ctrl-C); nothing was written, run the same command again\n")
+        return 130
     sys.stdout.write(format_summary(summary) + "\n")
     if args.json:
         atomic_write_json(args.json, summary)

@@ -84,7 +84,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     """Train the recipe, index a held-out gallery, search it, evaluate filtered vs exhaustive, write HTML."""
     output = Path(args.output)
     config_name, split = DEMO_CONFIGS[args.data]
-    overrides = [f"output_dir={output / 'model'}", *args.overrides]
+    # The demo owns its output folder: a second `make demo` starts over (overwrite=true) instead of refusing.
+    overrides = [f"output_dir={output / 'model'}", "overwrite=true", *args.overrides]
     if args.data_dir and args.data != "synthetic":
         overrides.append(f"data.data_dir={args.data_dir}")
     cfg = load_config(config_name, overrides)  # validated before anything expensive

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -47,8 +48,10 @@ from modeling_mtgfe.retrieval import (
 )
 from mtgfe.processing import MTGFEProcessor, load_image
 from mtgfe.utils.io import atomic_write_json
+from mtgfe.utils.validation import check_finite, finite_float_arg
 
 from . import metrics
+from .benchmarks import BENCHMARKS, canonical_benchmark
 from .config import load_config
 from .config_validation import ConfigError
 from .cv import load_cv
@@ -389,17 +392,21 @@ def load_eval_dataset(name: str, split: str, data_dir: str | None = None, image_
                               synthetic_seed=synthetic_seed, synthetic_size=synthetic_size)
 
 
+class UsageError(ValueError):
+    """A `mtgfe-eval` argument or input is wrong: printed as one line, exit status 2."""
+
+
 def held_out_fold(run_dir: str | Path):
     """`(images dataset, dataset name, split label)` of the fold a `data.cv` training run held out."""
     config_file = Path(run_dir) / "train_config.yaml"
     if not config_file.is_file():
-        raise SystemExit(f"mtgfe-eval: --cv-run {run_dir} has no train_config.yaml (not a training output folder)")
+        raise UsageError(f"--cv-run {run_dir} has no train_config.yaml (not a training output folder)")
     try:
         cfg = load_config(config_file)
     except ConfigError as error:
-        raise SystemExit(f"mtgfe-eval: --cv-run {run_dir}: {error}") from None
+        raise UsageError(f"--cv-run {run_dir}: {error}") from None
     if cfg.data.cv.folds is None:
-        raise SystemExit(f"mtgfe-eval: --cv-run {run_dir} was not a cross-validation run (data.cv.folds is not set)")
+        raise UsageError(f"--cv-run {run_dir} was not a cross-validation run (data.cv.folds is not set)")
     c = cfg.data.cv
     return load_cv(cfg).val, cfg.data.dataset, f"cv fold {c.fold}/{c.folds} of {cfg.data.train_split}+{cfg.data.val_split}"
 
@@ -425,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--filter-only", action="store_true", help="rank by the ITC filter cosine alone")
     parser.add_argument("--score", choices=RETRIEVAL_SCORES, default=None,
                         help="itm+itc, itm or filter (= --filter-only); default: the model's retrieval_score")
-    parser.add_argument("--alpha", type=float, default=None,
+    parser.add_argument("--alpha", type=finite_float_arg("--alpha", low=0.0), default=None,
                         help="weight of the cosine in --score itm+itc (default: the model's retrieval_alpha, else 1)")
     parser.add_argument("--alpha-sweep", default=None,
                         help="comma-separated alphas: with --score itm also report itm + alpha * cosine for each")
@@ -440,25 +447,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`mtgfe-eval`: parse, load model + processor + split, evaluate, print a table, write JSON."""
-    args = build_parser().parse_args(argv)
+def check_args(args: argparse.Namespace) -> None:
+    """Every argument, before the model or any data loads: a wrong flag costs a second, not a model load."""
     if args.score == "itm" and args.alpha not in (None, 0.0):
-        raise SystemExit("mtgfe-eval: --alpha only applies with --score itm+itc")
-    if args.alpha_sweep and args.score is None:
-        args.score = "itm"  # the sweep adds a * cosine to the ITM score itself
-    if not Path(args.model).is_dir():
-        raise SystemExit(f"mtgfe-eval: --model {args.model} is not a folder")
-    if (args.dataset is None) == (args.cv_run is None):
-        raise SystemExit("mtgfe-eval: give exactly one of --dataset or --cv-run")
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    if args.cv_run is not None:
-        dataset, args.dataset, args.split = held_out_fold(args.cv_run)
+        raise UsageError("--alpha only applies with --score itm+itc")
+    if args.alpha_sweep:
+        try:
+            args.alpha_sweep_values = [check_finite("--alpha-sweep", float(a), low=0.0) for a in args.alpha_sweep.split(",")]
+        except ValueError as error:
+            raise UsageError(f"--alpha-sweep={args.alpha_sweep!r}: {error} (comma-separated numbers >= 0)") from None
+        if args.score is None:
+            args.score = "itm"  # the sweep adds a * cosine to the ITM score itself
     else:
-        dataset = load_eval_dataset(args.dataset, args.split, args.data_dir, args.image_dir, args.data_file,
-                                    args.max_images, args.synthetic_size)
-    model = MTGFEModel.from_pretrained(args.model).to(accelerator.device).eval()
-    processor = MTGFEProcessor.from_pretrained(args.model)
+        args.alpha_sweep_values = None
+    for flag, value, low in (("--k", args.k, 1), ("--batch-size", args.batch_size, 1),
+                             ("--rerank-batch-size", args.rerank_batch_size, 1), ("--max-images", args.max_images, 1),
+                             ("--synthetic-size", args.synthetic_size, 16)):
+        if value is not None and value < low:
+            raise UsageError(f"{flag}={value} must be >= {low}")
+    if not Path(args.model).is_dir():
+        raise UsageError(f"--model {args.model} is not a folder")
+    if (args.dataset is None) == (args.cv_run is None):
+        raise UsageError("give exactly one of --dataset or --cv-run")
+    if args.cv_run is not None and not Path(args.cv_run).is_dir():
+        raise UsageError(f"--cv-run {args.cv_run} is not a folder")
+    if args.dataset is not None:
+        if args.dataset not in ("synthetic", "jsonl") and canonical_benchmark(args.dataset) is None:
+            raise UsageError(f"unknown --dataset {args.dataset!r}; known: {['synthetic', 'jsonl', *sorted(BENCHMARKS)]}")
+        if args.dataset == "jsonl" and not args.data_file:
+            raise UsageError("--dataset jsonl needs --data-file (a JSONL/CSV caption file)")
+    for flag, value, want in (("--data-dir", args.data_dir, "folder"), ("--image-dir", args.image_dir, "folder"),
+                              ("--data-file", args.data_file, "file")):
+        if value is not None and not (Path(value).is_dir() if want == "folder" else Path(value).is_file()):
+            raise UsageError(f"{flag} {value} does not exist (expected a {want})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`mtgfe-eval`: parse, check every argument, load model + processor + split, evaluate, print a table,
+    write JSON. Argument and input errors: one line on stderr, exit status 2; Ctrl-C: 130."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as error:
+        sys.stderr.write(f"mtgfe-eval: {error}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("\nmtgfe-eval: interrupted (Ctrl-C); nothing was written, run the same command again\n")
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    check_args(args)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    try:
+        if args.cv_run is not None:
+            dataset, args.dataset, args.split = held_out_fold(args.cv_run)
+        else:
+            dataset = load_eval_dataset(args.dataset, args.split, args.data_dir, args.image_dir, args.data_file,
+                                        args.max_images, args.synthetic_size)
+    except (FileNotFoundError, ValueError, KeyError) as error:  # data loaders name the file / split / dataset
+        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        raise UsageError(f"cannot load --dataset {args.dataset} --split {args.split}: {message}") from None
+    try:
+        model = MTGFEModel.from_pretrained(args.model).to(accelerator.device).eval()
+        processor = MTGFEProcessor.from_pretrained(args.model)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--model {args.model}: cannot load the model/processor: {str(error).splitlines()[0]}") from None
     report = evaluate_model(
         model,
         processor,
@@ -477,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         output=args.output,
         progress=not args.no_progress,
         shift=args.shift,
-        alpha_sweep=[float(a) for a in args.alpha_sweep.split(",")] if args.alpha_sweep else None,
+        alpha_sweep=args.alpha_sweep_values,
     )
     accelerator.print(format_table(report))
     for value, rules in report.get("alpha_sweep", {}).items():

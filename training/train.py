@@ -30,6 +30,9 @@ and the checkpoint JSON the loop position (epoch, optimizer step, micro-batches 
 Resuming loads all of it, skips the consumed micro-batches with `skip_first_batches` and continues
 with the same batches, masks and negatives as the uninterrupted run. Evaluation runs inside
 `torch.random.fork_rng`, so how often one evaluates does not change the training trajectory.
+Bit-identical with `num_threads: 1`; with more intra-op threads only within float noise (CPU kernels
+reduce in a thread-dependent order, so two straight multi-threaded runs already differ). Before loading,
+`checkpointing.verify_checkpoint` checks the checkpoint is this run's and every file intact.
 """
 
 from __future__ import annotations
@@ -327,10 +330,13 @@ def write_retrieval_defaults(config, cfg: TrainConfig) -> None:
         config.retrieval_alpha = e.alpha
 
 
-def resume_state(accelerator, resume_dir: Path, state: dict, total_steps: int, batches_per_epoch: int) -> None:
-    """Load model, optimizer and RNG states and the loop position of `resume_dir` into `state`."""
+def resume_state(accelerator, resume_dir: Path, state: dict, total_steps: int, batches_per_epoch: int,
+                 saved: dict | None = None) -> None:
+    """Load model, optimizer and RNG states and the loop position of `resume_dir` into `state`.
+    `saved`: its trainer state, already checked by `checkpointing.verify_checkpoint`."""
+    if saved is None:
+        saved = checkpointing.read_trainer_state(resume_dir)
     accelerator.load_state(str(resume_dir))
-    saved = checkpointing.read_trainer_state(resume_dir)
     if saved.get("total_steps") != total_steps:
         logger.warning("resuming a run planned for %s steps as a %s-step run: the lr schedule differs",
                        saved.get("total_steps"), total_steps)
@@ -415,9 +421,21 @@ def train(cfg: TrainConfig) -> dict:
     Everything that can fail cheaply (config, data, tokenizer, run length) fails before the model is built.
     """
     output_dir = Path(cfg.output_dir)
+    # ---- the output folder and the checkpoint to resume, checked before any work or any write: a fresh
+    # run never mixes with another run's folder, a resume only continues this run from intact files
+    resume_dir = checkpointing.resolve_resume(cfg)
     accelerator = make_accelerator(cfg)
+    if resume_dir is None:
+        checkpointing.check_output_dir(cfg, remove=accelerator.is_main_process)
+        accelerator.wait_for_everyone()
+        resumed_state = None
+    else:
+        resumed_state = checkpointing.verify_checkpoint(resume_dir, cfg, accelerator.num_processes)
+        if resume_dir.resolve().parent != output_dir.resolve():  # continuing into another folder: it must be free
+            checkpointing.check_output_dir(cfg, remove=accelerator.is_main_process)
+            accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_text(output_dir / "train_config.yaml", cfg.to_yaml())
+        atomic_write_text(output_dir / checkpointing.CONFIG_FILE, cfg.to_yaml())
     set_seed(cfg.seed)
 
     # ---- data (annotations only so far: images decode lazily), tokenizer, loader, data-dependent checks
@@ -426,7 +444,6 @@ def train(cfg: TrainConfig) -> dict:
     train_set = EpochCaptionDataset(train_rows, cfg.data.captions_per_image, seed=cfg.seed,
                                     load_images=not cache_cfg.enabled)
     views_pair = build_view_transforms(cfg)
-    resume_dir = checkpointing.resolve_resume(cfg)
     tokenizer = build_tokenizer(cfg, train_rows["caption"], accelerator, resume_dir)
     processor = build_processor(cfg, tokenizer)
     collator, train_dl = build_train_loader(cfg, train_set, processor, views_pair, accelerator)
@@ -458,9 +475,11 @@ def train(cfg: TrainConfig) -> dict:
     min_ratio = cfg.schedule.min_lr / cfg.optim.lr
 
     # ---- resume
-    state = {"epoch": 0, "step": 0, "batch_in_epoch": 0, "best": None, "total_steps": total_steps}
+    run_id, run_fields = checkpointing.run_identity(cfg)
+    state = {"epoch": 0, "step": 0, "batch_in_epoch": 0, "best": None, "total_steps": total_steps,
+             "run_id": run_id, "run_config": run_fields}
     if resume_dir is not None:
-        resume_state(accelerator, resume_dir, state, total_steps, batches_per_epoch)
+        resume_state(accelerator, resume_dir, state, total_steps, batches_per_epoch, resumed_state)
     else:
         set_seed(cfg.seed, device_specific=True)  # per-rank streams for masking/negatives/dropout
     log = checkpointing.MetricsLog(accelerator, cfg, state["step"] if resume_dir is not None else None)
