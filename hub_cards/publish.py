@@ -56,6 +56,7 @@ ALLOWED_PATTERNS: list[str] = [
     "modeling_*.py",
     "losses.py",
     "retrieval.py",
+    "retrieval_features.py",
     "pipeline_mtgfe.py",
     "image_processing_mtgfe.py",
     "image_decoding.py",

@@ -18,6 +18,10 @@ import warnings
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining, AutoProcessor
 
+# `mtgfe.processing` never imports `modeling_mtgfe` (the Auto registration lives here): no cycle.
+from mtgfe.processing.image_processing_mtgfe import MTGFEImageProcessor
+from mtgfe.processing.processing_mtgfe import MTGFEProcessor
+
 from .configuration_efficientnet_lite import EfficientNetLiteConfig
 from .configuration_mtgfe import PRESETS, MTGFEConfig
 from .modeling_efficientnet_lite import EfficientNetLiteModel
@@ -30,12 +34,10 @@ from .modeling_mtgfe import (
     MTGFEPreTrainedModel,
     MTGFETextFeatures,
 )
+from .pipeline_mtgfe import register_pipeline
 
 
 def _register() -> None:
-    from mtgfe.processing.image_processing_mtgfe import MTGFEImageProcessor
-    from mtgfe.processing.processing_mtgfe import MTGFEProcessor
-
     AutoConfig.register("mtgfe", MTGFEConfig, exist_ok=True)
     AutoConfig.register(EfficientNetLiteConfig.model_type, EfficientNetLiteConfig, exist_ok=True)
     AutoModel.register(MTGFEConfig, MTGFEModel, exist_ok=True)
@@ -43,9 +45,6 @@ def _register() -> None:
     AutoModel.register(EfficientNetLiteConfig, EfficientNetLiteModel, exist_ok=True)
     AutoImageProcessor.register(MTGFEConfig, image_processor_classes={"pil": MTGFEImageProcessor}, exist_ok=True)
     AutoProcessor.register(MTGFEConfig, MTGFEProcessor, exist_ok=True)
-
-    from .pipeline_mtgfe import register_pipeline
-
     register_pipeline()
 
     MTGFEConfig.register_for_auto_class()

@@ -9,8 +9,7 @@ its own. This file travels as Hub remote code: it imports only third-party packa
 
 import math
 
-from transformers import AutoConfig, PreTrainedConfig
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers import PreTrainedConfig
 
 
 # (width_coefficient, depth_coefficient, native resolution, classifier dropout) from the TF
@@ -241,11 +240,5 @@ class EfficientNetLiteConfig(PreTrainedConfig):
         height, width = self.feature_map_size
         return height * width
 
-
-# Register only when nothing holds the name yet: a Hub remote-code copy of this file (imported, e.g., by an
-# `rs-retrieval` pipeline loaded with trust_remote_code) must not replace the installed package's class, or
-# later `Auto*.from_pretrained` calls in the same process would see a config class without a local model.
-if "mtgfe_efficientnet_lite" not in CONFIG_MAPPING:
-    AutoConfig.register("mtgfe_efficientnet_lite", EfficientNetLiteConfig)
 
 __all__ = ["EFFICIENTNET_LITE_VARIANTS", "EfficientNetLiteConfig"]

@@ -14,10 +14,9 @@ from __future__ import annotations
 import math
 
 from transformers import AutoConfig, BertConfig
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
-from .configuration_efficientnet_lite import EfficientNetLiteConfig  # noqa: F401  (registers it with AutoConfig)
+from .configuration_efficientnet_lite import EfficientNetLiteConfig
 
 IMAGE_POOLINGS = ("auto", "cls", "mean")
 TEXT_POOLINGS = ("cls", "mean")
@@ -181,6 +180,12 @@ class MTGFEConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
+        # The EfficientNet-Lite vision config is resolved here, not through an `AutoConfig.register` at import:
+        # this file also runs as Hub remote code, and a registration from there would make transformers treat
+        # the model type as local code and reuse the first revision's class for every later load.
+        vision = self.vision_config
+        if isinstance(vision, dict) and vision.get("model_type") == EfficientNetLiteConfig.model_type:
+            self.vision_config = EfficientNetLiteConfig(**{k: v for k, v in vision.items() if k != "model_type"})
         super().__post_init__(**kwargs)
         self._validate()
 
@@ -292,11 +297,5 @@ class MTGFEConfig(PreTrainedConfig):
                 kwargs[key] = value
         return cls(**kwargs)
 
-
-# Register only when nothing holds the name yet: a Hub remote-code copy of this file (imported, e.g., by an
-# `rs-retrieval` pipeline loaded with trust_remote_code) must not replace the installed package's class, or
-# later `Auto*.from_pretrained` calls in the same process would see a config class without a local model.
-if "mtgfe" not in CONFIG_MAPPING:
-    AutoConfig.register("mtgfe", MTGFEConfig)
 
 __all__ = ["MTGFEConfig", "PRESETS"]

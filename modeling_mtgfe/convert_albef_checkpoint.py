@@ -54,6 +54,8 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging
 
+from mtgfe.processing import MTGFEImageProcessor, MTGFEProcessor, load_default_tokenizer
+
 from .configuration_mtgfe import PRESETS, MTGFEConfig
 from .modeling_mtgfe import MTGFEForPreTraining
 
@@ -494,8 +496,6 @@ def _load_tokenizer(tokenizer: str | Path | bool | None):
     if tokenizer in (None, False):
         return None
     if tokenizer is True or str(tokenizer) == "default":
-        from mtgfe.processing import load_default_tokenizer
-
         return load_default_tokenizer()
     from transformers import AutoTokenizer
 
@@ -551,8 +551,6 @@ def convert_albef_checkpoint(
         output_dir = Path(output_dir)
         model.save_pretrained(output_dir)
         if tok is not None:
-            from mtgfe.processing import MTGFEImageProcessor, MTGFEProcessor
-
             size = {"height": config.image_size, "width": config.image_size}
             image_processor = MTGFEImageProcessor(size=size, image_mean=ALBEF_IMAGE_MEAN, image_std=ALBEF_IMAGE_STD)
             MTGFEProcessor(image_processor, tok).save_pretrained(output_dir)

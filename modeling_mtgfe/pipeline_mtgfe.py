@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import Pipeline
+from transformers import AutoProcessor, Pipeline
 
 from .configuration_mtgfe import RETRIEVAL_SCORES, MTGFEConfig
 from .retrieval import (
@@ -238,20 +238,28 @@ class MTGFERetrievalPipeline(Pipeline):
         self._gallery_cache: tuple[Any, EncodedGallery] | None = None
 
     def _fallback_processor(self):
-        """Load the processor saved beside the model; a pipeline cannot run without one."""
-        name = str(getattr(self.model, "name_or_path", "") or "")
-        if name and os.path.isdir(name) and any(
-            os.path.isfile(os.path.join(name, f)) for f in ("processor_config.json", "tokenizer_config.json")
-        ):
-            from transformers import AutoProcessor
+        """Load the processor saved beside the model (local folder or Hub repo id); a pipeline cannot run without one.
 
-            # A model class from remote code means the user already trusted this folder's code.
-            trusted = type(self.model).__module__.startswith("transformers_modules")
+        transformers' pipeline factory swallows the processor's load error, so it is retried here to name the cause.
+        """
+        name = str(getattr(self.model, "name_or_path", "") or "")
+        is_dir = bool(name) and os.path.isdir(name)
+        has_files = is_dir and any(
+            os.path.isfile(os.path.join(name, f)) for f in ("processor_config.json", "tokenizer_config.json")
+        )
+        is_repo_id = bool(name) and not os.path.exists(name)  # a Hub repo id (or a cache-only snapshot)
+        if has_files or is_repo_id:
+            # A model class from remote code means the user already trusted this repo's code.
+            kwargs: dict[str, Any] = {"trust_remote_code": type(self.model).__module__.startswith("transformers_modules")}
+            revision = getattr(self.model.config, "_commit_hash", None) if is_repo_id else None
+            if revision:
+                kwargs["revision"] = revision  # the snapshot the model came from, not whatever `main` is now
+            where = f"{name!r}" + (f" (revision {revision})" if revision else "")
             try:
-                return AutoProcessor.from_pretrained(name, trust_remote_code=trusted)
-            except (OSError, ValueError, TypeError, KeyError) as error:
+                return AutoProcessor.from_pretrained(name, **kwargs)
+            except (OSError, ValueError, TypeError, KeyError, ImportError) as error:
                 raise ValueError(
-                    f"The rs-retrieval pipeline could not load the processor saved with the model at {name!r}: {error}. "
+                    f"The rs-retrieval pipeline could not load the processor saved with the model at {where}: {error}. "
                     "Pass processor=MTGFEProcessor(...) explicitly."
                 ) from error
         raise ValueError(

@@ -2,7 +2,8 @@
 
 docs/METHOD.md §5 (ALBEF `Retrieval.py::evaluation`, made cheaper and tie-exact):
 
-1. `encode_images` / `encode_texts` run every image / *distinct* caption once. Image fusion tokens are
+1. `encode_images` / `encode_texts` (in `retrieval_features.py`, re-exported here) run every image /
+   *distinct* caption once. Image fusion tokens are
    kept (`keep_tokens=True`) so re-ranking never re-runs the vision backbone.
 2. `coarse_topk`: cosine of the L2-normalised filter embeddings by one matrix product (chunked so a
    100k gallery never materialises more than `chunk_elements` scores), top-k per query **with the
@@ -43,11 +44,16 @@ from typing import Any
 import torch
 
 from .configuration_mtgfe import RETRIEVAL_SCORES
-
-try:  # tqdm ships with transformers; the guard only keeps progress bars optional
-    from tqdm.auto import tqdm
-except ImportError:  # pragma: no cover
-    tqdm = None
+from .retrieval_features import (  # re-exported: step 1 lives there
+    ImageFeatures,
+    TextFeatures,
+    device_and_dtype,
+    encode_images,
+    encode_texts,
+    pixel_values_of,
+    progress_bar,
+    retrieval_base,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,57 +64,18 @@ logger = logging.getLogger(__name__)
 # several endings (TIFF originals first); matching by ending does not depend on it.
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".jp2")
 
-# Scores per chunk of a chunked similarity product: 16M float32 = 64 MiB (plus same-shaped bool masks where
-# ties are counted). The package's one value; it was 2**24 here and 2**22 in the tie-aware metrics. 2**24 is
-# kept because it is measurably faster for the coarse top-k (2,000 x 50,000 queries x gallery, 2 threads:
-# 2.6 s against 3.0-3.4 s at 2**22) while a few 64 MiB chunks are negligible beside a loaded model.
+# Scores per chunk of the chunked torch similarity product (coarse top-k, exhaustive re-rank): 16M float32 =
+# 64 MiB. 2**24 is measurably faster for the coarse top-k than 2**22 (2,000 x 50,000 queries x gallery,
+# 2 threads: 2.6 s against 3.0-3.4 s) and a few 64 MiB chunks are negligible beside a loaded model.
+# `mtgfe.training.metrics.DEFAULT_CHUNK_ELEMENTS` (2**22) is a separate knob on purpose, not a copy: the
+# metrics are numpy-only and import no torch (the `rs_recall` evaluate metric and the cards load them), while
+# this file is Hub remote code that can import nothing first-party, so no module both can import exists.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
 DIRECTIONS = ("i2t", "t2i", "both")
 # Fusion scores, from the model config's RETRIEVAL_SCORES (the one definition): scoring candidates
 # (`rerank`, `score_candidates`) needs a fusion pass, so "filter" is not one here; query-level search
 # (`pipeline_mtgfe.search_texts`) accepts all of RETRIEVAL_SCORES as SEARCH_SCORES.
 SCORES = tuple(score for score in RETRIEVAL_SCORES if score != "filter")
-
-
-# ----------------------------------------------------------------------------------------------- features
-@dataclass
-class ImageFeatures:
-    """Encoded gallery images.
-
-    embeds (`(N, E)` float32): L2-normalised filter embeddings.
-    tokens (`(N, T, H)` or `None`): fusion tokens; memory per image is `T*H*bytes` (small preset: 64×384×4 =
-        96 KiB in float32), against `E*4` (1 KiB) for the embedding. Anything indexable by a `LongTensor`
-        of rows works too (e.g. a memory-mapped store), since re-ranking only gathers candidate rows.
-    """
-
-    embeds: torch.Tensor
-    tokens: Any = None
-
-    def __len__(self) -> int:
-        return int(self.embeds.shape[0])
-
-
-@dataclass
-class TextFeatures:
-    """Encoded captions, one row per *distinct* caption.
-
-    embeds (`(M, E)` float32), states (`(M, T, H)`), attention_mask (`(M, T)`): one row per distinct input.
-    inverse (`(N,)` int64): row of each input text (`embeds[inverse]` is per input).
-    texts (`list[str]`): a representative string per distinct row.
-    """
-
-    embeds: torch.Tensor
-    states: torch.Tensor | None
-    attention_mask: torch.Tensor | None
-    inverse: torch.Tensor
-    texts: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return int(self.inverse.shape[0])
-
-    @property
-    def num_distinct(self) -> int:
-        return int(self.embeds.shape[0])
 
 
 @dataclass
@@ -154,140 +121,6 @@ class RerankResult:
     candidates_i2t: Candidates | None = None
     candidates_t2i: Candidates | None = None
     stats: dict[str, Any] = field(default_factory=dict)
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-def _base(model):
-    """The module holding the retrieval API: `MTGFEModel` itself or `.mtgfe` of the pretraining model."""
-    base = getattr(model, "mtgfe", model)
-    for name in ("image_key_values", "compute_itm_scores", "get_image_retrieval_features", "get_text_retrieval_features"):
-        if not hasattr(base, name):
-            raise TypeError(f"{type(model).__name__} is not an MTGFE model: it has no `{name}`.")
-    return base
-
-
-def _device_dtype(model) -> tuple[torch.device, torch.dtype]:
-    param = next(model.parameters())
-    return param.device, param.dtype
-
-
-def progress_bar(iterable, enabled: bool, **kwargs):
-    """`tqdm(iterable)` when `enabled` and tqdm is installed, else `iterable` (used by the search index too)."""
-    if enabled and tqdm is not None:
-        return tqdm(iterable, **kwargs)
-    return iterable
-
-
-def _pixel_values(processor, images: Sequence[Any]) -> torch.Tensor:
-    """Decode and normalise a batch with the processor (which decodes paths through `load_image`)."""
-    image_processor = getattr(processor, "image_processor", processor)
-    return image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-
-
-# ----------------------------------------------------------------------------------------------- encoding
-@torch.no_grad()
-def encode_images(
-    model,
-    processor,
-    images: Sequence[Any],
-    batch_size: int = 32,
-    keep_tokens: bool = True,
-    progress: bool = True,
-    tokens_dtype: torch.dtype | None = None,
-) -> ImageFeatures:
-    """Filter embeddings (and fusion tokens) of `images`: PIL images, paths, bytes or arrays.
-
-    Decoding goes through the processor, hence `load_image` (16-bit stretch, multi-band, ...); an
-    unreadable file raises the decoder's error, which names the file.
-    Tokens are kept on the CPU (`tokens_dtype`, default the model dtype) so a large gallery does not
-    pin accelerator memory; re-ranking moves only candidate rows to the model.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    images = list(images)
-    if not images:
-        raise ValueError("encode_images got no images.")
-    base = _base(model)
-    device, dtype = _device_dtype(base)
-    embeds, tokens = [], []
-    steps = range(0, len(images), batch_size)
-    for start in progress_bar(steps, progress, desc="encoding images", unit="batch"):
-        pixel_values = _pixel_values(processor, images[start : start + batch_size]).to(device=device, dtype=dtype)
-        out = base.get_image_retrieval_features(pixel_values)
-        embeds.append(out.image_embeds.float().cpu())
-        if keep_tokens:
-            tokens.append(out.image_tokens.to(dtype=tokens_dtype or out.image_tokens.dtype).cpu())
-    return ImageFeatures(embeds=torch.cat(embeds), tokens=torch.cat(tokens) if keep_tokens else None)
-
-
-@torch.no_grad()
-def encode_texts(
-    model,
-    processor,
-    texts: Sequence[str],
-    batch_size: int = 128,
-    keep_states: bool = True,
-    trim_padding: bool = True,
-    progress: bool = False,
-) -> TextFeatures:
-    """Encode each distinct caption once; `inverse` maps every input to its row.
-
-    Why dedupe: identical captions must get bit-identical scores so ties are real (docs/METHOD.md §6b), and
-    UCM/RSICD repeat many captions word for word (UCM test: 1,050 captions, 377 distinct), so it also
-    saves work. Captions are deduplicated by string, then by token ids (two strings the tokenizer maps
-    to the same ids, e.g. differing only in case, are the same model input).
-
-    The processor pads to a fixed length, so an encoding does not depend on batch neighbours. With
-    `trim_padding=True` the kept states are then cut to the longest caption *of this set*: fusion cost
-    grows with the text length (40 padded vs ~15 real tokens on RS captions), and every pair fused
-    from one `TextFeatures` shares the same length, so ties inside a call stay exact.
-    """
-    if isinstance(texts, str):
-        raise TypeError("encode_texts expects a list of strings; wrap a single query in a list.")
-    texts = list(texts)
-    if not texts:
-        raise ValueError("encode_texts got no texts.")
-    for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ValueError(f"texts[{index}] is a {type(text).__name__}, expected a string: {text!r}.")
-        if not text.strip():
-            raise ValueError(f"texts[{index}] is an empty or blank string.")
-    base = _base(model)
-    device, _ = _device_dtype(base)
-    by_string: dict[str, int] = {}
-    string_inverse = [by_string.setdefault(text, len(by_string)) for text in texts]
-    unique_strings = list(by_string)
-
-    if not hasattr(processor, "tokenizer"):
-        raise TypeError(f"{type(processor).__name__} has no tokenizer: pass an MTGFEProcessor.")
-    encoded = processor(text=unique_strings, return_tensors="pt")
-    input_ids, mask = encoded["input_ids"], encoded["attention_mask"]
-    # Second dedupe on token ids: equal model inputs must be one row.
-    by_ids: dict[tuple, int] = {}
-    id_rows = [by_ids.setdefault(tuple(row.tolist()), len(by_ids)) for row in input_ids]
-    keep = sorted({row: i for i, row in reversed(list(enumerate(id_rows)))}.values())
-    input_ids, mask = input_ids[keep], mask[keep]
-    inverse = torch.tensor([id_rows[s] for s in string_inverse], dtype=torch.long)
-
-    embeds, states = [], []
-    steps = range(0, input_ids.shape[0], batch_size)
-    for start in progress_bar(steps, progress, desc="encoding texts", unit="batch"):
-        ids = input_ids[start : start + batch_size].to(device)
-        out = base.get_text_retrieval_features(ids, mask[start : start + batch_size].to(device))
-        embeds.append(out.text_embeds.float().cpu())
-        if keep_states:
-            states.append(out.text_states.cpu())
-    text_states = torch.cat(states) if keep_states else None
-    if keep_states and trim_padding:
-        length = int(mask.sum(1).max())
-        text_states, mask = text_states[:, :length].contiguous(), mask[:, :length].contiguous()
-    return TextFeatures(
-        embeds=torch.cat(embeds),
-        states=text_states,
-        attention_mask=mask if keep_states else None,
-        inverse=inverse,
-        texts=[unique_strings[i] for i in keep],
-    )
 
 
 # ----------------------------------------------------------------------------------------------- coarse
@@ -400,8 +233,8 @@ def score_pairs(
         raise ValueError("score_pairs needs cached image tokens or an encode_fn to re-encode candidate images.")
     if text_feats.states is None:
         raise ValueError("These TextFeatures were encoded with keep_states=False: no text states to fuse.")
-    base = _base(model)
-    device, dtype = _device_dtype(base)
+    base = retrieval_base(model)
+    device, dtype = device_and_dtype(base)
     stats = {} if stats is None else stats
     num_pairs = int(pair_image.numel())
     out = torch.empty(num_pairs, dtype=torch.float32)
@@ -519,11 +352,11 @@ def score_candidates(
                 "Re-ranking without cached image tokens needs `images` (the gallery sources) and `processor` "
                 "to re-encode the candidate images; or encode the gallery with keep_tokens=True."
             )
-        base = _base(model)
-        device, dtype = _device_dtype(base)
+        base = retrieval_base(model)
+        device, dtype = device_and_dtype(base)
 
         def encode_fn(rows: torch.Tensor) -> torch.Tensor:
-            pixel_values = _pixel_values(processor, [images[int(r)] for r in rows]).to(device=device, dtype=dtype)
+            pixel_values = pixel_values_of(processor, [images[int(r)] for r in rows]).to(device=device, dtype=dtype)
             return base.get_image_retrieval_features(pixel_values).image_tokens
 
     pair_itm = score_pairs(model, pair_image, pair_text, text_feats, image_tokens=tokens, encode_fn=encode_fn,

@@ -85,6 +85,11 @@ from typing import Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+try:  # optional, only for TIFFs PIL cannot open (rule 7). In a try block on purpose: transformers' `check_imports`
+    import tifffile  # skips those, so remote code fetched by repo id loads where tifffile is not installed
+except ImportError:
+    tifffile = None
+
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +150,7 @@ def _describe(source) -> str:
     return f"<{type(source).__name__}>"
 
 
-def _validate_bands(bands, num_bands: int | None, where: str) -> tuple:
+def validate_bands(bands, num_bands: int | None, where: str) -> tuple:
     """Return `bands` as a tuple of three ints, in range for `num_bands` bands when that is given."""
     if isinstance(bands, (str, bytes)) or not isinstance(bands, Sequence) or len(bands) != 3:
         raise ImageDecodeError(f"`bands` must be three band indices (r, g, b), got {bands!r} for {where}.")
@@ -197,7 +202,7 @@ def _array_to_rgb(array: np.ndarray, bands, where: str) -> Image.Image:
         else:
             if bands is None:
                 logger.debug("Using bands %s of %d for %s", DEFAULT_BANDS, num_bands, where)
-            band_idx = _validate_bands(DEFAULT_BANDS if bands is None else bands, num_bands, where)
+            band_idx = validate_bands(DEFAULT_BANDS if bands is None else bands, num_bands, where)
             selected = array[..., list(band_idx)]
     else:
         raise ImageDecodeError(
@@ -355,7 +360,8 @@ def _decoded_to_rgb(image: "Image.Image | np.ndarray", bands, target_hw, where: 
 # ----------------------------------------------------------------------------------------------- readers
 def _read_tiff_with_tifffile(path: str, where: str, max_pixels: int) -> np.ndarray:
     """Rule 7: read a TIFF PIL cannot open with `tifffile`, channels last, after the budget check."""
-    import tifffile  # optional dependency, only needed for exotic TIFFs
+    if tifffile is None:
+        raise ImportError("tifffile is not installed")  # the caller names `pip install tifffile`
 
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
@@ -487,7 +493,7 @@ def load_image(
     """
     where = _describe(source)
     if bands is not None:
-        bands = _validate_bands(bands, None, where)
+        bands = validate_bands(bands, None, where)
     if isinstance(source, (str, os.PathLike, bytes, bytearray)):
         budget = _resolve_max_pixels(max_pixels)
         target_hw = _normalize_target_size(target_size, where)

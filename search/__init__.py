@@ -10,8 +10,8 @@ resumable builds, manifests and reports is an application of that model, install
 never shipped inside checkpoints. The scoring core it uses stays in `modeling_mtgfe.retrieval` because the
 `rs-retrieval` pipeline (remote code) needs it too.
 
-Names are loaded lazily so that `import mtgfe.search.cli` does not import torch before the entry point
-has set its thread policy (see `cli`).
+Names are loaded lazily, so `import mtgfe.search` alone stays cheap (no torch); the console scripts set
+their thread policy in `mtgfe.utils.entrypoints` before importing `cli`.
 """
 
 from __future__ import annotations

@@ -5,11 +5,8 @@
 
 Both return an exit code from `main(argv)` so tests call them in-process.
 
-Thread waiting: on small CPU boxes torch's OpenMP threads spin after each op and starve the next matmul
-(measured: a 5 ms text encode took 272 ms right after an image forward). `OMP_WAIT_POLICY=PASSIVE` fixes
-it, but only when set before torch is first imported, and a library must not change its user's process
-environment on import. So the entry points set it (unless the user did) as their first act, and this module
-imports torch and the index code only inside them.
+Thread waiting: the console scripts go through `mtgfe.utils.entrypoints`, which sets
+`OMP_WAIT_POLICY=PASSIVE` (unless the user did) before this module, and with it torch, is imported.
 """
 
 from __future__ import annotations
@@ -17,29 +14,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModel, AutoProcessor
+
+import modeling_mtgfe  # noqa: F401 - importing the package registers the Auto classes
+from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES
+from modeling_mtgfe.pipeline_mtgfe import resolve_search_defaults
 from mtgfe.utils.io import atomic_write_json, read_json
+
+from .gallery_index import BUILD_STATE_NAME, MANIFEST_NAME, GalleryIndex, IndexMismatchError
+from .report_html import is_match, write_contact_sheet, write_html
 
 logger = logging.getLogger(__name__)
 
 TOKEN_DTYPES = ("bfloat16", "float16", "float32")
 
 
-def prefer_passive_omp() -> None:
-    """`OMP_WAIT_POLICY=PASSIVE` unless set; effective only when torch is not imported yet (see module docstring)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
 def load_model_and_processor(model_dir: str, processor_dir: str | None = None):
     """`AutoModel` + `AutoProcessor` from a saved folder (the package registers the MTGFE classes)."""
-    from transformers import AutoModel, AutoProcessor
-
-    import modeling_mtgfe  # noqa: F401 - importing the package registers the Auto classes
-
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"No model at {model_dir!r} (config.json missing).")
@@ -82,11 +78,6 @@ def _setup_logging(verbose: bool) -> None:
 
 # ----------------------------------------------------------------------------------------------- mtgfe-index
 def index_main(argv: list[str] | None = None) -> int:
-    prefer_passive_omp()
-    import torch
-
-    from .gallery_index import BUILD_STATE_NAME, MANIFEST_NAME, GalleryIndex, IndexMismatchError
-
     parser = argparse.ArgumentParser(prog="mtgfe-index", description="Encode an image folder into a search index.")
     parser.add_argument("--model", required=True, help="saved MTGFE model folder (with processor files)")
     parser.add_argument("--processor", default=None, help="processor folder, if not beside the model")
@@ -149,8 +140,6 @@ def index_main(argv: list[str] | None = None) -> int:
 
 # ----------------------------------------------------------------------------------------------- mtgfe-search
 def _table(results: list[dict]) -> str:
-    from .report_html import is_match
-
     lines = []
     for result in results:
         query = result["query"]
@@ -165,13 +154,6 @@ def _table(results: list[dict]) -> str:
 
 
 def search_main(argv: list[str] | None = None) -> int:
-    prefer_passive_omp()
-    from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES
-    from modeling_mtgfe.pipeline_mtgfe import resolve_search_defaults
-
-    from .gallery_index import GalleryIndex, IndexMismatchError
-    from .report_html import write_contact_sheet, write_html
-
     parser = argparse.ArgumentParser(prog="mtgfe-search", description="Search an index with text (or image) queries.")
     parser.add_argument("--index", required=True, help="index folder written by mtgfe-index")
     parser.add_argument("--model", required=True, help="the model folder that built the index")

@@ -48,6 +48,7 @@ from modeling_mtgfe.retrieval import (
     progress_bar,
 )
 from modeling_mtgfe.pipeline_mtgfe import resolve_search_defaults, search_images, search_texts
+from mtgfe.processing.image_decoding import ImageDecodeError, load_image
 from mtgfe.utils.io import atomic_write_text, read_json
 
 from .index_storage import (  # noqa: F401  (re-exported: the index's public names)
@@ -85,8 +86,6 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
 
 def _decode_checked(paths: Sequence[Path], skip_unreadable: bool, skipped: list[str]) -> tuple[list, list[Path]]:
     """Decode each file once with `load_image`, so a bad file is named (and optionally skipped) alone."""
-    from mtgfe.processing.image_decoding import ImageDecodeError, load_image
-
     images, kept = [], []
     for path in paths:
         try:

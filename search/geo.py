@@ -202,10 +202,65 @@ def tile_geometry(crs: str | None, transform: Sequence[float], window: Sequence[
 # ----------------------------------------------------------------------------------------------- GeoJSON
 
 
-def _tile_of(hit: Mapping) -> Mapping:
+def tile_of(hit: Mapping) -> Mapping:
     """Tile metadata of a hit: under `hit["tile"]`, or merged into the hit itself (`{**tile, **hit}`)."""
     tile = hit.get("tile")
     return tile if isinstance(tile, Mapping) else hit
+
+
+def suppress_overlapping(hits: Sequence[Mapping], iou_threshold: float = 0.5, mode: str = "suppress") -> list[dict]:
+    """Collapse hits on overlapping tiles of the same scene (greedy NMS on pixel boxes, by score).
+
+    Why: with `stride < tile_size` one field or airport shows up in 2–4 overlapping tiles, which then
+    fill the top of the ranking with the same place. Hits are visited by descending score; a hit whose
+    pixel box has IoU > `iou_threshold` with an already kept hit *of the same scene* is
+
+    * `mode="suppress"`: dropped (the kept hit lists its rank under `nms.suppressed_ranks`);
+    * `mode="merge"`: folded into the kept hit, whose window becomes the union box of the group and whose
+      score stays the group maximum (footprints are recomputed from the recorded transform / CRS;
+      IoU is always tested against the kept hit's *original* box, so a chain of tiles does not grow
+      without bound). The ranks folded in are under `nms.merged_ranks`.
+
+    Boxes are compared in pixels, so hits from different scenes never interact. The input is not
+    modified; the result is sorted by score with `rank` renumbered from 1 (`nms.rank_before` keeps the
+    old rank).
+    """
+    if mode not in ("suppress", "merge"):
+        raise ValueError(f"`mode` must be 'suppress' or 'merge', got {mode!r}.")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"`iou_threshold` must be in [0, 1], got {iou_threshold!r}.")
+    order = sorted(range(len(hits)), key=lambda i: (-float(hits[i]["score"]), i))
+    kept: list[dict] = []  # {"hit", "box", "union", "scene", "members"}
+    for i in order:
+        hit = hits[i]
+        tile = tile_of(hit)
+        box = window_to_box(tile["window"])
+        scene = os.fspath(tile["scene"])
+        target = next((k for k in kept if k["scene"] == scene and box_iou(k["box"], box) > iou_threshold), None)
+        if target is None:
+            kept.append({"hit": hit, "box": box, "union": list(box), "scene": scene, "members": []})
+            continue
+        target["members"].append(hit.get("rank", i + 1))
+        if mode == "merge":
+            u = target["union"]
+            target["union"] = [min(u[0], box[0]), min(u[1], box[1]), max(u[2], box[2]), max(u[3], box[3])]
+    out = []
+    key = "suppressed_ranks" if mode == "suppress" else "merged_ranks"
+    for new_rank, k in enumerate(kept, start=1):
+        hit = dict(k["hit"])
+        if mode == "merge" and k["members"]:
+            tile = dict(tile_of(hit))
+            window = [int(v) for v in box_to_window(k["union"])]
+            transform = tile.get("transform") or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+            tile.update(window=window, **tile_geometry(tile.get("crs"), transform, window, repr(os.fspath(tile["scene"]))))
+            if isinstance(hit.get("tile"), Mapping):
+                hit["tile"] = tile
+            else:
+                hit.update(tile)
+        hit["nms"] = {"mode": mode, "rank_before": hit.get("rank"), key: k["members"]}
+        hit["rank"] = new_rank
+        out.append(hit)
+    return out
 
 
 def hits_to_geojson(hits: Sequence[Mapping], query: str | None = None) -> dict:
@@ -221,7 +276,7 @@ def hits_to_geojson(hits: Sequence[Mapping], query: str | None = None) -> dict:
     """
     features = []
     for hit in hits:
-        tile = _tile_of(hit)
+        tile = tile_of(hit)
         window = [int(v) for v in tile["window"]]
         crs = tile.get("crs")
         georef = bool(tile.get("georeferenced", crs is not None)) and tile.get("footprint_wgs84") is not None
@@ -268,7 +323,9 @@ __all__ = [
     "footprint_polygon",
     "footprint_wgs84",
     "hits_to_geojson",
+    "suppress_overlapping",
     "tile_geometry",
+    "tile_of",
     "window_to_box",
     "write_geojson",
 ]

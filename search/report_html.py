@@ -19,6 +19,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from mtgfe.processing.image_decoding import load_image  # RS-robust: 16-bit TIFF, multi-band, palette
 from mtgfe.utils.io import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,6 @@ def is_match(query: Any, hit: dict) -> bool | None:
 def _default_loader(source: Any) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
-    from mtgfe.processing.image_decoding import load_image  # RS-robust: 16-bit TIFF, multi-band, palette
-
     return load_image(source)
 
 

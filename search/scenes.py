@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from mtgfe.processing.image_decoding import DEFAULT_BANDS, STRETCH_PERCENTILES, ImageDecodeError, _validate_bands
+from mtgfe.processing.image_decoding import DEFAULT_BANDS, STRETCH_PERCENTILES, ImageDecodeError, validate_bands
 from mtgfe.utils.io import atomic_path
 
 from .geo import (
@@ -56,7 +56,9 @@ from .geo import (
     box_iou,
     box_to_window,
     rasterio_errors,
+    suppress_overlapping,
     tile_geometry,
+    tile_of,
     transform_points_to_wgs84,
     window_to_box,
 )
@@ -288,7 +290,7 @@ def select_bands(src, bands: Sequence[int] | None, where: str) -> tuple[tuple[in
     if len(colour) == 3:
         return tuple(colour), alpha
     try:
-        chosen = _validate_bands(DEFAULT_BANDS if bands is None else bands, len(colour), where)
+        chosen = validate_bands(DEFAULT_BANDS if bands is None else bands, len(colour), where)
     except ImageDecodeError as err:
         raise SceneError(str(err)) from err
     return tuple(colour[b] for b in chosen), alpha
@@ -533,67 +535,7 @@ def iter_tiles(
                                               "error_type": type(err).__name__, "tiles_yielded": yielded})
 
 
-# -------------------------------------------------------------------------------------------- hits
-
-
-def _tile_of(hit: Mapping) -> Mapping:
-    tile = hit.get("tile")
-    return tile if isinstance(tile, Mapping) else hit
-
-
-def suppress_overlapping(hits: Sequence[Mapping], iou_threshold: float = 0.5, mode: str = "suppress") -> list[dict]:
-    """Collapse hits on overlapping tiles of the same scene (greedy NMS on pixel boxes, by score).
-
-    Why: with `stride < tile_size` one field or airport shows up in 2–4 overlapping tiles, which then
-    fill the top of the ranking with the same place. Hits are visited by descending score; a hit whose
-    pixel box has IoU > `iou_threshold` with an already kept hit *of the same scene* is
-
-    * `mode="suppress"`: dropped (the kept hit lists its rank under `nms.suppressed_ranks`);
-    * `mode="merge"`: folded into the kept hit, whose window becomes the union box of the group and whose
-      score stays the group maximum (footprints are recomputed from the recorded transform / CRS;
-      IoU is always tested against the kept hit's *original* box, so a chain of tiles does not grow
-      without bound). The ranks folded in are under `nms.merged_ranks`.
-
-    Boxes are compared in pixels, so hits from different scenes never interact. The input is not
-    modified; the result is sorted by score with `rank` renumbered from 1 (`nms.rank_before` keeps the
-    old rank).
-    """
-    if mode not in ("suppress", "merge"):
-        raise ValueError(f"`mode` must be 'suppress' or 'merge', got {mode!r}.")
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"`iou_threshold` must be in [0, 1], got {iou_threshold!r}.")
-    order = sorted(range(len(hits)), key=lambda i: (-float(hits[i]["score"]), i))
-    kept: list[dict] = []  # {"hit", "box", "union", "scene", "members"}
-    for i in order:
-        hit = hits[i]
-        tile = _tile_of(hit)
-        box = window_to_box(tile["window"])
-        scene = os.fspath(tile["scene"])
-        target = next((k for k in kept if k["scene"] == scene and box_iou(k["box"], box) > iou_threshold), None)
-        if target is None:
-            kept.append({"hit": hit, "box": box, "union": list(box), "scene": scene, "members": []})
-            continue
-        target["members"].append(hit.get("rank", i + 1))
-        if mode == "merge":
-            u = target["union"]
-            target["union"] = [min(u[0], box[0]), min(u[1], box[1]), max(u[2], box[2]), max(u[3], box[3])]
-    out = []
-    key = "suppressed_ranks" if mode == "suppress" else "merged_ranks"
-    for new_rank, k in enumerate(kept, start=1):
-        hit = dict(k["hit"])
-        if mode == "merge" and k["members"]:
-            tile = dict(_tile_of(hit))
-            window = [int(v) for v in box_to_window(k["union"])]
-            transform = tile.get("transform") or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-            tile.update(window=window, **tile_geometry(tile.get("crs"), transform, window, _where(tile["scene"])))
-            if isinstance(hit.get("tile"), Mapping):
-                hit["tile"] = tile
-            else:
-                hit.update(tile)
-        hit["nms"] = {"mode": mode, "rank_before": hit.get("rank"), key: k["members"]}
-        hit["rank"] = new_rank
-        out.append(hit)
-    return out
+# -------------------------------------------------------------------------------------------- quicklook
 
 
 def _same_scene(a: str | os.PathLike, b: str | os.PathLike) -> bool:
@@ -635,9 +577,9 @@ def render_scene_quicklook(
     image = _to_rgb_image(pixels)
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
-    mine = [h for h in hits if _same_scene(_tile_of(h)["scene"], scene_path)]
+    mine = [h for h in hits if _same_scene(tile_of(h)["scene"], scene_path)]
     for hit in sorted(mine, key=lambda h: h.get("rank", 0), reverse=True):  # rank 1 drawn last, on top
-        c0, r0, c1, r1 = window_to_box(_tile_of(hit)["window"])
+        c0, r0, c1, r1 = window_to_box(tile_of(hit)["window"])
         box = [c0 * sx, r0 * sy, max(c0 * sx + 1, c1 * sx - 1), max(r0 * sy + 1, r1 * sy - 1)]
         colour = (255, 64, 64) if hit.get("rank") == 1 else (255, 215, 0)
         draw.rectangle(box, outline=colour, width=line_width)

@@ -6,7 +6,6 @@ on CPU, offline, in a few seconds.
 
 import importlib.util
 import json
-import sys
 import types
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mtgfe.processing import image_decoding
 from mtgfe.processing import (
     STRETCH_PERCENTILES,
     ImageDecodeError,
@@ -234,7 +234,8 @@ def test_multiband_tiff_via_tifffile(tmp_path, monkeypatch):
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setitem(sys.modules, "tifffile", types.SimpleNamespace(TiffFile=_TiffFile))
+    # image_decoding binds the optional tifffile once, at import (in a try block): stub that binding
+    monkeypatch.setattr(image_decoding, "tifffile", types.SimpleNamespace(TiffFile=_TiffFile))
     path = tmp_path / "six_band.tif"
     path.write_bytes(b"garbage that PIL cannot identify")
     image = np.asarray(load_image(path, bands=(5, 0, 1)))
@@ -244,7 +245,7 @@ def test_multiband_tiff_via_tifffile(tmp_path, monkeypatch):
         load_image(path, bands=(6, 0, 1))
     assert str(path) in str(info.value) and "6 band(s)" in str(info.value)
 
-    monkeypatch.setitem(sys.modules, "tifffile", None)  # not installed → clear hint
+    monkeypatch.setattr(image_decoding, "tifffile", None)  # not installed → clear hint
     with pytest.raises(ImageDecodeError, match="pip install tifffile") as info:
         load_image(path)
     assert str(path) in str(info.value)

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import json
+import textwrap
+from pathlib import Path
 
 import pytest
 from PIL import Image
 from retrieval_helpers import tiny_model, tiny_processor, write_images
 
 from mtgfe.search.cli import index_main, search_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Child-process prelude: `seen` records OMP_WAIT_POLICY at the moment torch is first imported.
+SPY = textwrap.dedent("""
+    import os, sys
+    seen = []
+    class Spy:
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch":
+                seen.append(os.environ.get("OMP_WAIT_POLICY"))
+    sys.meta_path.insert(0, Spy())
+    """)
 
 QUERY = "Two white planes parked near the terminal."
 
@@ -158,14 +173,45 @@ def test_importing_the_library_leaves_the_environment_alone():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    code = ("import os, modeling_mtgfe, mtgfe.search, mtgfe.search.cli, mtgfe.processing\n"
+    code = ("import os, modeling_mtgfe, mtgfe.search, mtgfe.search.cli, mtgfe.processing, mtgfe.training.demo\n"
             "assert 'OMP_WAIT_POLICY' not in os.environ, os.environ['OMP_WAIT_POLICY']\n"
             "import sys; assert 'torch' in sys.modules\n"
             "print('CLEAN')")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "CLEAN" in result.stdout, result.stderr[-2000:]
-    code = ("import os, sys, mtgfe.search.cli as cli\n"
-            "assert 'torch' not in sys.modules, 'the CLI module must not import torch before its entry point runs'\n"
-            "cli.prefer_passive_omp(); print(os.environ['OMP_WAIT_POLICY'])")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout.strip() == "PASSIVE", result.stderr[-2000:]
+    # every console script goes through the torch-free launcher, which sets the policy before torch is imported;
+    # `python -m mtgfe.training.demo` sets it under its `__main__` guard. A meta-path spy records the value at
+    # the moment torch is first imported.
+    code = SPY + textwrap.dedent(f"""
+        import tomllib
+        from mtgfe.utils import entrypoints
+        assert "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ
+        with open({str(ROOT / "pyproject.toml")!r}, "rb") as f:
+            scripts = tomllib.load(f)["project"]["scripts"]
+        assert set(scripts) == set(entrypoints.TARGETS), scripts
+        for name, target in sorted(scripts.items()):
+            module, _, function = target.partition(":")
+            assert module == "mtgfe.utils.entrypoints", (name, target)
+            os.environ.pop("OMP_WAIT_POLICY", None)
+            try:
+                getattr(entrypoints, function)(["--help"])
+            except SystemExit as exit_:
+                assert exit_.code in (0, None), (name, exit_.code)
+            assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE", name
+            print(name, "PASSIVE")
+        assert seen[:1] == ["PASSIVE"], seen  # the first lookup of torch (later ones: availability checks)
+        """)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and result.stdout.count("PASSIVE") == 6, result.stdout + result.stderr[-2000:]
+    code = SPY + textwrap.dedent("""
+        import runpy
+        sys.argv = ["demo", "--help"]
+        try:
+            runpy.run_module("mtgfe.training.demo", run_name="__main__", alter_sys=True)
+        except SystemExit as exit_:
+            assert exit_.code in (0, None), exit_.code
+        assert seen[:1] == ["PASSIVE"], seen
+        print("DEMO PASSIVE")
+        """)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "DEMO PASSIVE" in result.stdout, result.stdout + result.stderr[-2000:]

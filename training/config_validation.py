@@ -21,7 +21,7 @@ from modeling_mtgfe.configuration_mtgfe import MVJRC_VARIANTS, PRESETS, RETRIEVA
 
 from mtgfe.utils.validation import check_finite
 
-from . import views
+from . import benchmarks, views
 from .metrics import RECALL_KEYS
 
 
@@ -29,8 +29,8 @@ if TYPE_CHECKING:  # annotations only: config.py imports this module, never the 
     from .config import TrainConfig
 
 
-DATASETS = ("ucm", "sydney", "rsicd", "rsitmd", "synthetic", "jsonl")
-BENCHMARK_DATASETS = ("ucm", "sydney", "rsicd", "rsitmd")
+BENCHMARK_DATASETS = tuple(benchmarks.BENCHMARKS)  # the one benchmark registry: ucm, sydney, rsicd, rsitmd
+DATASETS = (*BENCHMARK_DATASETS, "synthetic", "jsonl")
 MIXED_PRECISIONS = ("no", "bf16", "fp16")
 SELECTION_METRICS = ("mR", *(key for key in RECALL_KEYS if key != "mR"))  # the report's keys, mR first
 LOSS_NAMES = ("itc", "itm", "mlm", "mvjrc")

@@ -16,6 +16,11 @@ Synthetic-data numbers only show that the pipeline learns; they are never benchm
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # `python -m mtgfe.training.demo`: the thread policy must be set before torch loads
+    from mtgfe.utils.entrypoints import prefer_passive_omp
+
+    prefer_passive_omp()
+
 import argparse
 import io
 import logging

@@ -53,7 +53,10 @@ TIE_RULES: tuple[str, ...] = ("expected", "pessimistic", "optimistic", "argsort"
 # beside the code that computes them, so evaluation, CV summaries and cards read one definition.
 HEADLINE_RULE = "expected"
 RECALL_KEYS: tuple[str, ...] = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "mR")
-DEFAULT_CHUNK_ELEMENTS = 1 << 22  # scores per chunk: 4M float32 = 16 MB, plus a few bool masks
+# Scores per chunk of the tie-aware ranking: 4M float32 = 16 MB, plus a few same-shaped bool masks. Not the
+# same knob as `modeling_mtgfe.retrieval.DEFAULT_CHUNK_ELEMENTS` (torch matmul chunks, tuned for speed): this
+# module stays numpy-only (no torch import) and that one is remote code, so neither can import the other.
+DEFAULT_CHUNK_ELEMENTS = 1 << 22
 
 __all__ = [
     "HEADLINE_RULE",
