@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mtgfe.utils.io import atomic_write_json, read_json
+from mtgfe.utils.io import FileFormatError, atomic_write_json, read_json
 from mtgfe.utils.validation import check_finite
 
 logger = logging.getLogger(__name__)
@@ -65,8 +65,11 @@ def _read_captions(path: str | None) -> dict[str, list[str]]:
         for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            if "filename" not in row:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise FileFormatError(f"captions file {path}:{number} is not valid JSON ({error.msg}).") from error
+            if not isinstance(row, dict) or "filename" not in row:
                 raise ValueError(f"{path}:{number}: a row needs 'filename' (and 'captions' or 'caption').")
             caps = row.get("captions") or ([row["caption"]] if "caption" in row else [])
             table.setdefault(row["filename"], []).extend(caps)

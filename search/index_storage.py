@@ -113,8 +113,10 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     `metadata` (strings) lands in the header, e.g. the rows a shard holds, so its header hash differs
     from any other shard's even when shapes agree (a swapped shard is then caught by the cheap check).
     """
+    # One metadata key only: safetensors writes metadata in hash-map order, so two keys would make the
+    # bytes of the same shard differ between processes (and a resumed build no longer bit-identical).
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt", **(metadata or {})})
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata or {"format": "pt"})
 
 
 # ----------------------------------------------------------------------------------------------- integrity

@@ -141,6 +141,9 @@ class _Interrupting:
             raise KeyboardInterrupt
         return self.processor.image_processor(images=images, **kwargs)
 
+    def __getattr__(self, name):  # resize target, bands: decode exactly as the real processor does
+        return getattr(self.processor.image_processor, name)
+
 
 def test_a_resumed_build_retries_files_skipped_before_the_interruption(parts, tmp_path):
     model, processor, _, _, _ = parts
