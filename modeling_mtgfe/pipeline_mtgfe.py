@@ -25,6 +25,7 @@ single-dot siblings; the gallery index module is not shipped and is only duck-ty
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -68,11 +69,35 @@ def resolve_search_defaults(model, k: int | None, score: str | None, alpha: floa
         score = getattr(config, "retrieval_score", None) or MTGFEConfig.retrieval_score
     if alpha is None:
         alpha = getattr(config, "retrieval_alpha", None)
+    if alpha is not None:
+        _check_alpha(alpha)  # before float(): "nan" strings, bools and NaN never reach the scores
     return k, score, 1.0 if alpha is None else float(alpha)
 
 
-def check_search_args(k: int | None, top_k: int, score: str) -> None:
-    """Validate search arguments before any model work (shared by the pipeline and the search functions)."""
+def _check_alpha(alpha) -> None:
+    """`alpha` must be a finite real >= 0 (NaN passes every comparison, so it is named explicitly).
+
+    Inline twin of `mtgfe.utils.validation.check_finite(name, value, low=0)`: remote code cannot import it.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}.")
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def check_search_args(k: int | None, top_k: int, score: str, alpha: float | None = None,
+                      batch_size: int | None = None) -> None:
+    """Validate search arguments before any model work (shared by the pipeline and the search functions).
+
+    `alpha` (when given) must be finite and >= 0; `batch_size` (when given) a positive integer.
+    """
+    if alpha is not None:
+        _check_alpha(alpha)
+    if batch_size is not None:
+        _check_positive_int("batch_size", batch_size)
     if score not in SEARCH_SCORES:
         raise ValueError(f"score must be one of {SEARCH_SCORES}, got {score!r}.")
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
@@ -122,7 +147,7 @@ def search_texts(
     k)` replaces the exact torch coarse stage (e.g. FAISS). Identical queries are encoded and scored once.
     """
     k, score, alpha = resolve_search_defaults(model, k, score, alpha)
-    check_search_args(k, top_k, score)
+    check_search_args(k, top_k, score, alpha, batch_size)
     if len(image_feats) == 0:
         raise ValueError("The gallery is empty: nothing to search.")
     text_feats = encode_texts(model, processor, queries, keep_states=score != "filter")
@@ -156,7 +181,7 @@ def search_images(
     `k`, `score` and `alpha` left `None` come from the model config, as in `search_texts`.
     """
     k, score, alpha = resolve_search_defaults(model, k, score, alpha)
-    check_search_args(k, top_k, score)
+    check_search_args(k, top_k, score, alpha, batch_size)
     if len(text_feats) == 0:
         raise ValueError("There are no candidate texts to search.")
     image_feats = encode_images(model, processor, query_images, keep_tokens=score != "filter", progress=False)
@@ -195,10 +220,73 @@ def _list_images(folder: str) -> list[str]:
     return sorted(found, key=lambda p: os.path.relpath(p, folder).replace(os.sep, "/"))
 
 
-def _is_image_path(value: Any) -> bool:
-    if isinstance(value, os.PathLike):
+QUERY_TYPES = ("text", "image")
+
+# Pixel budget of the header pre-check, the same rule as `image_decoding.MAX_IMAGE_PIXELS` (64 Mi pixels,
+# overridable with $MTGFE_MAX_IMAGE_PIXELS); repeated here because remote code cannot import `mtgfe`.
+_MAX_IMAGE_PIXELS = 8192 * 8192
+_MAX_BAD_FILES_LISTED = 10
+
+
+def _is_image_path(value: Any, query_type: str | None = None) -> bool:
+    """Whether a query is an image path. A `str` is one only when it names an existing file with an image
+    ending and `query_type` is not "text" (a caption such as "a photo.png" stays text); `query_type="image"`
+    forces it; an `os.PathLike` is a path."""
+    if query_type == "text":
+        return False
+    if isinstance(value, os.PathLike) or query_type == "image":
         return True
-    return isinstance(value, str) and (value.lower().endswith(IMAGE_EXTENSIONS) or os.path.isfile(value))
+    return isinstance(value, str) and value.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(value)
+
+
+def _pixel_budget() -> int:
+    env = os.environ.get("MTGFE_MAX_IMAGE_PIXELS", "").replace("_", "")
+    return int(env) if env.isdigit() and int(env) > 0 else _MAX_IMAGE_PIXELS
+
+
+def _header_problem(path: str, budget: int) -> str | None:
+    """Why `path` cannot be decoded, from its header alone (nothing decoded), or None when it looks fine."""
+    if not os.path.isfile(path):
+        return "not found"
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        return f"over the pixel budget of {budget:,} pixels"
+    except (OSError, ValueError, SyntaxError) as error:
+        if path.lower().endswith((".tif", ".tiff")):  # multi-band / 16-bit TIFFs PIL refuses: tifffile reads them
+            try:
+                import tifffile
+
+                with tifffile.TiffFile(path) as tif:
+                    shape = tif.pages[0].shape
+                width, height = int(shape[1]), int(shape[0])
+            except Exception as tiff_error:  # noqa: BLE001 - any failure means "not decodable"
+                return f"not a readable image ({tiff_error})"
+        else:
+            return f"not a readable image ({error})"
+    if width * height > budget:
+        return f"{width}x{height} pixels, over the pixel budget of {budget:,} pixels"
+    return None
+
+
+def check_gallery_files(paths: Sequence[Any]) -> None:
+    """Header-check every gallery path before any encoding; one `ValueError` names all bad files (first 10).
+
+    Existence, a readable image header and the pixel budget: the cheap part of decoding, so a bad file at
+    position 40 fails before 5 batches were encoded for nothing.
+    """
+    budget = _pixel_budget()
+    bad = []
+    for i, source in enumerate(paths):
+        if isinstance(source, (str, os.PathLike)):
+            problem = _header_problem(os.fspath(source), budget)
+            if problem:
+                bad.append(f"{i}: {os.fspath(source)!r} ({problem})")
+    if bad:
+        listed = "; ".join(bad[:_MAX_BAD_FILES_LISTED])
+        more = f" and {len(bad) - _MAX_BAD_FILES_LISTED} more" if len(bad) > _MAX_BAD_FILES_LISTED else ""
+        raise ValueError(f"{len(bad)} gallery image(s) cannot be used: {listed}{more}. Nothing was encoded.")
 
 
 def _file_key(path: str) -> tuple:
@@ -220,6 +308,12 @@ class MTGFERetrievalPipeline(Pipeline):
         score (`str`, `model.config.retrieval_score`): "itm+itc", "itm" or "filter" (no fusion).
         alpha (`float`, `model.config.retrieval_alpha`, else 1.0): weight of the filter cosine in "itm+itc".
         fusion_batch_size (`int`, 256): pairs per fusion forward. image_batch_size (`int`, 32): gallery encoding.
+        query_type (`str`, None): "text" or "image" makes the query kind explicit; by default a string is an
+            image only when it is an existing file with an image ending ("a photo.png" stays text).
+
+    Errors come before any work: bad arguments (NaN / negative alpha, k < 1, ...), a persisted index built
+    by another model (`IndexMismatchError`), and gallery files that are missing, unreadable or over the
+    pixel budget (one error naming every bad file, from the headers alone).
 
     A list of queries is one batched call and returns one result list per query.
     """
@@ -279,13 +373,22 @@ class MTGFERetrievalPipeline(Pipeline):
         alpha=None,
         fusion_batch_size=None,
         image_batch_size=None,
+        query_type=None,
         **unused,
     ):
         if unused:
             raise TypeError(f"Unknown rs-retrieval argument(s): {sorted(unused)}.")
+        if query_type is not None and query_type not in QUERY_TYPES:
+            raise ValueError(f"query_type must be 'text', 'image' or None (guess), got {query_type!r}.")
+        for name, value in (("fusion_batch_size", fusion_batch_size), ("image_batch_size", image_batch_size)):
+            if value is not None:
+                _check_positive_int(name, value)
+        if alpha is not None:
+            _check_alpha(alpha)
         pre, fwd, post = {}, {}, {}
         for name, value, target in (
             ("gallery", gallery, pre), ("candidates", candidates, pre), ("image_batch_size", image_batch_size, pre),
+            ("query_type", query_type, pre),
             ("top_k", top_k, fwd), ("k", k, fwd), ("score", score, fwd), ("alpha", alpha, fwd),
             ("fusion_batch_size", fusion_batch_size, fwd),
         ):
@@ -305,7 +408,7 @@ class MTGFERetrievalPipeline(Pipeline):
         fwd["k"], fwd["score"], fwd["alpha"] = resolve_search_defaults(
             self.model, fwd.get("k"), fwd.get("score"), fwd.get("alpha")
         )
-        check_search_args(fwd["k"], fwd.get("top_k", 5), fwd["score"])
+        check_search_args(fwd["k"], fwd.get("top_k", 5), fwd["score"], fwd["alpha"])
         model_inputs = self.preprocess(queries, **pre)
         with torch.no_grad():
             outputs = self._forward(model_inputs, **fwd)
@@ -313,8 +416,13 @@ class MTGFERetrievalPipeline(Pipeline):
         return results[0] if single else results
 
     # ------------------------------------------------------------------ stages
-    def _classify(self, queries: list) -> tuple[str, list]:
-        """Decide text vs image queries; reject empty or mixed batches before any model work."""
+    def _classify(self, queries: list, query_type: str | None = None) -> tuple[str, list]:
+        """Decide text vs image queries; reject empty or mixed batches before any model work.
+
+        `query_type="text"` keeps every string a text (even "harbor.png" or an existing file name);
+        `"image"` makes every string a path; None: a string is an image only when it is an existing file
+        with an image ending.
+        """
         if not queries:
             raise ValueError("No query given: pass a string, an image (path or PIL) or a non-empty list of them.")
         kinds, values = [], []
@@ -326,7 +434,9 @@ class MTGFERetrievalPipeline(Pipeline):
                 if forced is None:
                     raise ValueError(f"{where} is a dict without a 'text' or 'image' key: {sorted(query)}.")
                 query = query[forced]
-            if forced == "image" or (forced is None and (isinstance(query, Image.Image) or _is_image_path(query))):
+            if forced == "image" or (
+                forced is None and (isinstance(query, Image.Image) or _is_image_path(query, query_type))
+            ):
                 kinds.append("image")
             elif isinstance(query, str):
                 if not query.strip():
@@ -341,10 +451,15 @@ class MTGFERetrievalPipeline(Pipeline):
             raise ValueError("A batch mixes text and image queries: call the pipeline once per kind.")
         return kinds[0], values
 
-    def preprocess(self, queries: list, gallery=None, candidates=None, image_batch_size: int = 32):
-        mode, values = self._classify(queries)
+    def preprocess(self, queries: list, gallery=None, candidates=None, image_batch_size: int = 32,
+                   query_type: str | None = None):
+        mode, values = self._classify(queries, query_type)
         if mode == "text":
             if candidates is not None and gallery is None:
+                named = [v for v in values if query_type is None and v.lower().endswith(IMAGE_EXTENSIONS)]
+                if named:  # an image query whose file is missing: say so rather than "text needs a gallery"
+                    raise ValueError(f"Image query file not found: {named[0]!r} (a string is an image query only when "
+                                     "the file exists; pass query_type='image' to force it).")
                 raise ValueError("Text queries search images: pass gallery=(folder, list of images or index), not candidates=.")
             if gallery is None:
                 raise ValueError("Text queries need gallery=: a folder of images, a list of images/paths, or an index.")
@@ -355,6 +470,7 @@ class MTGFERetrievalPipeline(Pipeline):
         images = [self.image_processor.fetch_images(v) if hasattr(self.image_processor, "fetch_images") else v
                   for v in values]
         if candidates is None and gallery is not None and hasattr(gallery, "text_features"):
+            self._check_index_model(gallery)
             return {"mode": "image", "queries": images, "texts": gallery.text_features,
                     "labels": [item.get("text") for item in gallery.items]}
         if candidates is None:
@@ -368,6 +484,7 @@ class MTGFERetrievalPipeline(Pipeline):
         if hasattr(gallery, "image_embeds"):
             if gallery.image_embeds is None or len(gallery.items) == 0:
                 raise ValueError("The gallery index is empty: nothing to search.")
+            self._check_index_model(gallery)
             return gallery
         if isinstance(gallery, (str, os.PathLike)):
             folder = os.fspath(gallery)
@@ -385,14 +502,12 @@ class MTGFERetrievalPipeline(Pipeline):
                 f"gallery must be a folder, a list of images/paths or an index; got {type(gallery).__name__}."
             )
         for i, source in enumerate(sources):
-            if isinstance(source, (str, os.PathLike)):
-                if not os.path.isfile(source):
-                    raise ValueError(f"Gallery image {i} not found: {os.fspath(source)!r}.")
-            elif not isinstance(source, Image.Image):
+            if not isinstance(source, (str, os.PathLike, Image.Image)):
                 raise ValueError(f"Gallery item {i} is a {type(source).__name__}; expected an image path or a PIL image.")
         key = tuple(_file_key(os.fspath(s)) if isinstance(s, (str, os.PathLike)) else ("pil", id(s)) for s in sources)
         if self._gallery_cache is not None and self._gallery_cache[0] == key:
             return self._gallery_cache[1]
+        check_gallery_files(sources)  # every file's header before any encoding (one error naming all bad ones)
         feats = encode_images(self.model, self.processor, sources, batch_size=image_batch_size,
                               progress=len(sources) > 4 * image_batch_size)
         items = [{"image": os.fspath(s) if isinstance(s, (str, os.PathLike)) else
@@ -400,6 +515,16 @@ class MTGFERetrievalPipeline(Pipeline):
         encoded = EncodedGallery(feats.embeds, feats.tokens, items, sources)
         self._gallery_cache = (key, encoded)
         return encoded
+
+    def _check_index_model(self, gallery) -> None:
+        """A persisted index (duck-typed: `check_model(model)`, e.g. `GalleryIndex`) must belong to this model.
+
+        Same check and error (`IndexMismatchError`) as `GalleryIndex.search(model=...)`: embeddings of
+        another model would rank confidently and wrongly.
+        """
+        check = getattr(gallery, "check_model", None)
+        if callable(check):
+            check(self.model)
 
     def _forward(self, model_inputs, top_k: int = 5, k: int | None = None, score: str | None = None, alpha=None,
                  fusion_batch_size: int = 256):

@@ -20,6 +20,7 @@ import importlib
 
 _LAZY = {
     "GalleryIndex": "gallery_index",
+    "IndexCorruptError": "index_storage",
     "IndexMismatchError": "index_storage",
     "TokenStore": "index_storage",
     "faiss_topk": "gallery_index",

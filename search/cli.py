@@ -24,7 +24,9 @@ from transformers import AutoModel, AutoProcessor
 import modeling_mtgfe  # noqa: F401 - importing the package registers the Auto classes
 from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES
 from modeling_mtgfe.pipeline_mtgfe import resolve_search_defaults
-from mtgfe.utils.io import atomic_write_json, read_json
+from modeling_mtgfe.retrieval import IMAGE_EXTENSIONS
+from mtgfe.utils.io import FileFormatError, atomic_write_json, read_json
+from mtgfe.utils.validation import check_finite
 
 from .gallery_index import BUILD_STATE_NAME, MANIFEST_NAME, GalleryIndex, IndexMismatchError
 from .report_html import is_match, write_contact_sheet, write_html
@@ -60,8 +62,11 @@ def _read_captions(path: str | None) -> dict[str, list[str]]:
         for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            if "filename" not in row:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise FileFormatError(f"captions file {path}:{number} is not valid JSON ({error.msg}).") from error
+            if not isinstance(row, dict) or "filename" not in row:
                 raise ValueError(f"{path}:{number}: a row needs 'filename' (and 'captions' or 'caption').")
             caps = row.get("captions") or ([row["caption"]] if "caption" in row else [])
             table.setdefault(row["filename"], []).extend(caps)
@@ -70,6 +75,46 @@ def _read_captions(path: str | None) -> dict[str, list[str]]:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object mapping file names to caption lists.")
     return {k: [v] if isinstance(v, str) else list(v) for k, v in data.items()}
+
+
+def _arg_positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (the message names the bad value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _arg_alpha(text: str) -> float:
+    """argparse type: a finite float >= 0 (`nan`, `inf`, negatives are refused before any work)."""
+    try:
+        return check_finite("--alpha", float(text), low=0.0)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}") from error
+
+
+def check_output_path(path: str, flag: str) -> None:
+    """Before any work: `path` must not be a folder and its nearest existing parent must be a writable folder
+    (missing parent folders are created when writing)."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"{flag} {path!r} is a folder; give a file name.")
+    parent = target.parent if str(target.parent) else Path(".")
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path!r} cannot be created: {str(parent)!r} is not a folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path!r} cannot be created: {str(parent)!r} is not writable.")
+
+
+def _interrupted(message: str) -> int:
+    """Ctrl-C: one line instead of a traceback, exit status 130 (128 + SIGINT) like shells do."""
+    print(f"\ninterrupted: {message}", file=sys.stderr)
+    return 130
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -84,33 +129,47 @@ def index_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", required=True, help="folder of images (searched recursively)")
     parser.add_argument("--output", required=True, help="index folder; an existing index is updated with new files")
     parser.add_argument("--captions", default=None, help="optional JSON/JSONL ground-truth captions (for ✓ marks)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--shard-size", type=int, default=1024, help="images per shard (the resume granularity)")
+    parser.add_argument("--batch-size", type=_arg_positive_int, default=32)
+    parser.add_argument("--shard-size", type=_arg_positive_int, default=1024,
+                        help="images per shard (the resume granularity)")
     parser.add_argument("--no-tokens", action="store_true",
                         help="store embeddings only (~1 KiB/image instead of ~97 KiB with the small preset); "
                              "re-ranking then needs the original files")
     parser.add_argument("--tokens-dtype", choices=TOKEN_DTYPES, default="float32")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted build in --output")
-    parser.add_argument("--skip-unreadable", action="store_true", help="skip (and list) files that cannot be decoded")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="skip (and list) files that cannot be decoded; skipped files are retried on every later "
+                             "run (update or --resume), so a repaired file gets indexed")
+    parser.add_argument("--verify-index", choices=("header", "full", "none"), default="header",
+                        help="checks of an existing index against its manifest checksums before updating it")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    if args.batch_size < 1 or args.shard_size < 1:
-        parser.error("--batch-size and --shard-size must be >= 1")
+    try:
+        return _index(args)
+    except KeyboardInterrupt:
+        output = Path(args.output)
+        if (output / BUILD_STATE_NAME).is_file():
+            return _interrupted(f"the shards written so far are kept in {output}; run the same command with "
+                                "--resume to continue the build.")
+        return _interrupted(f"nothing new was written to {output}; run the same command again to index the files.")
+
+
+def _index(args) -> int:
     try:
         model, processor = load_model_and_processor(args.model, args.processor)
         captions = _read_captions(args.captions)
         output = Path(args.output)
         if (output / MANIFEST_NAME).is_file():
-            index = GalleryIndex.load(output, model=model, processor=processor)
-            before = len(index.manifest.get("skipped", []))
+            index = GalleryIndex.load(output, model=model, processor=processor, verify=args.verify_index)
+            before = list(index.manifest.get("skipped", []))
             added = index.add(args.images, batch_size=args.batch_size, skip_unreadable=args.skip_unreadable,
                               captions=captions, progress=not args.quiet)
-            if added:
+            if added or index.manifest.get("skipped", []) != before:
                 index.save(output, shard_size=args.shard_size)
             print(f"Updated {output}: {added} new image(s), {len(index)} in total.")
-            skipped = index.manifest.get("skipped", [])[before:]
+            skipped = index.manifest.get("skipped", [])  # every one was retried in this run
         else:
             if (output / BUILD_STATE_NAME).is_file() and not args.resume:
                 print(f"error: {output} holds an interrupted build; rerun with --resume to continue it "
@@ -158,28 +217,43 @@ def search_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", required=True, help="index folder written by mtgfe-index")
     parser.add_argument("--model", required=True, help="the model folder that built the index")
     parser.add_argument("--processor", default=None)
-    parser.add_argument("queries", nargs="+", help="text queries (image paths for a caption index)")
-    parser.add_argument("--k", type=int, default=None,
+    parser.add_argument("queries", nargs="+",
+                        help="queries: text by default; an existing image file is an image query (for a caption index)")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--text", dest="query_type", action="store_const", const="text",
+                      help="every query is text, even one that names an existing file or ends in .png")
+    kind.add_argument("--image", dest="query_type", action="store_const", const="image",
+                      help="every query is an image path (searches a caption index)")
+    parser.add_argument("--k", type=_arg_positive_int, default=None,
                         help="filter candidates re-ranked per query (default: the model config's retrieval_k)")
-    parser.add_argument("--top-k", type=int, default=5, help="results shown per query")
+    parser.add_argument("--top-k", type=_arg_positive_int, default=5, help="results shown per query")
     parser.add_argument("--score", choices=RETRIEVAL_SCORES, default=None,
                         help="ranking of the shortlist (default: the model config's retrieval_score)")
-    parser.add_argument("--alpha", type=float, default=None,
+    parser.add_argument("--alpha", type=_arg_alpha, default=None,
                         help="filter weight in itm+itc (default: the model config's retrieval_alpha, else 1.0)")
     parser.add_argument("--html", default=None, help="write a self-contained HTML page")
     parser.add_argument("--png", default=None, help="write a contact sheet")
     parser.add_argument("--json", default=None, help="write the raw results")
+    parser.add_argument("--verify-index", choices=("header", "full", "none"), default="header",
+                        help="check the index files against the manifest: sizes + headers + embeddings (header, "
+                             "default), every byte (full) or nothing (none)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
+        for flag in ("html", "png", "json"):  # before the search: a bad output path must not waste it
+            if getattr(args, flag):
+                check_output_path(getattr(args, flag), f"--{flag}")
         model, processor = load_model_and_processor(args.model, args.processor)
-        index = GalleryIndex.load(args.index, model=model, processor=processor)
+        index = GalleryIndex.load(args.index, model=model, processor=processor, verify=args.verify_index)
+        queries = _typed_queries(list(args.queries), args.query_type, index.kind)
         k, score, alpha = resolve_search_defaults(model, args.k, args.score, args.alpha)
-        hits = index.search(list(args.queries), k=k, top_k=args.top_k, score=score, alpha=alpha)
+        hits = index.search(queries, k=k, top_k=args.top_k, score=score, alpha=alpha)
     except (FileNotFoundError, ValueError, IndexMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return _interrupted("search stopped; nothing was written (run the same command again).")
     results: list[dict[str, Any]] = [{"query": q, "hits": h} for q, h in zip(args.queries, hits)]
     print(_table(results))
     meta = {"index": args.index, "model": args.model, "k": k, "score": score, "images": len(index)}
@@ -192,6 +266,33 @@ def search_main(argv: list[str] | None = None) -> int:
     if args.json:
         atomic_write_json(args.json, results, indent=1)
     return 0
+
+
+def _typed_queries(queries: list[str], query_type: str | None, index_kind: str) -> list[str]:
+    """Decide the query kind: `--text` / `--image`, else text unless the string is an existing image file.
+
+    Text queries search an image index, image queries a caption index; a mismatch is an error that says
+    which flag to use (so "harbor.png" typed as a description is never opened as a file by surprise).
+    """
+    def is_image(q: str) -> bool:
+        if query_type is not None:
+            return query_type == "image"
+        return q.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(q)
+
+    kinds = {is_image(q) for q in queries}
+    if len(kinds) > 1:
+        raise ValueError("The queries mix image files and text: pass --text (all text) or --image (all image paths).")
+    image = kinds.pop()
+    if image and index_kind != "texts":
+        raise ValueError(f"{queries[0]!r} is an image file, but this index holds images (text→image search): pass "
+                         "--text to search for the string as a description, or search a caption index.")
+    if not image and index_kind == "texts":
+        raise ValueError("This index holds captions (image→text search): give image files as queries (--image).")
+    if image:
+        missing = [q for q in queries if not os.path.isfile(q)]
+        if missing:
+            raise ValueError(f"Image query file(s) not found: {missing}.")
+    return queries
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 from modeling_mtgfe.retrieval import (
     IMAGE_EXTENSIONS,
@@ -47,7 +46,7 @@ from modeling_mtgfe.retrieval import (
     encode_texts,
     progress_bar,
 )
-from modeling_mtgfe.pipeline_mtgfe import resolve_search_defaults, search_images, search_texts
+from modeling_mtgfe.pipeline_mtgfe import check_search_args, resolve_search_defaults, search_images, search_texts
 from mtgfe.processing.image_decoding import ImageDecodeError, load_image
 from mtgfe.utils.io import atomic_write_text, read_json
 
@@ -55,6 +54,8 @@ from .index_storage import (  # noqa: F401  (re-exported: the index's public nam
     BUILD_STATE_NAME,
     INDEX_FORMAT_VERSION,
     MANIFEST_NAME,
+    VERIFY_MODES,
+    IndexCorruptError,
     IndexMismatchError,
     ShardWriter,
     TokenStore,
@@ -64,6 +65,17 @@ from .index_storage import (  # noqa: F401  (re-exported: the index's public nam
     model_identity,
     mtgfe_version,
     weights_fingerprint,
+)
+from .index_storage import (
+    check_verify_mode,
+    file_checksums,
+    open_safetensors,
+    read_index_json,
+    shard_metadata,
+    shard_record,
+    tensor_sha256,
+    validate_manifest,
+    verify_file,
 )
 
 logger = logging.getLogger(__name__)
@@ -84,12 +96,27 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _decode_checked(paths: Sequence[Path], skip_unreadable: bool, skipped: list[str]) -> tuple[list, list[Path]]:
-    """Decode each file once with `load_image`, so a bad file is named (and optionally skipped) alone."""
+def decode_options(processor) -> dict[str, Any]:
+    """`load_image` options matching what `processor` would do: decode reduced towards its resize target
+    (JPEG draft / reduce: a 6000² scene costs a few MB instead of ~100 MB) with its band selection."""
+    image_processor = getattr(processor, "image_processor", None)
+    target = getattr(image_processor, "_decode_target", None)
+    options: dict[str, Any] = {}
+    if callable(target):
+        options["target_size"] = target(getattr(image_processor, "do_resize", None), getattr(image_processor, "size", None))
+    if getattr(image_processor, "bands", None) is not None:
+        options["bands"] = image_processor.bands
+    return options
+
+
+def _decode_checked(paths: Sequence[Path], skip_unreadable: bool, skipped: list[str],
+                    options: dict[str, Any] | None = None) -> tuple[list, list[Path]]:
+    """Decode each file once with `load_image` (`options`: see `decode_options`), so a bad file is named
+    (and optionally skipped) alone."""
     images, kept = [], []
     for path in paths:
         try:
-            images.append(load_image(path))
+            images.append(load_image(path, **(options or {})))
             kept.append(path)
         except (ImageDecodeError, OSError) as error:
             if not skip_unreadable:
@@ -140,6 +167,7 @@ class GalleryIndex:
         self.directory = Path(directory) if directory is not None else None
         self._saved_shards: list[dict] = list(self.manifest.get("shards", [])) if self.directory else []
         self._faiss = None
+        self._checked_models: list = [model] if model is not None else []  # load(model=) checked it already
 
     def __len__(self) -> int:
         return len(self.items)
@@ -207,7 +235,8 @@ class GalleryIndex:
             if not paths:
                 raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) found under {str(root)!r}.")
             index.manifest["source"] = str(root)
-            batches = cls._folder_batches(paths, root, captions or {}, skip_unreadable, index.manifest["skipped"])
+            batches = cls._folder_batches(paths, root, captions or {}, skip_unreadable, index.manifest["skipped"],
+                                          decode_options(processor))
             total = len(paths)
             listing = [p.relative_to(root).as_posix() for p in paths]
         else:
@@ -219,7 +248,8 @@ class GalleryIndex:
         elif isinstance(source, (list, tuple)) and not isinstance(source, (str, os.PathLike)):
             if not source:
                 raise ValueError("The image list is empty: nothing to index.")
-            batches = cls._list_batches(list(source), skip_unreadable, index.manifest["skipped"])
+            batches = cls._list_batches(list(source), skip_unreadable, index.manifest["skipped"],
+                                        decode_options(processor))
             total = len(source)
             index.manifest["source"] = "list"
         elif listing is None:
@@ -241,41 +271,58 @@ class GalleryIndex:
             for shard in writer.state["shards"]:
                 if not shard["file"]:
                     continue
-                index._load_shard(Path(output_dir) / shard["file"], shard["count"], keep_tokens)
+                index._load_shard(Path(output_dir) / shard["file"], shard["count"], keep_tokens, record=shard)
                 index.items.extend(shard["items"])
             if done:
                 logger.info("Resuming %s after %d of %d source entries", output_dir, done, total)
+        # A resumed folder build retries the files an earlier session skipped (they may have been repaired);
+        # they are appended after the listing, in their own shard(s).
+        retry = _retry_paths(writer, listing, root if listing is not None else None)
         embeds, tokens, items, consumed = [], [], [], []
         pending = 0
         bar = progress_bar(None, progress, total=total, initial=done, desc="indexing images", unit="img") if progress else None
-        for images, batch_items, batch_consumed in batches(done, batch_size):
-            if images:
-                feats = encode_images(model, processor, images, batch_size=batch_size, keep_tokens=keep_tokens,
-                                      progress=False, tokens_dtype=tokens_dtype)
-                embeds.append(feats.embeds)
-                if keep_tokens:
-                    tokens.append(feats.tokens)
-                items.extend(batch_items)
-                pending += len(images)
-            consumed.extend(batch_consumed)
-            if bar is not None:
-                bar.update(len(batch_consumed))
-            if pending >= shard_size:
-                index._flush(writer, embeds, tokens, items, consumed, keep_tokens)
-                embeds, tokens, items, consumed, pending = [], [], [], [], 0
+        passes = [(batches, done, True)]
+        if retry:
+            index.manifest["skipped"][:] = [s for s in index.manifest["skipped"] if s not in {str(p) for p in retry}]
+            passes.append((cls._folder_batches(retry, root, captions or {}, skip_unreadable, index.manifest["skipped"],
+                                               decode_options(processor)), 0, False))
+        for gen, start, record_consumed in passes:
+            for images, batch_items, batch_consumed in gen(start, batch_size):
+                if images:
+                    feats = encode_images(model, processor, images, batch_size=batch_size, keep_tokens=keep_tokens,
+                                          progress=False, tokens_dtype=tokens_dtype)
+                    embeds.append(feats.embeds)
+                    if keep_tokens:
+                        tokens.append(feats.tokens)
+                    items.extend(batch_items)
+                    pending += len(images)
+                if record_consumed:
+                    consumed.extend(batch_consumed)
+                    if bar is not None:
+                        bar.update(len(batch_consumed))
+                if pending >= shard_size:
+                    index._flush(writer, embeds, tokens, items, consumed, keep_tokens)
+                    embeds, tokens, items, consumed, pending = [], [], [], [], 0
         if pending or consumed:
             index._flush(writer, embeds, tokens, items, consumed, keep_tokens)
         if bar is not None:
             bar.close()
         if index.image_embeds is None or len(index.items) == 0:
-            raise ValueError("No image could be indexed (all were unreadable and skipped).")
+            unreadable = len(index.manifest["skipped"])
+            if writer is not None:  # no build_state.json that a later run would call "an interrupted build"
+                writer.abandon(created=writer.created)
+            raise ValueError(
+                f"No image could be indexed: all {unreadable} file(s) were unreadable and skipped "
+                f"(first: {index.manifest['skipped'][0] if unreadable else '-'}). Nothing was written."
+            )
         index.manifest["skipped"] = writer.state["skipped"] if writer else index.manifest["skipped"]
         if index.manifest["skipped"]:
             logger.warning("%d unreadable file(s) were skipped: %s", len(index.manifest["skipped"]),
                            ", ".join(index.manifest["skipped"]))
         if writer is not None:
             index.directory = Path(output_dir)
-            index._saved_shards = [{"file": s["file"], "count": s["count"]} for s in writer.state["shards"] if s["file"]]
+            index._saved_shards = [{k: v for k, v in s.items() if k not in ("items", "consumed")}
+                                   for s in writer.state["shards"] if s["file"]]
             index._write_manifest(index.directory)
             writer.finish()
         return index
@@ -287,11 +334,11 @@ class GalleryIndex:
                 "hidden_size": int(config.text_config.hidden_size), "model_type": getattr(config, "model_type", "")}
 
     @staticmethod
-    def _folder_batches(paths, root, captions, skip_unreadable, skipped):
+    def _folder_batches(paths, root, captions, skip_unreadable, skipped, options=None):
         def gen(start, batch_size):
             for s in range(start, len(paths), batch_size):
                 chunk = paths[s : s + batch_size]
-                images, kept = _decode_checked(chunk, skip_unreadable, skipped)
+                images, kept = _decode_checked(chunk, skip_unreadable, skipped, options)
                 items = []
                 for path in kept:
                     rel = path.relative_to(root).as_posix()
@@ -327,14 +374,14 @@ class GalleryIndex:
         return gen
 
     @staticmethod
-    def _list_batches(sources, skip_unreadable, skipped):
+    def _list_batches(sources, skip_unreadable, skipped, options=None):
         def gen(start, batch_size):
             for s in range(start, len(sources), batch_size):
                 chunk = sources[s : s + batch_size]
                 paths = [c for c in chunk if isinstance(c, (str, os.PathLike))]
                 ok_paths: set = set()
                 if paths:
-                    _, kept = _decode_checked([Path(p) for p in paths], skip_unreadable, skipped)
+                    _, kept = _decode_checked([Path(p) for p in paths], skip_unreadable, skipped, options)
                     ok_paths = {str(p) for p in kept}
                 images, items = [], []
                 for j, c in enumerate(chunk):
@@ -349,10 +396,23 @@ class GalleryIndex:
                 yield images, items, [str(c) if isinstance(c, (str, os.PathLike)) else f"#{s + j}" for c in chunk]
         return gen
 
-    def _load_shard(self, path: Path, count: int, keep_tokens: bool) -> None:
-        with safe_open(str(path), framework="pt") as handle:
+    def _load_shard(self, path: Path, count: int, keep_tokens: bool, record: dict | None = None,
+                    verify: str = "header") -> None:
+        """Read a shard's embeddings (and open its tokens lazily), checked against its manifest `record`."""
+        if record is not None:
+            verify_file(path, record, verify)
+        handle = open_safetensors(path)
+        try:
             embeds = handle.get_tensor("image_embeds")
             has_tokens = "image_tokens" in handle.keys()
+        except Exception as error:  # noqa: BLE001 - a damaged or foreign shard
+            raise IndexCorruptError(f"index shard {str(path)!r} has no readable image_embeds ({error}).") from error
+        if embeds.ndim != 2 or embeds.shape[0] != count:
+            raise IndexCorruptError(f"index shard {str(path)!r} holds {tuple(embeds.shape)} embeddings, the manifest "
+                                    f"says {count} rows: it was replaced. Rebuild the index.")
+        if record is not None and verify != "none" and record.get("embeds_sha256") not in (None, tensor_sha256(embeds)):
+            raise IndexCorruptError(f"index shard {str(path)!r} does not hold the embeddings the manifest recorded "
+                                    "(altered, or swapped with another shard). Rebuild the index.")
         self.image_embeds = embeds if self.image_embeds is None else torch.cat([self.image_embeds, embeds])
         if keep_tokens and has_tokens:
             if self.image_tokens is None:
@@ -397,13 +457,20 @@ class GalleryIndex:
             raise ValueError("add() needs the model and processor: GalleryIndex.load(dir, model=..., processor=...).")
         keep_tokens = self.image_tokens is not None
         skipped = self.manifest.setdefault("skipped", [])
+        options = decode_options(self.processor)
         if isinstance(images, (str, os.PathLike)):
             root = Path(images).resolve()
-            known = {item.get("image") for item in self.items} | set(skipped)
+            known = {item.get("image") for item in self.items}
+            # Files skipped before are not "known": they are retried every time (they may have been repaired);
+            # one still unreadable is skipped again (skip_unreadable) or named in the error.
             paths = [p for p in list_image_files(root) if str(p) not in known]
-            gen = self._folder_batches(paths, root, captions or {}, skip_unreadable, skipped)
+            retried = {str(p) for p in paths}
+            skipped[:] = [s for s in skipped if s not in retried]
+            gen = self._folder_batches(paths, root, captions or {}, skip_unreadable, skipped, options)
         else:
-            gen = self._list_batches(list(images), skip_unreadable, skipped)
+            retried = {str(p) for p in images if isinstance(p, (str, os.PathLike))}
+            skipped[:] = [s for s in skipped if s not in retried]
+            gen = self._list_batches(list(images), skip_unreadable, skipped, options)
         added = 0
         for batch, items, _ in progress_bar(gen(0, batch_size), progress, desc="adding images", unit="batch"):
             if not batch:
@@ -426,6 +493,7 @@ class GalleryIndex:
                 "text_embeds": f.embeds, "text_states": f.states, "text_attention_mask": f.attention_mask,
                 "text_inverse": f.inverse})
             self.manifest["distinct_texts"] = f.texts
+            self.manifest["texts_file"] = file_checksums(directory / TEXTS_FILE)
             self.directory = directory
             self._write_manifest(directory)
             return directory
@@ -442,8 +510,8 @@ class GalleryIndex:
             tensors = {"image_embeds": self.image_embeds[s:e].contiguous()}
             if self.image_tokens is not None:
                 tensors["image_tokens"] = self.image_tokens.rows(s, e)
-            atomic_save_tensors(directory / name, tensors)
-            shards.append({"file": name, "count": e - s})
+            atomic_save_tensors(directory / name, tensors, metadata=shard_metadata(s, e - s))
+            shards.append(shard_record(name, directory / name, s, e - s, tensors["image_embeds"]))
             number += 1
         self._saved_shards = shards
         self._write_manifest(directory)
@@ -471,28 +539,47 @@ class GalleryIndex:
         atomic_write_text(directory / MANIFEST_NAME, json.dumps(manifest, indent=1, ensure_ascii=False))
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, model=None, processor=None, load_tokens: bool = True) -> "GalleryIndex":
-        """Open an index; with `model`, check it is the model that built the index (else `IndexMismatchError`)."""
+    def load(cls, directory: str | os.PathLike, model=None, processor=None, load_tokens: bool = True,
+             verify: str = "header") -> "GalleryIndex":
+        """Open an index; with `model`, check it is the model that built the index (else `IndexMismatchError`).
+
+        `verify` checks every file against the manifest's checksums: "header" (default: sizes, safetensors
+        headers and the embeddings, which are read anyway), "full" (sha256 of every byte, tokens included)
+        or "none". A damaged, truncated, swapped or missing file, or a manifest with missing / mistyped
+        keys, raises `IndexCorruptError` (a `FileFormatError`) naming the file. Indexes written before
+        checksums existed load with a warning.
+        """
+        check_verify_mode(verify)
         directory = Path(directory)
         path = directory / MANIFEST_NAME
         if not path.is_file():
             hint = " An interrupted build is there: rerun with --resume." if (directory / BUILD_STATE_NAME).is_file() else ""
             raise FileNotFoundError(f"No index manifest at {str(path)!r}.{hint}")
-        manifest = read_json(path, what="index manifest")
-        if manifest.get("format_version") != INDEX_FORMAT_VERSION:
+        manifest = read_index_json(path, "index manifest")
+        if isinstance(manifest, dict) and manifest.get("format_version") != INDEX_FORMAT_VERSION:
             raise ValueError(f"{str(path)!r} has index format {manifest.get('format_version')}, expected {INDEX_FORMAT_VERSION}.")
+        validate_manifest(manifest, path)
         if model is not None:
             check_model(manifest, model, where=str(directory))
         if manifest["kind"] == "texts":
-            with safe_open(str(directory / TEXTS_FILE), framework="pt") as handle:
+            texts_path = directory / TEXTS_FILE
+            if not verify_file(texts_path, manifest.get("texts_file") or {}, "full" if verify != "none" else "none",
+                               what="index text file"):
+                _warn_unchecked(directory)
+            handle = open_safetensors(texts_path, what="index text file")
+            try:
                 t = {k: handle.get_tensor(k) for k in handle.keys()}
-            feats = TextFeatures(t["text_embeds"], t["text_states"], t["text_attention_mask"], t["text_inverse"],
-                                 list(manifest.get("distinct_texts", [])))
+                feats = TextFeatures(t["text_embeds"], t["text_states"], t["text_attention_mask"], t["text_inverse"],
+                                     list(manifest.get("distinct_texts", [])))
+            except Exception as error:  # noqa: BLE001 - a damaged or foreign file
+                raise IndexCorruptError(f"index text file {str(texts_path)!r} cannot be read ({error}).") from error
             return cls(kind="texts", text_features=feats, items=manifest["items"], manifest=manifest, model=model,
                        processor=processor, directory=directory)
         index = cls(kind="images", items=[], manifest=manifest, model=model, processor=processor, directory=directory)
+        if verify != "none" and any("size" not in shard for shard in manifest["shards"]):
+            _warn_unchecked(directory)
         for shard in manifest["shards"]:
-            index._load_shard(directory / shard["file"], shard["count"], load_tokens)
+            index._load_shard(directory / shard["file"], shard["count"], load_tokens, record=shard, verify=verify)
         index.items = list(manifest["items"])
         if index.image_embeds is None or index.image_embeds.shape[0] != len(index.items):
             raise ValueError(f"Index {str(directory)!r} is inconsistent: {len(index.items)} items but "
@@ -500,13 +587,23 @@ class GalleryIndex:
         return index
 
     # ------------------------------------------------------------------ search
+    def check_model(self, model) -> None:
+        """Raise `IndexMismatchError` when `model` did not build this index (the pipeline calls this too).
+
+        The weights fingerprint costs a pass over the state dict, so a model once checked is remembered.
+        """
+        if model is None or any(m is model for m in self._checked_models):
+            return
+        check_model(self.manifest, model, where=str(self.directory or "this index"))
+        self._checked_models.append(model)
+
     def _require_model(self, model, processor):
         model = model or self.model
         processor = processor or self.processor
         if model is None or processor is None:
             raise ValueError("search needs the model and processor: pass them, or GalleryIndex.load(dir, model=, processor=).")
         if model is not self.model:
-            check_model(self.manifest, model, where=str(self.directory or "this index"))
+            self.check_model(model)
         return model, processor
 
     def _coarse_fn(self):
@@ -541,6 +638,7 @@ class GalleryIndex:
         """
         model, processor = self._require_model(model, processor)
         k, score, alpha = resolve_search_defaults(model, k, score, alpha)
+        check_search_args(k, top_k, score, alpha, batch_size)  # NaN / negative alpha, k < 1, ... before any work
         single = isinstance(query_texts, str) or not isinstance(query_texts, (list, tuple))
         queries = [query_texts] if single else list(query_texts)
         if len(self) == 0:
@@ -612,6 +710,18 @@ def faiss_topk(faiss_index, queries: torch.Tensor, embeds: torch.Tensor, k: int 
     return Candidates(out_idx, out_scores)
 
 
+def _retry_paths(writer, listing, root) -> list[Path]:
+    """Files an interrupted folder build skipped as unreadable, to try again when it is resumed."""
+    if writer is None or listing is None or not writer.consumed:
+        return []
+    return [Path(s) for s in writer.state.get("skipped", []) if Path(s).is_file() and Path(s).is_relative_to(root)]
+
+
+def _warn_unchecked(directory) -> None:
+    logger.warning("Index %s was written before mtgfe recorded checksums: its files cannot be verified. "
+                   "Rebuild it (mtgfe-index into an empty folder) to get integrity checks.", directory)
+
+
 def _looks_like_texts(source) -> bool:
     """A list of strings none of which is an existing path or ends with an image extension."""
     if not isinstance(source, (list, tuple)) or not source or not all(isinstance(s, str) for s in source):
@@ -631,10 +741,13 @@ __all__ = [
     "FAISS_MIN_GALLERY",
     "IMAGE_EXTENSIONS",
     "GalleryIndex",
+    "IndexCorruptError",
     "IndexMismatchError",
     "TokenStore",
+    "VERIFY_MODES",
     "check_model",
     "config_hash",
+    "decode_options",
     "faiss_topk",
     "list_image_files",
     "model_identity",

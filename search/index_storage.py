@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mtgfe.utils.io import atomic_path, atomic_write_text, read_json
+from mtgfe.utils.io import FileFormatError, atomic_path, atomic_write_text, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,23 @@ _HASH_IGNORED_KEYS = {
 
 class IndexMismatchError(ValueError):
     """The index was built by another model than the one it is used with."""
+
+
+class IndexCorruptError(FileFormatError):
+    """A file of an index (manifest, build state, shard, text file) is missing, truncated, altered or swapped.
+
+    The message names the file and what is wrong with it; `FileFormatError` (a `ValueError`) is the base
+    of every "damaged artefact" error of the package.
+    """
+
+
+VERIFY_MODES = ("header", "full", "none")
+"""How `GalleryIndex.load(verify=...)` checks shards against the manifest's checksums:
+"header" (default): size, sha256 of the safetensors header and of the embeddings (which are read anyway);
+"full": also sha256 of every byte (tokens included; reads the whole index once); "none": no checks."""
+
+_REBUILD_HINT = "The index is damaged: rebuild it (mtgfe-index into an empty folder) or restore it from a backup."
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 
 
 # ----------------------------------------------------------------------------------------------- identity
@@ -90,10 +107,184 @@ def mtgfe_version() -> str:
 
 
 # ----------------------------------------------------------------------------------------------- io helpers
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Write a safetensors file through `mtgfe.utils.io.atomic_path`: readers never see half a shard."""
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file through `mtgfe.utils.io.atomic_path`: readers never see half a shard.
+
+    `metadata` (strings) lands in the header, e.g. the rows a shard holds, so its header hash differs
+    from any other shard's even when shapes agree (a swapped shard is then caught by the cheap check).
+    """
+    # One metadata key only: safetensors writes metadata in hash-map order, so two keys would make the
+    # bytes of the same shard differ between processes (and a resumed build no longer bit-identical).
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata or {"format": "pt"})
+
+
+# ----------------------------------------------------------------------------------------------- integrity
+def _safetensors_header(path: Path) -> bytes:
+    """The 8-byte length prefix plus the JSON header of a safetensors file (nothing else is read)."""
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise IndexCorruptError(f"Index file {str(path)!r} is truncated ({len(prefix)} bytes). {_REBUILD_HINT}")
+            length = int.from_bytes(prefix, "little")
+            if length > _MAX_HEADER_BYTES:
+                raise IndexCorruptError(f"Index file {str(path)!r} has no valid safetensors header. {_REBUILD_HINT}")
+            header = handle.read(length)
+    except FileNotFoundError as error:
+        raise IndexCorruptError(f"Index file {str(path)!r} is missing. {_REBUILD_HINT}") from error
+    except OSError as error:
+        raise IndexCorruptError(f"Index file {str(path)!r} cannot be read: {error}") from error
+    if len(header) < length:
+        raise IndexCorruptError(f"Index file {str(path)!r} is truncated inside its header. {_REBUILD_HINT}")
+    return prefix + header
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    """sha256 of a tensor's raw bytes (any dtype), as stored in a shard."""
+    return hashlib.sha256(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def file_checksums(path: Path) -> dict[str, Any]:
+    """What the manifest records per file: byte size, sha256 of the safetensors header, sha256 of every byte."""
+    return {"size": path.stat().st_size, "header_sha256": hashlib.sha256(_safetensors_header(path)).hexdigest(),
+            "sha256": _sha256_file(path)}
+
+
+def check_verify_mode(verify: str) -> str:
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}.")
+    return verify
+
+
+def verify_file(path: Path, record: dict, verify: str, what: str = "index shard") -> bool:
+    """Check `path` against its manifest `record` (see `file_checksums`); `IndexCorruptError` names the file.
+
+    Returns False when the record holds no checksums (an index written before they existed).
+    """
+    if verify == "none":
+        return True
+    if not path.is_file():
+        raise IndexCorruptError(f"{what} {str(path)!r} is missing. {_REBUILD_HINT}")
+    if "size" not in record:
+        return False
+    size = path.stat().st_size
+    if size != record["size"]:
+        raise IndexCorruptError(
+            f"{what} {str(path)!r} has {size} bytes but the manifest recorded {record['size']}: it was truncated or "
+            f"replaced. {_REBUILD_HINT}"
+        )
+    if hashlib.sha256(_safetensors_header(path)).hexdigest() != record.get("header_sha256"):
+        raise IndexCorruptError(
+            f"{what} {str(path)!r} does not match the manifest (header checksum): it was altered or swapped with "
+            f"another file. {_REBUILD_HINT}"
+        )
+    if verify == "full" and record.get("sha256") and _sha256_file(path) != record["sha256"]:
+        raise IndexCorruptError(
+            f"{what} {str(path)!r} does not match the manifest (sha256 of its bytes): it was altered. {_REBUILD_HINT}"
+        )
+    return True
+
+
+def open_safetensors(path: Path, what: str = "index shard"):
+    """`safe_open` whose failures (truncated file, bad header) are `IndexCorruptError` naming the file."""
+    if not path.is_file():
+        raise IndexCorruptError(f"{what} {str(path)!r} is missing. {_REBUILD_HINT}")
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as error:  # noqa: BLE001 - SafetensorError and friends: all mean "damaged file"
+        raise IndexCorruptError(f"{what} {str(path)!r} cannot be read ({error}). {_REBUILD_HINT}") from error
+
+
+# Manifest schema: key -> accepted types. Unknown keys are logged (a newer writer), missing ones are errors.
+_MANIFEST_COMMON = {"format_version": int, "kind": str, "count": int, "items": list, "model_config_hash": str,
+                    "model_weights_hash": str}
+_MANIFEST_IMAGES = {"shards": list, "has_tokens": bool}
+_MANIFEST_OPTIONAL = {"model": str, "embed_dim": int, "image_size": int, "hidden_size": int, "model_type": str,
+                      "source": (str, type(None)), "skipped": list, "created": str, "updated": str,
+                      "mtgfe_version": str, "token_shape": list, "tokens_dtype": str, "distinct_texts": list,
+                      "texts_file": dict}
+_SHARD_KEYS = {"file": str, "count": int}
+
+
+def _type_name(types) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def validate_manifest(manifest: Any, path: Path) -> dict:
+    """Raise `IndexCorruptError` naming `path` and the missing / mistyped keys; log unknown keys."""
+    if not isinstance(manifest, dict):
+        raise IndexCorruptError(f"Index manifest {str(path)!r} is not a JSON object. {_REBUILD_HINT}")
+    required = dict(_MANIFEST_COMMON)
+    if manifest.get("kind") == "images":
+        required.update(_MANIFEST_IMAGES)
+    missing = sorted(k for k in required if k not in manifest)
+    if missing:
+        raise IndexCorruptError(f"Index manifest {str(path)!r} lacks the key(s) {missing}. {_REBUILD_HINT}")
+    known = {**_MANIFEST_COMMON, **_MANIFEST_IMAGES, **_MANIFEST_OPTIONAL}
+    wrong = [f"{k} (expected {_type_name(known[k])})" for k, v in manifest.items()
+             if k in known and not (isinstance(v, known[k]) and not (isinstance(v, bool) and known[k] is int))]
+    if wrong:
+        raise IndexCorruptError(f"Index manifest {str(path)!r} has key(s) of the wrong type: {', '.join(wrong)}. {_REBUILD_HINT}")
+    extra = sorted(set(manifest) - set(known))
+    if extra:
+        logger.warning("Index manifest %s has unknown key(s) %s (written by a newer mtgfe?); ignored.", path, extra)
+    if manifest["kind"] not in ("images", "texts"):
+        raise IndexCorruptError(f"Index manifest {str(path)!r}: kind must be 'images' or 'texts', got {manifest['kind']!r}.")
+    if manifest["count"] != len(manifest["items"]):
+        raise IndexCorruptError(f"Index manifest {str(path)!r}: count is {manifest['count']} but it lists "
+                                f"{len(manifest['items'])} items. {_REBUILD_HINT}")
+    if manifest["kind"] == "images":
+        total = 0
+        for number, shard in enumerate(manifest["shards"]):
+            bad = [k for k, t in _SHARD_KEYS.items() if not isinstance(shard, dict) or not isinstance(shard.get(k), t)]
+            if bad:
+                raise IndexCorruptError(f"Index manifest {str(path)!r}: shard entry {number} lacks valid {bad}. {_REBUILD_HINT}")
+            if "start" in shard and shard["start"] != total:
+                raise IndexCorruptError(f"Index manifest {str(path)!r}: shard {shard['file']!r} starts at row "
+                                        f"{shard['start']}, expected {total}. {_REBUILD_HINT}")
+            total += shard["count"]
+        if total != manifest["count"]:
+            raise IndexCorruptError(f"Index manifest {str(path)!r}: its shards hold {total} rows but count is "
+                                    f"{manifest['count']}. {_REBUILD_HINT}")
+    return manifest
+
+
+def read_index_json(path: Path, what: str):
+    """`read_json` whose failures (missing, truncated, not JSON) are `IndexCorruptError` naming the file."""
+    try:
+        return read_json(path, what=what)
+    except FileFormatError as error:
+        raise IndexCorruptError(f"{error} {_REBUILD_HINT}") from error
+
+
+_STATE_KEYS = {"shards": list, "skipped": list}
+_STATE_SHARD_KEYS = {"count": int, "items": list, "consumed": list}
+
+
+def validate_build_state(state: Any, path: Path) -> dict:
+    """Raise `IndexCorruptError` naming `path` when `build_state.json` lacks keys or has wrong types."""
+    hint = "Delete the folder and build again."
+    if not isinstance(state, dict):
+        raise IndexCorruptError(f"Index build state {str(path)!r} is not a JSON object. {hint}")
+    bad = [k for k, t in _STATE_KEYS.items() if not isinstance(state.get(k), t)]
+    for number, shard in enumerate(state.get("shards") or []):
+        if not isinstance(shard, dict) or not ("file" in shard and isinstance(shard["file"], (str, type(None)))):
+            bad.append(f"shards[{number}].file")
+            continue
+        bad += [f"shards[{number}].{k}" for k, t in _STATE_SHARD_KEYS.items() if not isinstance(shard.get(k), t)]
+    if bad:
+        raise IndexCorruptError(f"Index build state {str(path)!r} lacks valid key(s) {bad}. {hint}")
+    return state
 
 
 class TokenStore:
@@ -123,13 +314,16 @@ class TokenStore:
         self._offsets.append(self._offsets[-1] + int(tokens.shape[0]))
 
     def append_file(self, path: Path, count: int) -> None:
-        handle = safe_open(str(path), framework="pt")
-        self._handles[path] = handle
-        sl = handle.get_slice("image_tokens")
-        shape = tuple(sl.get_shape())
+        handle = open_safetensors(path)
+        try:
+            sl = handle.get_slice("image_tokens")
+            shape = tuple(sl.get_shape())
+            dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[sl.get_dtype()]
+        except Exception as error:  # noqa: BLE001 - a damaged or foreign shard
+            raise IndexCorruptError(f"index shard {str(path)!r} has no usable image_tokens ({error}). {_REBUILD_HINT}") from error
         if shape[0] != count:
-            raise ValueError(f"Shard {str(path)!r} holds {shape[0]} token rows, the manifest says {count}.")
-        dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[sl.get_dtype()]
+            raise IndexCorruptError(f"Shard {str(path)!r} holds {shape[0]} token rows, the manifest says {count}.")
+        self._handles[path] = handle
         self._check(shape[1:], dtype)
         self._segments.append((path, count))
         self._offsets.append(self._offsets[-1] + count)
@@ -189,6 +383,7 @@ class ShardWriter:
 
     def __init__(self, directory: Path, identity: dict, settings: dict, resume: bool):
         self.directory = directory
+        self.created = False
         state_path = directory / BUILD_STATE_NAME
         if (directory / MANIFEST_NAME).is_file():
             raise FileExistsError(
@@ -201,7 +396,7 @@ class ShardWriter:
                     f"{str(directory)!r} holds an interrupted build ({BUILD_STATE_NAME}). Pass resume=True "
                     "(mtgfe-index --resume) to continue it, or delete the folder to start over."
                 )
-            self.state = read_json(state_path, what="index build state")
+            self.state = validate_build_state(read_index_json(state_path, "index build state"), state_path)
             for key, value in {**identity, **settings}.items():
                 if key != "model" and self.state.get(key) != value:
                     raise ValueError(
@@ -209,6 +404,7 @@ class ShardWriter:
                         f"is {value!r} now. Use the same model and options, or start over in an empty folder."
                     )
         else:
+            self.created = not directory.exists()
             directory.mkdir(parents=True, exist_ok=True)
             self.state = {**identity, **settings, "shards": [], "skipped": []}
         self.consumed = sum(len(s["consumed"]) for s in self.state["shards"])
@@ -217,13 +413,15 @@ class ShardWriter:
         number = len(self.state["shards"])
         name = f"shard_{number:05d}.safetensors"
         path = self.directory / name
+        start = sum(s["count"] for s in self.state["shards"])
+        record = {"file": name if items else None, "count": len(items), "start": start}
         if items:
             tensors = {"image_embeds": embeds}
             if tokens is not None:
                 tensors["image_tokens"] = tokens
-            atomic_save_tensors(path, tensors)
-        self.state["shards"].append({"file": name if items else None, "count": len(items), "items": items,
-                                     "consumed": consumed})
+            atomic_save_tensors(path, tensors, metadata=shard_metadata(start, len(items)))
+            record.update(file_checksums(path), embeds_sha256=tensor_sha256(embeds))
+        self.state["shards"].append({**record, "items": items, "consumed": consumed})
         self.state["skipped"] = list(skipped)
         # The state is the commit point: written after the shard, so a crash in between only leaves an
         # orphan file that the next write replaces.
@@ -234,17 +432,44 @@ class ShardWriter:
         self.state["shards"] = [s for s in self.state["shards"] if s["file"]]
         (self.directory / BUILD_STATE_NAME).unlink()
 
+    def abandon(self, created: bool) -> None:
+        """Remove the build state of a build that indexed nothing (and the folder when this build created it)."""
+        (self.directory / BUILD_STATE_NAME).unlink(missing_ok=True)
+        if created and self.directory.is_dir() and not any(self.directory.iterdir()):
+            self.directory.rmdir()
+
+
+def shard_metadata(start: int, count: int) -> dict[str, str]:
+    """Header metadata of a shard: the manifest rows it holds (makes every shard's header hash distinct)."""
+    return {"mtgfe_rows": f"{start}:{start + count}"}
+
+
+def shard_record(name: str, path: Path, start: int, count: int, embeds: torch.Tensor) -> dict[str, Any]:
+    """A manifest shard entry: file, row range and checksums (see `verify_file`)."""
+    return {"file": name, "count": count, "start": start, **file_checksums(path), "embeds_sha256": tensor_sha256(embeds)}
+
 
 __all__ = [
     "BUILD_STATE_NAME",
     "INDEX_FORMAT_VERSION",
     "MANIFEST_NAME",
+    "IndexCorruptError",
     "IndexMismatchError",
+    "VERIFY_MODES",
     "ShardWriter",
     "TokenStore",
     "atomic_save_tensors",
     "check_model",
     "config_hash",
+    "file_checksums",
+    "open_safetensors",
+    "read_index_json",
+    "shard_metadata",
+    "shard_record",
+    "tensor_sha256",
+    "validate_build_state",
+    "validate_manifest",
+    "verify_file",
     "model_identity",
     "mtgfe_version",
     "weights_fingerprint",

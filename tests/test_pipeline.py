@@ -90,7 +90,7 @@ def test_image_queries_rank_candidate_texts(parts, pipe):
         (QUERY, {"gallery": ["missing.png"]}, "missing.png"),
         (QUERY, {"gallery": ["x.png"], "k": 2, "top_k": 5}, "k=2 is smaller than top_k=5"),
         ("/no/such/image.tif", {"candidates": CAPTIONS}, "/no/such/image.tif"),
-        ([QUERY, "/no/such/image.tif"], {"gallery": ["x.png"]}, "mixes text and image"),
+        ([QUERY, {"image": "/no/such/image.tif"}], {"gallery": ["x.png"]}, "mixes text and image"),
     ],
 )
 def test_errors_are_raised_before_work(pipe, inputs, kwargs, message):

@@ -57,4 +57,11 @@ def finite_float_arg(name: str, low: float | None = None, high: float | None = N
     return parse
 
 
-__all__ = ["check_finite", "finite_float_arg"]
+def check_positive_int(name: str, value) -> int:
+    """Return `value` when it is an int >= 1 (bools rejected); else raise `ValueError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+__all__ = ["check_finite", "check_positive_int", "finite_float_arg"]
