@@ -90,7 +90,9 @@ def index_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtgfe-index", description="Encode an image folder into a search index.")
     parser.add_argument("--model", required=True, help="saved MTGFE model folder (with processor files)")
     parser.add_argument("--processor", default=None, help="processor folder, if not beside the model")
-    parser.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    source_group = parser.add_mutually_exclusive_group(required=True)
+    source_group.add_argument("--images", help="folder of images (searched recursively)")
+    source_group.add_argument("--scenes", help="GeoTIFF / COG scene file or folder, indexed as tiles")
     parser.add_argument("--output", required=True, help="index folder; an existing index is updated with new files")
     parser.add_argument("--captions", default=None, help="optional JSON/JSONL ground-truth captions (for ✓ marks)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -103,10 +105,13 @@ def index_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-unreadable", action="store_true", help="skip (and list) files that cannot be decoded")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true")
+    _add_scene_arguments(parser)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     if args.batch_size < 1 or args.shard_size < 1:
         parser.error("--batch-size and --shard-size must be >= 1")
+    if args.scenes:
+        return _index_scenes(args)
     try:
         model, processor = load_model_and_processor(args.model, args.processor)
         captions = _read_captions(args.captions)
@@ -188,6 +193,7 @@ def search_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", default=None, help="write a contact sheet")
     parser.add_argument("--json", default=None, help="write the raw results")
     parser.add_argument("-v", "--verbose", action="store_true")
+    _add_place_arguments(parser)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
@@ -195,21 +201,142 @@ def search_main(argv: list[str] | None = None) -> int:
         index = GalleryIndex.load(args.index, model=model, processor=processor)
         k, score, alpha = resolve_search_defaults(model, args.k, args.score, args.alpha)
         hits = index.search(list(args.queries), k=k, top_k=args.top_k, score=score, alpha=alpha)
+        results: list[dict[str, Any]] = [{"query": q, "hits": h} for q, h in zip(args.queries, hits)]
+        results = _apply_nms(results, args)
     except (FileNotFoundError, ValueError, IndexMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    results: list[dict[str, Any]] = [{"query": q, "hits": h} for q, h in zip(args.queries, hits)]
     print(_table(results))
     meta = {"index": args.index, "model": args.model, "k": k, "score": score, "images": len(index)}
+    try:
+        loader = _write_place_outputs(results, args)
+    except (OSError, ValueError) as error:  # SceneError / SceneReadError name the scene
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.html:
-        write_html(args.html, results, meta=meta)
+        html_kwargs = {"image_loader": loader} if loader else {}
+        write_html(args.html, results, meta=meta, **html_kwargs)
+        if loader:
+            _append_quicklooks(args.html, results, args.quicklook_dir)
         print(f"wrote {args.html}")
     if args.png:
-        write_contact_sheet(args.png, results)
+        write_contact_sheet(args.png, results, **({"image_loader": loader} if loader else {}))
         print(f"wrote {args.png}")
     if args.json:
         atomic_write_json(args.json, results, indent=1)
     return 0
+
+
+# ----------------------------------------------------------------------------------------------- scenes (issue #13)
+# Kept apart from the image-folder code above: scene tiling, GeoJSON, NMS and quicklooks live in
+# `scene_index.py` / `scenes.py` / `geo.py`; these functions only wire them to the two commands.
+def _add_scene_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scene tiling (with --scenes)")
+    group.add_argument("--tile-size", type=int, default=256, help="tile width/height in pixels (default 256)")
+    group.add_argument("--stride", type=int, default=None, help="step between tiles (default: --tile-size)")
+    group.add_argument("--bands", default=None,
+                       help="three 1-based band numbers (GDAL convention) for scenes with 2 or >3 bands, e.g. 3,2,1")
+    group.add_argument("--nodata-max-fraction", type=float, default=0.5,
+                       help="skip tiles with a larger no-data fraction (default 0.5)")
+    group.add_argument("--skip-bad-scenes", action="store_true",
+                       help="log and skip corrupt / unreadable scenes instead of stopping at the first")
+    group.add_argument("--recursive", action="store_true", help="look for scenes in subfolders too")
+
+
+def _index_scenes(args) -> int:
+    """`mtgfe-index --scenes`: tile scenes through `iter_tiles` and index the tiles (resumable like image builds)."""
+    import torch
+
+    from .gallery_index import BUILD_STATE_NAME, MANIFEST_NAME, GalleryIndex, IndexMismatchError
+    from .scene_index import SceneSource, parse_bands
+
+    output = Path(args.output)
+    try:
+        if (output / MANIFEST_NAME).is_file():
+            raise FileExistsError(f"{output} already holds a finished index; scene indexes are built once "
+                                  "(choose an empty --output, or --resume an interrupted build).")
+        if (output / BUILD_STATE_NAME).is_file() and not args.resume:
+            raise FileExistsError(f"{output} holds an interrupted build; rerun with --resume to continue it "
+                                  "(or delete the folder to start over).")
+        source = SceneSource(args.scenes, tile_size=args.tile_size, stride=args.stride, bands=parse_bands(args.bands),
+                             nodata_max_fraction=args.nodata_max_fraction,
+                             on_error="skip" if args.skip_bad_scenes else "raise", recursive=args.recursive)
+        model, processor = load_model_and_processor(args.model, args.processor)
+        index = GalleryIndex.build(
+            model, processor, source, output_dir=output, batch_size=args.batch_size,
+            keep_tokens=not args.no_tokens,
+            tokens_dtype=getattr(torch, args.tokens_dtype) if not args.no_tokens else None,
+            shard_size=args.shard_size, resume=args.resume, progress=not args.quiet,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError, OSError, IndexMismatchError) as error:
+        # SceneError is a ValueError and SceneReadError also an OSError: both name the scene.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    atomic_write_json(output / "tiling_report.json", source.report.to_dict(), indent=1)
+    scenes = len({item["scene"] for item in index.items})
+    print(f"Indexed {len(index)} tile(s) of {scenes} scene(s) into {output} "
+          f"({len(source.report.skipped_tiles)} no-data tile(s) skipped).")
+    skipped = index.manifest.get("skipped", [])
+    if skipped:
+        print(f"WARNING: {len(skipped)} bad scene(s) were SKIPPED:", file=sys.stderr)
+        for entry in skipped:
+            print(f"  {entry}", file=sys.stderr)
+    return 0
+
+
+def _add_place_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("places (scene indexes)")
+    group.add_argument("--geojson", default=None, help="write hits as a GeoJSON FeatureCollection (RFC 7946)")
+    nms = group.add_mutually_exclusive_group()
+    nms.add_argument("--nms", type=float, default=None, metavar="IOU",
+                     help="drop hits overlapping a better hit of the same scene by more than IOU")
+    nms.add_argument("--merge", type=float, default=None, metavar="IOU",
+                     help="merge hits overlapping by more than IOU into one union box")
+    group.add_argument("--quicklook-dir", default=None,
+                       help="where --html leaves the scene quicklook PNGs (default: beside the HTML)")
+
+
+def _apply_nms(results: list[dict], args) -> list[dict]:
+    from .scene_index import is_tile_hit
+    from .scenes import suppress_overlapping
+
+    if args.nms is None and args.merge is None:
+        return results
+    if not any(is_tile_hit(h) for r in results for h in r["hits"]):
+        raise ValueError("--nms / --merge need a scene index (built with mtgfe-index --scenes).")
+    mode, iou = ("suppress", args.nms) if args.nms is not None else ("merge", args.merge)
+    return [{**r, "hits": suppress_overlapping(r["hits"], iou_threshold=iou, mode=mode)} for r in results]
+
+
+def _write_place_outputs(results: list[dict], args):
+    """GeoJSON of tile hits; returns a thumbnail loader for scene hits (None for an image-file index)."""
+    from .geo import hits_to_geojson
+    from .scene_index import is_tile_hit, tile_image_loader
+
+    tile_hits = [h for r in results for h in r["hits"] if is_tile_hit(h)]
+    if args.geojson:
+        if not tile_hits:
+            raise ValueError("--geojson needs a scene index (built with mtgfe-index --scenes): these hits have no footprint.")
+        collections = [hits_to_geojson(r["hits"], query=r["query"]) for r in results]
+        merged = collections[0] if len(collections) == 1 else {
+            "type": "FeatureCollection", "features": [f for c in collections for f in c["features"]]}
+        atomic_write_json(args.geojson, merged, indent=1)
+        print(f"wrote {args.geojson}")
+    if not tile_hits:
+        return None
+    return tile_image_loader({h["image"]: h for h in tile_hits})
+
+
+def _append_quicklooks(html_path: str, results: list[dict], quicklook_dir: str | None = None) -> None:
+    """Embed one quicklook per (query, scene) with the hits drawn as ranked boxes, after the thumbnails."""
+    from mtgfe.utils.io import atomic_write_text
+
+    from .scene_index import insert_before_body_end, scene_quicklooks_html
+
+    path = Path(html_path)
+    folder = Path(quicklook_dir) if quicklook_dir else path.parent / (path.stem + "_quicklooks")
+    fragment = scene_quicklooks_html(results, folder)
+    atomic_write_text(path, insert_before_body_end(path.read_text(encoding="utf-8"), fragment))
 
 
 if __name__ == "__main__":  # pragma: no cover

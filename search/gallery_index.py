@@ -213,7 +213,15 @@ class GalleryIndex:
             listing = [p.relative_to(root).as_posix() for p in paths]
         else:
             listing = None
-        if _is_dataset(source):
+        batch_source = hasattr(source, "index_batches")  # e.g. mtgfe.search.scene_index.SceneSource
+        if batch_source:
+            index.manifest["source"] = source.describe()
+            index.manifest.update(source.settings())
+            settings.update(source.settings())
+            batches = source.index_batches(index.manifest["skipped"])
+            total = source.total
+            listing = []  # no up-front listing; the source checks the recorded ids itself (check_resume)
+        elif _is_dataset(source):
             index.manifest["source"] = f"datasets:{getattr(source, 'info', None) and source.info.description or 'dataset'}"
             batches = cls._dataset_batches(source)
             total = len(source)
@@ -232,6 +240,9 @@ class GalleryIndex:
         done = writer.consumed if writer else 0
         if writer is not None:
             recorded = [c for shard in writer.state["shards"] for c in shard["consumed"]]
+            if batch_source:
+                source.check_resume(recorded)
+                listing = None
             if listing is not None and listing[: len(recorded)] != recorded:
                 raise ValueError(
                     f"Cannot resume {str(output_dir)!r}: the files under {str(source)!r} changed since the interrupted "
@@ -573,6 +584,8 @@ class GalleryIndex:
         described = {"image": item["image"]}
         if "captions" in item:
             described["captions"] = item["captions"]
+        if "scene" in item:  # a scene tile (scene_index.SceneSource): where it is, for GeoJSON / NMS / quicklooks
+            described.update({k: v for k, v in item.items() if k != "image"})
         return described
 
 
