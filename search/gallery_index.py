@@ -50,6 +50,17 @@ from modeling_mtgfe.retrieval import (
 from modeling_mtgfe.pipeline_mtgfe import resolve_search_defaults, search_images, search_texts
 from mtgfe.utils.io import atomic_write_text, read_json
 
+from .coarse_index import (
+    EMBEDDINGS_FILE,
+    IVF_MIN_ITEMS,
+    ShortlistCoarse,
+    make_coarse_fn,
+    open_embeddings,
+    read_tombstones,
+    rows_of_ids,
+    write_embeddings,
+    write_tombstones,
+)
 from .index_storage import (  # noqa: F401  (re-exported: the index's public names)
     BUILD_STATE_NAME,
     INDEX_FORMAT_VERSION,
@@ -361,11 +372,12 @@ class GalleryIndex:
                 yield images, items, [str(c) if isinstance(c, (str, os.PathLike)) else f"#{s + j}" for c in chunk]
         return gen
 
-    def _load_shard(self, path: Path, count: int, keep_tokens: bool) -> None:
+    def _load_shard(self, path: Path, count: int, keep_tokens: bool, load_embeds: bool = True) -> None:
         with safe_open(str(path), framework="pt") as handle:
-            embeds = handle.get_tensor("image_embeds")
+            embeds = handle.get_tensor("image_embeds") if load_embeds else None
             has_tokens = "image_tokens" in handle.keys()
-        self.image_embeds = embeds if self.image_embeds is None else torch.cat([self.image_embeds, embeds])
+        if load_embeds:
+            self.image_embeds = embeds if self.image_embeds is None else torch.cat([self.image_embeds, embeds])
         if keep_tokens and has_tokens:
             if self.image_tokens is None:
                 self.image_tokens = TokenStore()
@@ -474,6 +486,7 @@ class GalleryIndex:
             mtgfe_version=mtgfe_version(),
         )
         if self.kind == "images":
+            manifest.update(self._write_scale_files(directory))
             manifest["shards"] = self._saved_shards
             manifest["has_tokens"] = self.image_tokens is not None
             if self.image_tokens is not None:
@@ -483,8 +496,13 @@ class GalleryIndex:
         atomic_write_text(directory / MANIFEST_NAME, json.dumps(manifest, indent=1, ensure_ascii=False))
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, model=None, processor=None, load_tokens: bool = True) -> "GalleryIndex":
-        """Open an index; with `model`, check it is the model that built the index (else `IndexMismatchError`)."""
+    def load(cls, directory: str | os.PathLike, model=None, processor=None, load_tokens: bool = True,
+             mmap_embeddings: bool = True) -> "GalleryIndex":
+        """Open an index; with `model`, check it is the model that built the index (else `IndexMismatchError`).
+
+        `mmap_embeddings`: map `embeddings.npy` read-only instead of reading every shard's embeddings into RAM
+        (`coarse_index` module docstring); indexes written before it existed load the shards as before.
+        """
         directory = Path(directory)
         path = directory / MANIFEST_NAME
         if not path.is_file():
@@ -503,8 +521,11 @@ class GalleryIndex:
             return cls(kind="texts", text_features=feats, items=manifest["items"], manifest=manifest, model=model,
                        processor=processor, directory=directory)
         index = cls(kind="images", items=[], manifest=manifest, model=model, processor=processor, directory=directory)
+        mapped = mmap_embeddings and _embeddings_file_ok(directory, manifest)
         for shard in manifest["shards"]:
-            index._load_shard(directory / shard["file"], shard["count"], load_tokens)
+            index._load_shard(directory / shard["file"], shard["count"], load_tokens, load_embeds=not mapped)
+        if mapped:
+            index.image_embeds = open_embeddings(directory / EMBEDDINGS_FILE)
         index.items = list(manifest["items"])
         if index.image_embeds is None or index.image_embeds.shape[0] != len(index.items):
             raise ValueError(f"Index {str(directory)!r} is inconsistent: {len(index.items)} items but "
@@ -522,7 +543,10 @@ class GalleryIndex:
         return model, processor
 
     def _coarse_fn(self):
-        """FAISS `IndexFlatIP` for big galleries when installed; ties at the cut are completed exactly."""
+        """Archive-scale coarse stage (IVF shortlist + exact re-scoring, tombstones), else the FAISS flat path."""
+        scaled = self._scale_coarse_fn()
+        if scaled is not None:
+            return scaled
         if len(self) < FAISS_MIN_GALLERY:
             return None
         try:
@@ -533,6 +557,69 @@ class GalleryIndex:
             self._faiss = faiss.IndexFlatIP(self.image_embeds.shape[1])
             self._faiss.add(self.image_embeds.float().numpy())
         return lambda queries, k: faiss_topk(self._faiss, queries, self.image_embeds, k)
+
+    # ------------------------------------------------------------------ archive scale (issue #13 item 2)
+    # Kept together, apart from the build/search code above: see `coarse_index` for the why.
+    coarse_min_items: int = IVF_MIN_ITEMS
+    coarse_options: dict = {}
+
+    def _dead(self) -> set[int]:
+        if not hasattr(self, "_tombstones"):
+            self._tombstones = read_tombstones(self.directory)
+        return self._tombstones
+
+    def _scale_coarse_fn(self):
+        """`ShortlistCoarse` from `coarse_min_items` live rows on; exact-on-live-rows when rows are deleted."""
+        dead = self._dead()
+        key = (len(self), len(dead), self.coarse_min_items)
+        cached = getattr(self, "_scale_coarse", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        fn = make_coarse_fn(self.image_embeds, dead, self.directory, min_items=self.coarse_min_items,
+                            **self.coarse_options)
+        self._scale_coarse = (key, fn)
+        return fn
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Remove items by `id` (or `image`) without a rebuild; returns how many were newly deleted.
+
+        The rows stay in the shards (row numbers and token shards stay aligned); their numbers go to
+        `tombstones.json`, written atomically at once when the index has a folder, and every coarse path
+        (exact, IVF lists via `remove_ids`, shortlists) skips them. Unknown ids raise `KeyError` naming them.
+        """
+        if self.kind != "images":
+            raise ValueError("delete() removes images from an image index; rebuild a text index instead.")
+        rows = set(rows_of_ids(self.items, ids)) - self._dead()
+        if not rows:
+            return 0
+        self._tombstones = self._dead() | rows
+        if self.directory is not None:
+            write_tombstones(self.directory, self._tombstones)
+        cached = getattr(self, "_scale_coarse", None)
+        if cached is not None and isinstance(cached[1], ShortlistCoarse):
+            cached[1].delete(rows)
+            self._scale_coarse = ((len(self), len(self._tombstones), self.coarse_min_items), cached[1])
+            if self.directory is not None:
+                cached[1].save(self.directory)
+        return len(rows)
+
+    @property
+    def live_count(self) -> int:
+        return len(self) - len(self._dead()) if self.kind == "images" else len(self)
+
+    def _write_scale_files(self, directory: Path) -> dict:
+        """`embeddings.npy` (mmap at load) and, from `coarse_min_items` rows on, the IVF; returns manifest fields."""
+        count = 0 if self.image_embeds is None else int(self.image_embeds.shape[0])
+        fields = {"embeddings_file": {"file": EMBEDDINGS_FILE, "count": count}}
+        path = directory / EMBEDDINGS_FILE
+        if count and not (path.is_file() and self.manifest.get("embeddings_file", {}).get("count") == count
+                          and self.directory is not None and self.directory.resolve() == directory.resolve()):
+            write_embeddings(directory, self.image_embeds)
+        if count - len(self._dead()) >= self.coarse_min_items:
+            coarse = self._scale_coarse_fn()
+            if isinstance(coarse, ShortlistCoarse):
+                coarse.save(directory)
+        return fields
 
     def search(
         self,
@@ -624,6 +711,17 @@ def faiss_topk(faiss_index, queries: torch.Tensor, embeds: torch.Tensor, k: int 
         out_idx.append(idx[order])
         out_scores.append(sc[order])
     return Candidates(out_idx, out_scores)
+
+
+def _embeddings_file_ok(directory: Path, manifest: dict) -> bool:
+    """`embeddings.npy` is there and has the manifest's row count (an older index has neither: load shards)."""
+    record = manifest.get("embeddings_file")
+    if not record or not (directory / record["file"]).is_file():
+        return False
+    import numpy as np  # noqa: PLC0415
+
+    shape = np.load(directory / record["file"], mmap_mode="r").shape
+    return shape[0] == record["count"] == manifest.get("count")
 
 
 def _looks_like_texts(source) -> bool:
