@@ -103,14 +103,15 @@ def worker(directory: Path, dtype_name: str, queries_n: int) -> dict:
     model = MTGFEModel(MTGFEConfig.from_preset("small")).eval().to(dtype)
     tokenizer = load_default_tokenizer()
     queries = torch.from_numpy(np.load(directory / "queries.npy"))[:queries_n]
-    text = tokenizer(["two white planes parked near the terminal"] * 1, padding="max_length", max_length=40,
-                     truncation=True, return_tensors="pt")
-    latencies, recalls, shortlists = [], [], []
+    text = tokenizer(["two white planes parked near the terminal"], padding=True, truncation=True, return_tensors="pt")
+    latencies, recalls, shortlists, coarse_times = [], [], [], []
     with torch.no_grad():
         for q in queries:
             t0 = time.perf_counter()
             feats = model.get_text_retrieval_features(text["input_ids"], text["attention_mask"])
+            t1 = time.perf_counter()
             cands = coarse(q[None], 32)
+            coarse_times.append(time.perf_counter() - t1)
             idx = cands.indices[0][:32]
             rows = sorted({int(r) % token_rows for r in idx})
             cand_tokens = torch.stack([tokens[r : r + 1][0] for r in rows]).to(dtype)
@@ -125,7 +126,10 @@ def worker(directory: Path, dtype_name: str, queries_n: int) -> dict:
         recalls.append(len(set(idx.tolist()) & set(exact.tolist())) / len(exact))
     warm = latencies[2:] or latencies
     return {"dtype": dtype_name, "p50_ms": round(1000 * float(np.percentile(warm, 50)), 1),
-            "p95_ms": round(1000 * float(np.percentile(warm, 95)), 1), "peak_rss_gib": round(hwm_kb / 2**20, 2),
+            "p95_ms": round(1000 * float(np.percentile(warm, 95)), 1),
+            "coarse_p50_ms": round(1000 * float(np.percentile(coarse_times[2:] or coarse_times, 50)), 1),
+            "coarse_p95_ms": round(1000 * float(np.percentile(coarse_times[2:] or coarse_times, 95)), 1),
+            "load_avg_1min": round(os.getloadavg()[0], 1), "peak_rss_gib": round(hwm_kb / 2**20, 2),
             "recall_at_32": round(float(np.mean(recalls)), 4), "queries": len(latencies)}
 
 
@@ -138,6 +142,7 @@ def main() -> int:
     parser.add_argument("--worker", default=None)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--skip-build", action="store_true", help="reuse the index folders of an earlier run")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(Path(args.worker), args.dtype, args.queries)))
@@ -145,7 +150,11 @@ def main() -> int:
     rows = []
     for n in args.sizes:
         directory = Path(args.root) / f"n{n}"
-        info = build(directory, n, args.token_rows)
+        if args.skip_build and (directory / "build.json").is_file():
+            info = json.loads((directory / "build.json").read_text())
+        else:
+            info = build(directory, n, args.token_rows)
+            (directory / "build.json").write_text(json.dumps(info))
         measured_disk = du(directory)
         token_bytes = TOKENS * HIDDEN * 2
         full_disk = measured_disk - info["token_rows_on_disk"] * token_bytes + n * token_bytes

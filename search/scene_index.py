@@ -12,15 +12,29 @@ Item ids are `<scene path relative to the scene root>#<col_off>,<row_off>`: stab
 
 from __future__ import annotations
 
+import base64
+import html
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
-from .scenes import TilingReport, iter_tiles, list_scenes
+from mtgfe.processing.image_decoding import load_image
+
+from .scenes import (
+    TilingReport,
+    apply_stretch,
+    iter_tiles,
+    list_scenes,
+    open_scene,
+    render_scene_quicklook,
+    scene_stretch,
+    select_bands,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +170,7 @@ def is_tile_hit(hit: Mapping) -> bool:
 
 def read_tile_image(hit: Mapping, bands: Sequence[int] | None = None) -> Image.Image:
     """Re-read one hit's window from its scene (thumbnails in the HTML report; same stretch rules as indexing)."""
-    import numpy as np  # noqa: PLC0415
-    from rasterio.windows import Window  # noqa: PLC0415
-
-    from .scenes import _to_rgb_image, apply_stretch, open_scene, scene_stretch, select_bands  # noqa: PLC0415
+    from rasterio.windows import Window  # noqa: PLC0415 - rasterio is the optional `geo` extra
 
     col, row, width, height = (int(v) for v in hit["window"])
     src = open_scene(hit["scene"])
@@ -167,13 +178,14 @@ def read_tile_image(hit: Mapping, bands: Sequence[int] | None = None) -> Image.I
         indexes, _ = select_bands(src, bands, repr(hit["scene"]))
         data = src.read(list(indexes), window=Window(col, row, width, height))
         scale = None if data.dtype == np.uint8 else scene_stretch(src, indexes)
-    return _to_rgb_image(apply_stretch(data, scale))
+    pixels = apply_stretch(data, scale)
+    if pixels.shape[0] == 1:  # grey → RGB, as tiles are decoded (scenes.py)
+        pixels = np.repeat(pixels, 3, axis=0)
+    return Image.fromarray(np.ascontiguousarray(np.moveaxis(pixels, 0, -1)), mode="RGB")
 
 
 def tile_image_loader(hits_by_id: Mapping[str, Mapping]):
     """An `image_loader` for `report_html`: tile ids → their window read from the scene; anything else as a file."""
-    from mtgfe.processing.image_decoding import load_image  # noqa: PLC0415
-
     def load(source):
         if isinstance(source, Image.Image):
             return source
@@ -191,11 +203,6 @@ def scene_quicklooks_html(results: Sequence[Mapping], out_dir: str | os.PathLike
     Why embedded PNG (base64): the report must stay one self-contained file like the rest of
     `report_html`; the PNGs are also left in `out_dir` for GIS users.
     """
-    import base64  # noqa: PLC0415
-    import html  # noqa: PLC0415
-
-    from .scenes import render_scene_quicklook  # noqa: PLC0415
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = []

@@ -28,8 +28,11 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from modeling_mtgfe.retrieval import encode_images
 from mtgfe.utils.io import atomic_write_text, read_json
 
+from .cli import load_model_and_processor
+from .gallery_index import GalleryIndex
 from .index_storage import atomic_save_tensors, model_identity
 
 logger = logging.getLogger(__name__)
@@ -66,8 +69,6 @@ def encode_shard(model, processor, dataset, rank: int, world: int, output_dir: s
 
     `stop_after_chunks` simulates a worker killed after that many chunks (tests).
     """
-    from modeling_mtgfe.retrieval import encode_images
-
     parts = Path(output_dir) / PARTS_DIR
     parts.mkdir(parents=True, exist_ok=True)
     shard = dataset.shard(num_shards=world, index=rank, contiguous=True)
@@ -101,8 +102,6 @@ def merge_parts(model, processor, dataset_len: int, world: int, output_dir: str 
 
     A missing chunk is an error naming it (rerun the workers: they only redo what is missing).
     """
-    from .gallery_index import GalleryIndex
-
     parts = Path(output_dir) / PARTS_DIR
     base, extra = divmod(dataset_len, world)
     embeds, tokens, items = [], [], []
@@ -146,8 +145,6 @@ def run(model, processor, dataset, output_dir, chunk_size: int = 256, batch_size
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from datasets import load_from_disk
-
-    from .cli import load_model_and_processor
 
     parser = argparse.ArgumentParser(prog="python -m mtgfe.search.sharded_encode")
     parser.add_argument("--model", required=True)
