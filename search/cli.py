@@ -93,6 +93,8 @@ def index_main(argv: list[str] | None = None) -> int:
     source_group = parser.add_mutually_exclusive_group(required=True)
     source_group.add_argument("--images", help="folder of images (searched recursively)")
     source_group.add_argument("--scenes", help="GeoTIFF / COG scene file or folder, indexed as tiles")
+    source_group.add_argument("--delete", nargs="+", metavar="ID",
+                              help="remove items (id or image path) from the index in --output, without a rebuild")
     parser.add_argument("--output", required=True, help="index folder; an existing index is updated with new files")
     parser.add_argument("--captions", default=None, help="optional JSON/JSONL ground-truth captions (for ✓ marks)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -113,6 +115,8 @@ def index_main(argv: list[str] | None = None) -> int:
         parser.error("--batch-size and --shard-size must be >= 1")
     if args.scenes:
         return _index_scenes(args)
+    if args.delete:
+        return _delete_items(args)
     try:
         model, processor = load_model_and_processor(args.model, args.processor)
         captions = _read_captions(args.captions)
@@ -282,6 +286,24 @@ def _index_scenes(args) -> int:
         print(f"WARNING: {len(skipped)} bad scene(s) were SKIPPED:", file=sys.stderr)
         for entry in skipped:
             print(f"  {entry}", file=sys.stderr)
+    return 0
+
+
+def _delete_items(args) -> int:
+    """`mtgfe-index --delete ID ...`: tombstone items (`GalleryIndex.delete`, persisted atomically)."""
+    from .gallery_index import GalleryIndex, IndexMismatchError
+
+    try:
+        model, processor = load_model_and_processor(args.model, args.processor)
+        index = GalleryIndex.load(args.output, model=model, processor=processor)
+        removed = index.delete(args.delete)
+    except KeyError as error:
+        print(f"error: {error.args[0]}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, IndexMismatchError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Deleted {removed} item(s) from {args.output}: {index.live_count} of {len(index)} remain searchable.")
     return 0
 
 

@@ -209,3 +209,19 @@ def test_interrupted_scene_build_resumes_to_the_same_index(model_dir, tmp_path, 
     assert [i["window"] for i in loaded.items] == [i["window"] for i in full.items]
     assert loaded.items[0]["id"] == "a.tif#0,0" and loaded.items[-1]["id"] == "b.tif#256,0"
     assert window_to_box(loaded.items[-1]["window"]) == (256, 0, 512, 256)
+
+
+def test_delete_tiles_from_the_cli_without_a_rebuild(model_dir, tmp_path, capsys):
+    _random_scene(tmp_path / "s.tif", height=256, width=768)
+    index_dir = tmp_path / "idx"
+    assert index_main(["--model", str(model_dir), "--scenes", str(tmp_path / "s.tif"), "--output", str(index_dir),
+                       "--quiet"]) == 0
+    assert index_main(["--model", str(model_dir), "--output", str(index_dir), "--delete", "s.tif#256,0"]) == 0
+    assert "Deleted 1 item(s)" in capsys.readouterr().out
+    out = tmp_path / "hits.geojson"
+    assert search_main(["--index", str(index_dir), "--model", str(model_dir), "q", "--k", "3", "--top-k", "3",
+                        "--geojson", str(out)]) == 0
+    windows = [f["properties"]["window"]["col_off"] for f in json.loads(out.read_text())["features"]]
+    assert sorted(windows) == [0, 512]
+    assert index_main(["--model", str(model_dir), "--output", str(index_dir), "--delete", "nope#0,0"]) == 2
+    assert "nope#0,0" in capsys.readouterr().err
