@@ -1,4 +1,4 @@
-"""Encode a gallery with several processes (Accelerate / torch.distributed + `datasets` sharding), then merge.
+"""Encode a gallery with several processes (torch.distributed / `accelerate launch` + `datasets` sharding), then merge.
 
 Why no job system of our own: `accelerate launch --num_processes N` (or any torch.distributed launcher)
 already starts the workers and gives each its rank; `datasets.Dataset.shard(num_shards=N, index=rank,
@@ -128,17 +128,29 @@ def merge_parts(model, processor, dataset_len: int, world: int, output_dir: str 
 
 def run(model, processor, dataset, output_dir, chunk_size: int = 256, batch_size: int = 32, keep_tokens: bool = True,
         tokens_dtype=None, backend: str | None = None):
-    """Every process of an Accelerate / torch.distributed launch calls this; the main one merges and returns the index."""
-    from accelerate import PartialState
+    """Every process of an `accelerate launch` / torchrun launch calls this; the main one merges and returns the index.
 
-    state = PartialState(backend=backend) if backend else PartialState()
-    encode_shard(model, processor, dataset, state.process_index, state.num_processes, output_dir,
+    Rank and world size come from the launcher's `RANK` / `WORLD_SIZE`; the process group is joined here
+    (gloo on CPU by default) only for the two barriers. Why not `accelerate.PartialState.wait_for_everyone`:
+    on a CPU-only torchrun launch it did not always block (rank 0 merged while rank 1 was still encoding,
+    seen once in a full test run), and an explicit `torch.distributed.barrier` is what it should do anyway.
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    encode_shard(model, processor, dataset, rank, world, output_dir,
                  chunk_size=chunk_size, batch_size=batch_size, keep_tokens=keep_tokens, tokens_dtype=tokens_dtype)
-    state.wait_for_everyone()
+    if dist.is_initialized():
+        dist.barrier()
     index = None
-    if state.is_main_process:
-        index = merge_parts(model, processor, len(dataset), state.num_processes, output_dir, chunk_size=chunk_size)
-    state.wait_for_everyone()
+    if rank == 0:
+        index = merge_parts(model, processor, len(dataset), world, output_dir, chunk_size=chunk_size)
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
     return index
 
 
