@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from modeling_mtgfe.retrieval import (
@@ -50,6 +51,17 @@ from modeling_mtgfe.pipeline_mtgfe import check_search_args, resolve_search_defa
 from mtgfe.processing.image_decoding import ImageDecodeError, load_image
 from mtgfe.utils.io import atomic_write_text, read_json
 
+from .coarse_index import (
+    EMBEDDINGS_FILE,
+    IVF_MIN_ITEMS,
+    ShortlistCoarse,
+    make_coarse_fn,
+    open_embeddings,
+    read_tombstones,
+    rows_of_ids,
+    write_embeddings,
+    write_tombstones,
+)
 from .index_storage import (  # noqa: F401  (re-exported: the index's public names)
     BUILD_STATE_NAME,
     INDEX_FORMAT_VERSION,
@@ -241,7 +253,15 @@ class GalleryIndex:
             listing = [p.relative_to(root).as_posix() for p in paths]
         else:
             listing = None
-        if _is_dataset(source):
+        batch_source = hasattr(source, "index_batches")  # e.g. mtgfe.search.scene_index.SceneSource
+        if batch_source:
+            index.manifest["source"] = source.describe()
+            index.manifest.update(source.settings())
+            settings.update(source.settings())
+            batches = source.index_batches(index.manifest["skipped"])
+            total = source.total
+            listing = []  # no up-front listing; the source checks the recorded ids itself (check_resume)
+        elif _is_dataset(source):
             index.manifest["source"] = f"datasets:{getattr(source, 'info', None) and source.info.description or 'dataset'}"
             batches = cls._dataset_batches(source)
             total = len(source)
@@ -261,6 +281,9 @@ class GalleryIndex:
         done = writer.consumed if writer else 0
         if writer is not None:
             recorded = [c for shard in writer.state["shards"] for c in shard["consumed"]]
+            if batch_source:
+                source.check_resume(recorded)
+                listing = None
             if listing is not None and listing[: len(recorded)] != recorded:
                 raise ValueError(
                     f"Cannot resume {str(output_dir)!r}: the files under {str(source)!r} changed since the interrupted "
@@ -277,7 +300,7 @@ class GalleryIndex:
                 logger.info("Resuming %s after %d of %d source entries", output_dir, done, total)
         # A resumed folder build retries the files an earlier session skipped (they may have been repaired);
         # they are appended after the listing, in their own shard(s).
-        retry = _retry_paths(writer, listing, root if listing is not None else None)
+        retry = [] if batch_source or listing is None else _retry_paths(writer, listing, root)
         embeds, tokens, items, consumed = [], [], [], []
         pending = 0
         bar = progress_bar(None, progress, total=total, initial=done, desc="indexing images", unit="img") if progress else None
@@ -397,23 +420,35 @@ class GalleryIndex:
         return gen
 
     def _load_shard(self, path: Path, count: int, keep_tokens: bool, record: dict | None = None,
-                    verify: str = "header") -> None:
-        """Read a shard's embeddings (and open its tokens lazily), checked against its manifest `record`."""
+                    verify: str = "header", load_embeds: bool = True) -> None:
+        """Read a shard's embeddings (and open its tokens lazily), checked against its manifest `record`.
+
+        `load_embeds=False` (the embeddings are memory-mapped from `embeddings.npy`): only the row count of
+        the shard's embeddings is checked, from the safetensors header."""
         if record is not None:
             verify_file(path, record, verify)
         handle = open_safetensors(path)
         try:
-            embeds = handle.get_tensor("image_embeds")
             has_tokens = "image_tokens" in handle.keys()
+            if load_embeds:
+                embeds = handle.get_tensor("image_embeds")
+                shape = tuple(embeds.shape)
+            elif record is not None and verify != "none" and record.get("embeds_sha256") is not None:
+                embeds = handle.get_tensor("image_embeds")  # hashed below, then dropped (the mmap is searched)
+                shape = tuple(embeds.shape)
+            else:
+                embeds, shape = None, tuple(handle.get_slice("image_embeds").get_shape())
         except Exception as error:  # noqa: BLE001 - a damaged or foreign shard
             raise IndexCorruptError(f"index shard {str(path)!r} has no readable image_embeds ({error}).") from error
-        if embeds.ndim != 2 or embeds.shape[0] != count:
-            raise IndexCorruptError(f"index shard {str(path)!r} holds {tuple(embeds.shape)} embeddings, the manifest "
+        if len(shape) != 2 or shape[0] != count:
+            raise IndexCorruptError(f"index shard {str(path)!r} holds {shape} embeddings, the manifest "
                                     f"says {count} rows: it was replaced. Rebuild the index.")
-        if record is not None and verify != "none" and record.get("embeds_sha256") not in (None, tensor_sha256(embeds)):
+        if embeds is not None and record is not None and verify != "none" \
+                and record.get("embeds_sha256") not in (None, tensor_sha256(embeds)):
             raise IndexCorruptError(f"index shard {str(path)!r} does not hold the embeddings the manifest recorded "
                                     "(altered, or swapped with another shard). Rebuild the index.")
-        self.image_embeds = embeds if self.image_embeds is None else torch.cat([self.image_embeds, embeds])
+        if load_embeds:
+            self.image_embeds = embeds if self.image_embeds is None else torch.cat([self.image_embeds, embeds])
         if keep_tokens and has_tokens:
             if self.image_tokens is None:
                 self.image_tokens = TokenStore()
@@ -530,6 +565,7 @@ class GalleryIndex:
             mtgfe_version=mtgfe_version(),
         )
         if self.kind == "images":
+            manifest.update(self._write_scale_files(directory))
             manifest["shards"] = self._saved_shards
             manifest["has_tokens"] = self.image_tokens is not None
             if self.image_tokens is not None:
@@ -540,7 +576,7 @@ class GalleryIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike, model=None, processor=None, load_tokens: bool = True,
-             verify: str = "header") -> "GalleryIndex":
+             verify: str = "header", mmap_embeddings: bool = True) -> "GalleryIndex":
         """Open an index; with `model`, check it is the model that built the index (else `IndexMismatchError`).
 
         `verify` checks every file against the manifest's checksums: "header" (default: sizes, safetensors
@@ -548,6 +584,9 @@ class GalleryIndex:
         or "none". A damaged, truncated, swapped or missing file, or a manifest with missing / mistyped
         keys, raises `IndexCorruptError` (a `FileFormatError`) naming the file. Indexes written before
         checksums existed load with a warning.
+
+        `mmap_embeddings`: map `embeddings.npy` read-only instead of reading every shard's embeddings into RAM
+        (`coarse_index` module docstring); indexes written before it existed load the shards as before.
         """
         check_verify_mode(verify)
         directory = Path(directory)
@@ -578,8 +617,14 @@ class GalleryIndex:
         index = cls(kind="images", items=[], manifest=manifest, model=model, processor=processor, directory=directory)
         if verify != "none" and any("size" not in shard for shard in manifest["shards"]):
             _warn_unchecked(directory)
+        mapped = mmap_embeddings and _embeddings_file_ok(directory, manifest)
         for shard in manifest["shards"]:
-            index._load_shard(directory / shard["file"], shard["count"], load_tokens, record=shard, verify=verify)
+            index._load_shard(directory / shard["file"], shard["count"], load_tokens, record=shard, verify=verify,
+                              load_embeds=not mapped)
+        if mapped:
+            index.image_embeds = open_embeddings(directory / EMBEDDINGS_FILE)
+            if verify != "none":
+                _check_mapped_embeddings(directory, manifest, index.image_embeds)
         index.items = list(manifest["items"])
         if index.image_embeds is None or index.image_embeds.shape[0] != len(index.items):
             raise ValueError(f"Index {str(directory)!r} is inconsistent: {len(index.items)} items but "
@@ -607,7 +652,10 @@ class GalleryIndex:
         return model, processor
 
     def _coarse_fn(self):
-        """FAISS `IndexFlatIP` for big galleries when installed; ties at the cut are completed exactly."""
+        """Archive-scale coarse stage (IVF shortlist + exact re-scoring, tombstones), else the FAISS flat path."""
+        scaled = self._scale_coarse_fn()
+        if scaled is not None:
+            return scaled
         if len(self) < FAISS_MIN_GALLERY:
             return None
         try:
@@ -618,6 +666,69 @@ class GalleryIndex:
             self._faiss = faiss.IndexFlatIP(self.image_embeds.shape[1])
             self._faiss.add(self.image_embeds.float().numpy())
         return lambda queries, k: faiss_topk(self._faiss, queries, self.image_embeds, k)
+
+    # ------------------------------------------------------------------ archive scale (issue #13 item 2)
+    # Kept together, apart from the build/search code above: see `coarse_index` for the why.
+    coarse_min_items: int = IVF_MIN_ITEMS
+    coarse_options: dict = {}
+
+    def _dead(self) -> set[int]:
+        if not hasattr(self, "_tombstones"):
+            self._tombstones = read_tombstones(self.directory)
+        return self._tombstones
+
+    def _scale_coarse_fn(self):
+        """`ShortlistCoarse` from `coarse_min_items` live rows on; exact-on-live-rows when rows are deleted."""
+        dead = self._dead()
+        key = (len(self), len(dead), self.coarse_min_items)
+        cached = getattr(self, "_scale_coarse", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        fn = make_coarse_fn(self.image_embeds, dead, self.directory, min_items=self.coarse_min_items,
+                            **self.coarse_options)
+        self._scale_coarse = (key, fn)
+        return fn
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Remove items by `id` (or `image`) without a rebuild; returns how many were newly deleted.
+
+        The rows stay in the shards (row numbers and token shards stay aligned); their numbers go to
+        `tombstones.json`, written atomically at once when the index has a folder, and every coarse path
+        (exact, IVF lists via `remove_ids`, shortlists) skips them. Unknown ids raise `KeyError` naming them.
+        """
+        if self.kind != "images":
+            raise ValueError("delete() removes images from an image index; rebuild a text index instead.")
+        rows = set(rows_of_ids(self.items, ids)) - self._dead()
+        if not rows:
+            return 0
+        self._tombstones = self._dead() | rows
+        if self.directory is not None:
+            write_tombstones(self.directory, self._tombstones)
+        cached = getattr(self, "_scale_coarse", None)
+        if cached is not None and isinstance(cached[1], ShortlistCoarse):
+            cached[1].delete(rows)
+            self._scale_coarse = ((len(self), len(self._tombstones), self.coarse_min_items), cached[1])
+            if self.directory is not None:
+                cached[1].save(self.directory)
+        return len(rows)
+
+    @property
+    def live_count(self) -> int:
+        return len(self) - len(self._dead()) if self.kind == "images" else len(self)
+
+    def _write_scale_files(self, directory: Path) -> dict:
+        """`embeddings.npy` (mmap at load) and, from `coarse_min_items` rows on, the IVF; returns manifest fields."""
+        count = 0 if self.image_embeds is None else int(self.image_embeds.shape[0])
+        fields = {"embeddings_file": {"file": EMBEDDINGS_FILE, "count": count}}
+        path = directory / EMBEDDINGS_FILE
+        if count and not (path.is_file() and self.manifest.get("embeddings_file", {}).get("count") == count
+                          and self.directory is not None and self.directory.resolve() == directory.resolve()):
+            write_embeddings(directory, self.image_embeds)
+        if count - len(self._dead()) >= self.coarse_min_items:
+            coarse = self._scale_coarse_fn()
+            if isinstance(coarse, ShortlistCoarse):
+                coarse.save(directory)
+        return fields
 
     def search(
         self,
@@ -670,6 +781,8 @@ class GalleryIndex:
         described = {"image": item["image"]}
         if "captions" in item:
             described["captions"] = item["captions"]
+        if "scene" in item:  # a scene tile (scene_index.SceneSource): where it is, for GeoJSON / NMS / quicklooks
+            described.update({k: v for k, v in item.items() if k != "image"})
         return described
 
 
@@ -720,6 +833,38 @@ def _retry_paths(writer, listing, root) -> list[Path]:
 def _warn_unchecked(directory) -> None:
     logger.warning("Index %s was written before mtgfe recorded checksums: its files cannot be verified. "
                    "Rebuild it (mtgfe-index into an empty folder) to get integrity checks.", directory)
+
+
+def _check_mapped_embeddings(directory: Path, manifest: dict, embeds: torch.Tensor) -> None:
+    """The memory-mapped `embeddings.npy` is what search reads: each shard's slice must hash to the embeddings
+    the manifest recorded for that shard (a flipped byte or a stale file is named, never searched)."""
+    start = 0
+    for shard in manifest["shards"]:
+        expected = shard.get("embeds_sha256")
+        count = shard["count"]
+        if expected is not None and tensor_sha256(embeds[start:start + count].to(torch.float32)) != expected:
+            raise IndexCorruptError(
+                f"{str(directory / EMBEDDINGS_FILE)!r} rows {start}..{start + count - 1} differ from the embeddings the "
+                f"manifest recorded for shard {shard['file']!r} (altered or stale). Rebuild the index."
+            )
+        start += count
+
+
+def _embeddings_file_ok(directory: Path, manifest: dict) -> bool:
+    """`embeddings.npy` is there and has the manifest's row count (an older index has neither: load shards)."""
+    record = manifest.get("embeddings_file")
+    if not record or not (directory / record["file"]).is_file():
+        return False
+    path = directory / record["file"]
+    try:
+        shape = np.load(path, mmap_mode="r").shape
+    except (ValueError, OSError) as error:  # truncated or not an .npy file
+        raise IndexCorruptError(f"{str(path)!r} (the memory-mapped embeddings) cannot be read ({error}); "
+                                "it is truncated or damaged. Rebuild the index.") from error
+    if shape[0] != record["count"]:
+        raise IndexCorruptError(f"{str(path)!r} holds {shape[0]} rows, the manifest says {record['count']}: it is "
+                                "stale or was replaced. Rebuild the index.")
+    return shape[0] == manifest.get("count")
 
 
 def _looks_like_texts(source) -> bool:

@@ -211,7 +211,7 @@ _MANIFEST_IMAGES = {"shards": list, "has_tokens": bool}
 _MANIFEST_OPTIONAL = {"model": str, "embed_dim": int, "image_size": int, "hidden_size": int, "model_type": str,
                       "source": (str, type(None)), "skipped": list, "created": str, "updated": str,
                       "mtgfe_version": str, "token_shape": list, "tokens_dtype": str, "distinct_texts": list,
-                      "texts_file": dict}
+                      "texts_file": dict, "embeddings_file": dict, "tiling": dict}
 _SHARD_KEYS = {"file": str, "count": int}
 
 

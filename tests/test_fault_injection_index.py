@@ -123,6 +123,9 @@ DAMAGES = {
     "lean shard truncated": ("lean", _shard(0), lambda p: _truncate(p, 0.7), "header"),
     "lean shard embedding byte flipped": (
         "lean", _shard(0), lambda p: _flip(p, sum(_safetensors_layout(p)["image_embeds"]) // 2), "header"),
+    # embeddings.npy is memory-mapped and searched: its bytes are checked against the shards' recorded hashes.
+    "mapped embeddings byte flipped": ("lean", "embeddings.npy", lambda p: _flip(p, p.stat().st_size - 6), "header"),
+    "mapped embeddings truncated": ("tokens", "embeddings.npy", lambda p: _truncate(p, 0.5), "header"),
     "text file truncated": ("texts", TEXTS_FILE, lambda p: _truncate(p, 0.5), "header"),
     "text file byte flipped": ("texts", TEXTS_FILE, lambda p: _flip(p, p.stat().st_size - 3), "header"),
     "text file deleted": ("texts", TEXTS_FILE, lambda p: p.unlink(), "header"),
