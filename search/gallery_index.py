@@ -108,6 +108,26 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
+def dataset_items(rows: dict, start: int, count: int) -> list[dict]:
+    """Index items of a `datasets` batch (`rows[column][j]`): the id is the file name, else the image id, else
+    the row number, so the same dataset always gives the same ids (sharded encoding relies on it)."""
+    items = []
+    for j in range(count):
+        if "filename" in rows:
+            ident = str(rows["filename"][j])
+        elif "image_id" in rows:
+            ident = str(rows["image_id"][j])
+        else:
+            ident = f"row_{start + j}"
+        item = {"image": ident, "id": ident}
+        if "image_id" in rows:
+            item["image_id"] = int(rows["image_id"][j])
+        if "captions" in rows:
+            item["captions"] = list(rows["captions"][j])
+        items.append(item)
+    return items
+
+
 def decode_options(processor) -> dict[str, Any]:
     """`load_image` options matching what `processor` would do: decode reduced towards its resize target
     (JPEG draft / reduce: a 6000² scene costs a few MB instead of ~100 MB) with its band selection."""
@@ -378,21 +398,7 @@ class GalleryIndex:
         def gen(start, batch_size):
             for s in range(start, len(dataset), batch_size):
                 rows = dataset[s : s + batch_size]
-                count = len(rows["image"])
-                items = []
-                for j in range(count):
-                    if "filename" in rows:
-                        ident = str(rows["filename"][j])
-                    elif "image_id" in rows:
-                        ident = str(rows["image_id"][j])
-                    else:
-                        ident = f"row_{s + j}"
-                    item = {"image": ident, "id": ident}
-                    if "image_id" in rows:
-                        item["image_id"] = int(rows["image_id"][j])
-                    if "captions" in rows:
-                        item["captions"] = list(rows["captions"][j])
-                    items.append(item)
+                items = dataset_items(rows, s, len(rows["image"]))
                 yield list(rows["image"]), items, [it["id"] for it in items]
         return gen
 

@@ -32,7 +32,7 @@ from modeling_mtgfe.retrieval import encode_images
 from mtgfe.utils.io import atomic_write_text, read_json
 
 from .cli import load_model_and_processor
-from .gallery_index import GalleryIndex
+from .gallery_index import GalleryIndex, dataset_items
 from .index_storage import atomic_save_tensors, model_identity
 
 logger = logging.getLogger(__name__)
@@ -42,24 +42,6 @@ PARTS_DIR = "parts"
 
 def chunk_name(rank: int, world: int, chunk: int) -> str:
     return f"part-{rank:05d}-of-{world:05d}-c{chunk:06d}"
-
-
-def _items_of(rows: dict, start: int, count: int) -> list[dict]:
-    items = []
-    for j in range(count):
-        if "filename" in rows:
-            ident = str(rows["filename"][j])
-        elif "image_id" in rows:
-            ident = str(rows["image_id"][j])
-        else:
-            ident = f"row_{start + j}"
-        item = {"image": ident, "id": ident}
-        if "image_id" in rows:
-            item["image_id"] = int(rows["image_id"][j])
-        if "captions" in rows:
-            item["captions"] = list(rows["captions"][j])
-        items.append(item)
-    return items
 
 
 def encode_shard(model, processor, dataset, rank: int, world: int, output_dir: str | os.PathLike,
@@ -87,7 +69,7 @@ def encode_shard(model, processor, dataset, rank: int, world: int, output_dir: s
         feats = encode_images(model, processor, list(rows["image"]), batch_size=batch_size, keep_tokens=keep_tokens,
                               progress=False, tokens_dtype=tokens_dtype)
         atomic_write_text(parts / f"{name}.items.json",
-                          json.dumps(_items_of(rows, offset + start, stop - start), ensure_ascii=False))
+                          json.dumps(dataset_items(rows, offset + start, stop - start), ensure_ascii=False))
         tensors = {"image_embeds": feats.embeds}
         if keep_tokens:
             tensors["image_tokens"] = feats.tokens

@@ -48,3 +48,23 @@ def write_images(folder, n: int, seed: int = 0, nested: bool = True) -> list:
         image.save(path)
         paths.append(path)
     return paths
+
+
+class InterruptingProcessor:
+    """A processor that raises `KeyboardInterrupt` after `n` image batches: a build killed mid-way.
+
+    Everything else (tokenizer, resize target, bands) comes from the real processor, so decoding is exact."""
+
+    def __init__(self, processor, n):
+        self.processor, self.n = processor, n
+        self.tokenizer = processor.tokenizer
+        self.image_processor = self
+
+    def __call__(self, images=None, **kwargs):
+        self.n -= 1
+        if self.n < 0:
+            raise KeyboardInterrupt
+        return self.processor.image_processor(images=images, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.processor.image_processor, name)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from retrieval_helpers import tiny_model, tiny_processor
+from retrieval_helpers import InterruptingProcessor, tiny_model, tiny_processor
 
 from mtgfe.search.cli import index_main
 from mtgfe.search.gallery_index import BUILD_STATE_NAME, MANIFEST_NAME, TEXTS_FILE, GalleryIndex, IndexCorruptError
@@ -183,27 +183,13 @@ def test_harmless_edits_load_the_same_index(world, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ interrupted builds
-class _Interrupting:
-    def __init__(self, processor, n):
-        self.processor, self.n = processor, n
-        self.tokenizer = processor.tokenizer
-        self.image_processor = self
-
-    def __call__(self, images=None, **kwargs):
-        self.n -= 1
-        if self.n < 0:
-            raise KeyboardInterrupt
-        return self.processor.image_processor(images=images, **kwargs)
-
-    def __getattr__(self, name):  # resize target, bands: decode exactly as the real processor does
-        return getattr(self.processor.image_processor, name)
 
 
 @pytest.fixture()
 def interrupted(world, tmp_path):
     model, processor, root = world
     with pytest.raises(KeyboardInterrupt):
-        GalleryIndex.build(model, _Interrupting(processor, 3), root / "images", output_dir=tmp_path / "idx",
+        GalleryIndex.build(model, InterruptingProcessor(processor, 3), root / "images", output_dir=tmp_path / "idx",
                            batch_size=5, shard_size=5, progress=False)
     assert len(json.loads((tmp_path / "idx" / BUILD_STATE_NAME).read_text())["shards"]) == 3
     return tmp_path / "idx"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from retrieval_helpers import CAPTIONS, random_images, tiny_model, tiny_processor, write_images
+from retrieval_helpers import CAPTIONS, InterruptingProcessor, random_images, tiny_model, tiny_processor, write_images
 
 from mtgfe.search.gallery_index import (
     BUILD_STATE_NAME,
@@ -78,19 +78,6 @@ def test_loading_with_another_model_names_both(parts, tmp_path):
         index.search(QUERY, model=model_b, processor=processor)
 
 
-class _Interrupting:
-    """A processor that dies after `n` image batches: a build killed mid-way."""
-
-    def __init__(self, processor, n):
-        self.processor, self.n = processor, n
-        self.tokenizer = processor.tokenizer
-        self.image_processor = self
-
-    def __call__(self, images=None, **kwargs):
-        self.n -= 1
-        if self.n < 0:
-            raise KeyboardInterrupt
-        return self.processor.image_processor(images=images, **kwargs)
 
 
 def test_resume_after_interruption_gives_the_one_pass_index(parts, tmp_path):
@@ -98,7 +85,7 @@ def test_resume_after_interruption_gives_the_one_pass_index(parts, tmp_path):
     one_pass = GalleryIndex.build(model, processor, root / "images", output_dir=tmp_path / "one", batch_size=2,
                                   shard_size=4, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        GalleryIndex.build(model, _Interrupting(processor, 3), root / "images", output_dir=tmp_path / "two",
+        GalleryIndex.build(model, InterruptingProcessor(processor, 3), root / "images", output_dir=tmp_path / "two",
                            batch_size=2, shard_size=4, progress=False)
     state = json.loads((tmp_path / "two" / BUILD_STATE_NAME).read_text())
     assert len(state["shards"]) == 1  # 4 images committed; batch 3 was pending, batch 4 died

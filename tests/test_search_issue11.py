@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 from PIL import Image
-from retrieval_helpers import tiny_model, tiny_processor, write_images
+from retrieval_helpers import InterruptingProcessor, tiny_model, tiny_processor, write_images
 
 from mtgfe.search.cli import index_main, search_main
 from mtgfe.search.gallery_index import BUILD_STATE_NAME, MANIFEST_NAME, GalleryIndex, IndexMismatchError
@@ -127,22 +127,6 @@ def test_a_repaired_file_that_was_skipped_is_indexed_on_the_next_run(parts, tmp_
     assert manifest["skipped"] == [] and any(i["id"] == "zz_broken.png" for i in manifest["items"])
 
 
-class _Interrupting:
-    """A processor that dies after `n` image batches: a build killed mid-way."""
-
-    def __init__(self, processor, n):
-        self.processor, self.n = processor, n
-        self.tokenizer = processor.tokenizer
-        self.image_processor = self
-
-    def __call__(self, images=None, **kwargs):
-        self.n -= 1
-        if self.n < 0:
-            raise KeyboardInterrupt
-        return self.processor.image_processor(images=images, **kwargs)
-
-    def __getattr__(self, name):  # resize target, bands: decode exactly as the real processor does
-        return getattr(self.processor.image_processor, name)
 
 
 def test_a_resumed_build_retries_files_skipped_before_the_interruption(parts, tmp_path):
@@ -151,7 +135,7 @@ def test_a_resumed_build_retries_files_skipped_before_the_interruption(parts, tm
     write_images(images, 6, seed=4, nested=False)
     (images / "img_000.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with pytest.raises(KeyboardInterrupt):
-        GalleryIndex.build(model, _Interrupting(processor, 2), images, output_dir=tmp_path / "idx", batch_size=2,
+        GalleryIndex.build(model, InterruptingProcessor(processor, 2), images, output_dir=tmp_path / "idx", batch_size=2,
                            shard_size=1, skip_unreadable=True, progress=False)
     assert json.loads((tmp_path / "idx" / BUILD_STATE_NAME).read_text())["skipped"]
     Image.new("RGB", (40, 40), "blue").save(images / "img_000.png")  # repaired while the build was down
