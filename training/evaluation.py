@@ -435,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic-size", type=int, default=128, help="render size of --dataset synthetic")
     parser.add_argument("--shift", choices=SHIFTS, default=None,
                         help="evaluate on shifted images: rotate90, color (fixed jitter) or rescale (x0.5)")
+    parser.add_argument("--compositional", action="store_true",
+                        help="instead of --dataset: the compositional benchmark (issue #14): filter / ITM / ITM+alpha*ITC "
+                             "on the pairs (Winoground) and single-edit views, bootstrap CIs, edited-caption retrieval")
+    parser.add_argument("--sources", nargs="+", default=["ucm_test", "rsicd_test"],
+                        help="with --compositional: test sources (ucm_test, rsicd_test); reported separately and pooled")
+    parser.add_argument("--n-boot", type=int, default=2000, help="with --compositional: bootstrap resamples (seeded)")
     parser.add_argument("--output", default=None, help="write the result JSON here")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -449,6 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.score = "itm"  # the sweep adds a * cosine to the ITM score itself
     if not Path(args.model).is_dir():
         raise SystemExit(f"mtgfe-eval: --model {args.model} is not a folder")
+    if args.compositional:
+        return compositional_main(args)
     if (args.dataset is None) == (args.cv_run is None):
         raise SystemExit("mtgfe-eval: give exactly one of --dataset or --cv-run")
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -484,6 +492,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         accelerator.print(f"alpha {value}: mR {rules[metrics.HEADLINE_RULE]['mR']:.2f} ({metrics.HEADLINE_RULE} ties)")
     if args.output:
         accelerator.print(f"wrote {args.output}")
+    return 0
+
+
+def compositional_main(args) -> int:
+    """`mtgfe-eval --compositional`: `compositional_eval.evaluate_compositional`, table, JSON."""
+    from .compositional_eval import evaluate_compositional, format_compositional
+
+    if args.dataset is not None or args.cv_run is not None:
+        raise SystemExit("mtgfe-eval: --compositional uses its own test sources (--sources), not --dataset/--cv-run")
+    model = MTGFEModel.from_pretrained(args.model).eval()
+    processor = MTGFEProcessor.from_pretrained(args.model)
+    report = evaluate_compositional(model, processor, sources=args.sources, data_dir=args.data_dir, k=args.k,
+                                    alpha=args.alpha, n_boot=args.n_boot, model_path=str(Path(args.model).resolve()),
+                                    max_gallery=args.max_images)
+    print(format_compositional(report))
+    if args.output:
+        atomic_write_json(args.output, report)
+        print(f"wrote {args.output}")
     return 0
 
 
