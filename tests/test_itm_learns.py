@@ -19,7 +19,7 @@ import pytest
 import torch
 
 PRIOR = -(1 / 3 * math.log(1 / 3) + 2 / 3 * math.log(2 / 3))
-N_IMAGES, MAX_STEPS, TARGET, WINDOW = 16, 60, 0.45, 8
+N_IMAGES, MAX_STEPS, TARGET, WINDOW = 16, 80, 0.45, 8  # passes at step 55 (0.448): stops early
 
 
 @pytest.fixture(scope="module")
