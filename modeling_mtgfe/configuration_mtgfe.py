@@ -132,6 +132,11 @@ class MTGFEConfig(PreTrainedConfig):
         itm_near_duplicate_overlap (`float`, *optional*): when set, a caption whose token set overlaps one of
             the image's own captions in the batch by at least this Jaccard value is never drawn as its ITM
             negative (nor is that image drawn for the caption). `None`: only identical captions are excluded.
+        itm_perturbation_negatives (`float`, defaults to 0.0): expected number of extra ITM negatives per positive
+            that are edited versions of its own caption (count/colour/relation/binding edits of *train* captions,
+            made by the trainer's collator and passed to `forward` as `perturbed_*`). 0: off, identical to before.
+        itc_perturbation_negatives (`float`, defaults to 0.0): the same edited captions used as extra ITC text
+            columns, negatives for their own image only (NegCLIP-style). 0: off.
         retrieval_k (`int`, defaults to 16): filter candidates per query that the fusion encoder re-ranks.
         retrieval_score (`str`, defaults to `"itm+itc"`): how the shortlist is ranked, one of
             `RETRIEVAL_SCORES`: `itm+itc` (ITM + alpha * filter cosine), `itm` (ITM alone) or `filter`.
@@ -170,6 +175,8 @@ class MTGFEConfig(PreTrainedConfig):
     mlm_probability: float = 0.15
     itm_random_negative_prob: float = 0.0
     itm_near_duplicate_overlap: float | None = None
+    itm_perturbation_negatives: float = 0.0
+    itc_perturbation_negatives: float = 0.0
     retrieval_k: int = 16
     retrieval_score: str = "itm+itc"
     retrieval_alpha: float | None = None
@@ -230,6 +237,10 @@ class MTGFEConfig(PreTrainedConfig):
             raise ValueError(f"mlm_probability={self.mlm_probability!r} must be in (0, 1).")
         if not 0.0 <= self.itm_random_negative_prob <= 1.0:
             raise ValueError(f"itm_random_negative_prob={self.itm_random_negative_prob!r} must be in [0, 1].")
+        for name in ("itm_perturbation_negatives", "itc_perturbation_negatives"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 8.0:
+                raise ValueError(f"{name}={value!r} must be a number in [0, 8] (negatives per positive; 0 = off).")
         if self.retrieval_alpha is not None and (not isinstance(self.retrieval_alpha, (int, float)) or self.retrieval_alpha < 0):
             raise ValueError(f"retrieval_alpha={self.retrieval_alpha!r} must be a number >= 0 (or None: 1.0).")
         if isinstance(self.retrieval_k, bool) or not isinstance(self.retrieval_k, int) or self.retrieval_k < 1:

@@ -147,6 +147,26 @@ def gather_for_itc(
     return all_image, all_text, all_ids, offset
 
 
+def itc_loss_with_extra_texts(sim_i2t: torch.Tensor, pos_mask: torch.Tensor, extra_i2t: torch.Tensor) -> torch.Tensor:
+    """`itc_loss` with extra negative-only text columns in the image→text direction (NegCLIP).
+
+    Args:
+        sim_i2t, pos_mask: as in `itc_loss`.
+        extra_i2t: `(B_img, P)` scaled similarities of each image to P extra captions (e.g. edited
+            captions); `-inf` where a column must not count for a row. They are never positives, and
+            they have no image, so the text→image direction is unchanged. `P = 0` gives `itc_loss` exactly.
+    """
+    if extra_i2t.shape[1] == 0:
+        return itc_loss(sim_i2t, pos_mask)
+    targets = pos_mask.float()
+    logits = torch.cat([sim_i2t, extra_i2t.to(sim_i2t.dtype)], dim=1)
+    log_probs = F.log_softmax(logits.float(), dim=1)[:, : sim_i2t.shape[1]]
+    i2t = -(log_probs * targets / targets.sum(1, keepdim=True)).sum(1).mean()
+    t2i_targets = targets.t()
+    t2i = -(F.log_softmax(sim_i2t.t(), dim=1) * t2i_targets / t2i_targets.sum(1, keepdim=True)).sum(1).mean()
+    return (i2t + t2i) / 2
+
+
 def caption_overlap(input_ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: tuple[int, ...]) -> torch.Tensor:
     """`(B, B)` Jaccard overlap of the captions' token sets (special tokens and padding ignored).
 
@@ -279,6 +299,7 @@ __all__ = [
     "gather_for_itc",
     "itc_loss",
     "itc_world_size",
+    "itc_loss_with_extra_texts",
     "itm_loss",
     "mask_tokens",
     "mlm_loss",

@@ -61,6 +61,7 @@ from .losses import (
     gather_for_itc,
     itc_loss,
     itc_world_size,
+    itc_loss_with_extra_texts,
     itm_loss,
     mask_tokens,
     mlm_loss,
@@ -626,6 +627,9 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
         pixel_values_view2: torch.Tensor | None = None,
         vision_hidden_states: torch.Tensor | None = None,
         vision_hidden_states_view2: torch.Tensor | None = None,
+        perturbed_input_ids: torch.Tensor | None = None,
+        perturbed_attention_mask: torch.Tensor | None = None,
+        perturbed_rows: torch.Tensor | None = None,
         return_loss: bool = True,
         **kwargs: Any,
     ) -> MTGFEOutput:
@@ -639,6 +643,10 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
             pixel_values_view2: `(B, 3, H, W)` second MVJRC view; required when `mvjrc_weight > 0`.
             vision_hidden_states, vision_hidden_states_view2: precomputed backbone tokens (frozen backbone)
                 that replace `pixel_values` / `pixel_values_view2`.
+            perturbed_input_ids, perturbed_attention_mask: `(P, T)` edited captions (perturbation negatives,
+                `mtgfe.training.perturbation`); `perturbed_rows` `(P,)`: the batch row whose image each one is a
+                negative for. Used by ITM when `itm_perturbation_negatives > 0` (extra negative pairs) and by ITC
+                when `itc_perturbation_negatives > 0` (extra text columns for their image); ignored otherwise.
         """
         config, base = self.config, self.mtgfe
         image_input = pixel_values if pixel_values is not None else vision_hidden_states
@@ -674,8 +682,30 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
         losses: dict[str, torch.Tensor] = {}
         joint_pos_cls = None
 
+        # Perturbation negatives: edited captions, each a negative of one row's image (never a positive).
+        pert = None
+        use_pert_itm = config.itm_weight > 0 and config.itm_perturbation_negatives > 0
+        use_pert_itc = config.itc_weight > 0 and config.itc_perturbation_negatives > 0
+        if perturbed_input_ids is not None and perturbed_input_ids.shape[0] > 0 and (use_pert_itm or use_pert_itc):
+            if perturbed_rows is None or perturbed_rows.shape[0] != perturbed_input_ids.shape[0]:
+                raise ValueError("perturbed_input_ids needs perturbed_rows (one batch row per edited caption).")
+            if perturbed_attention_mask is None:
+                perturbed_attention_mask = (perturbed_input_ids != config.pad_token_id).long()
+            pert_states = base.encode_text(perturbed_input_ids, perturbed_attention_mask)
+            pert = (pert_states, perturbed_attention_mask, perturbed_rows.to(device))
+
         if config.itc_weight > 0:
-            if config.itc_gather and itc_world_size() > 1:
+            if pert is not None and use_pert_itc:
+                # NegCLIP: edited captions as extra negative-only columns of their own row's image. They use the
+                # local batch's ITC (no cross-process gather): the edits exist only on the process that made them.
+                pert_embeds = base._text_embed(pert[0], pert[1])
+                extra = image_embeds @ pert_embeds.t() * base.logit_scale  # (B, P)
+                # only the owner row may see its edits: other rows' edits are masked out (they are not
+                # hard negatives for them and would be an unfair mix of budgets)
+                owner = pert[2].view(1, -1) == torch.arange(batch, device=device).view(-1, 1)
+                extra = extra.masked_fill(~owner, float("-inf"))
+                losses["itc"] = itc_loss_with_extra_texts(sim_i2t, pos, extra)
+            elif config.itc_gather and itc_world_size() > 1:
                 # Cross-process negatives: local rows against every process's columns (docs/METHOD.md §3.1;
                 # gradient scale reasoning in `gather_for_itc`). `sim_i2t` stays the local block for mining.
                 all_image, all_text, all_ids, offset = gather_for_itc(
@@ -715,6 +745,10 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
             )
             itm_logits = base.itm_head(joint[:, 0])
             labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(device)
+            if pert is not None and use_pert_itm:
+                joint_pert = base.fuse(pert[0], pert[1], image_key_values=key_values, image_index=pert[2])
+                itm_logits = torch.cat([itm_logits, base.itm_head(joint_pert[:, 0])])
+                labels = torch.cat([labels, torch.zeros(pert[0].shape[0], dtype=torch.long, device=device)])
             losses["itm"] = itm_loss(itm_logits, labels)
             output.itm_logits = itm_logits
             joint_pos_cls = joint[:batch, 0]

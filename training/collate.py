@@ -141,12 +141,14 @@ class TrainCollator:
         base_transform: Callable | None = None,
         mvjrc_transform: Callable | None = None,
         max_length: int = 40,
+        perturber: Callable | None = None,
     ):
         self.processor = processor
         self.seed = int(seed)
         self.base_transform = base_transform
         self.mvjrc_transform = mvjrc_transform
         self.max_length = max_length
+        self.perturber = perturber  # training/perturbation.CaptionPerturber: edited-caption negatives
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         base_views, second_views, captions = [], [], []
@@ -173,6 +175,8 @@ class TrainCollator:
         if self.mvjrc_transform is not None:
             image_processor = self.processor.image_processor
             batch["pixel_values_view2"] = image_processor(images=second_views, return_tensors="pt")["pixel_values"]
+        if self.perturber is not None:
+            batch.update(self.perturber(rows, self.processor, self.max_length))
         return batch
 
 
@@ -337,8 +341,9 @@ class CachedTrainCollator:
     """
 
     def __init__(self, processor, seed: int, cache: BackboneCache | None, augment: bool = True, mvjrc: bool = False,
-                 max_length: int = 40, dtype: torch.dtype = torch.float32):
+                 max_length: int = 40, dtype: torch.dtype = torch.float32, perturber: Callable | None = None):
         # `cache` may be attached later (the trainer builds the collator before the model that fills it)
+        self.perturber = perturber
         self.processor = processor
         self.seed = int(seed)
         self.cache = cache
@@ -370,6 +375,8 @@ class CachedTrainCollator:
         if self.mvjrc:
             second = torch.tensor([p[1] for p in picks])
             batch["vision_hidden_states_view2"] = self.cache.tokens[image_rows, second].to(self.dtype)
+        if self.perturber is not None:
+            batch.update(self.perturber(rows, self.processor, self.max_length))
         return batch
 
 

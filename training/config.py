@@ -56,7 +56,7 @@ from .config_validation import (
 # `model.*` fields that are `MTGFEConfig` fields of the same name: their defaults come from the model
 # config and the trainer passes them through unchanged, so nothing is written down twice.
 MODEL_TASK_FIELDS = ("itc_weight", "itm_weight", "mlm_weight", "mvjrc_weight", "mvjrc_variant",
-                     "itm_random_negative_prob")
+                     "itm_random_negative_prob", "itm_perturbation_negatives", "itc_perturbation_negatives")
 _MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MTGFEConfig) if f.name in MODEL_TASK_FIELDS}
 # Names that moved out of this module; `__getattr__` below still serves them with a DeprecationWarning.
 _MOVED = {"EVAL_SCORES": ("modeling_mtgfe.configuration_mtgfe", "RETRIEVAL_SCORES"),
@@ -93,6 +93,9 @@ class ModelConfig:
     mvjrc_weight: float = _MODEL_DEFAULTS["mvjrc_weight"]
     mvjrc_variant: str = _MODEL_DEFAULTS["mvjrc_variant"]
     itm_random_negative_prob: float = _MODEL_DEFAULTS["itm_random_negative_prob"]
+    # Edited train captions as extra negatives (training/perturbation.py): ITM pairs and/or ITC columns.
+    itm_perturbation_negatives: float = _MODEL_DEFAULTS["itm_perturbation_negatives"]
+    itc_perturbation_negatives: float = _MODEL_DEFAULTS["itc_perturbation_negatives"]
     fusion_layer: int | None = None
     num_fusion_layers: int | None = None  # with model.init: fusion stack from the top text layers (see from_vision_text_pretrained)
     # Two-stage recipes: the shipped config that produces `pretrained` (which must then be

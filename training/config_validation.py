@@ -126,6 +126,14 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         _fail(source, f"unknown model.mvjrc_variant {m.mvjrc_variant!r}; allowed: {list(MVJRC_VARIANTS)}")
     if not 0.0 <= m.itm_random_negative_prob <= 1.0:
         _fail(source, f"model.itm_random_negative_prob={m.itm_random_negative_prob} must be in [0, 1]")
+    for name in ("itm_perturbation_negatives", "itc_perturbation_negatives"):
+        value = getattr(m, name)
+        if not 0.0 <= value <= 8.0:
+            _fail(source, f"model.{name}={value} must be in [0, 8] (edited-caption negatives per positive; 0 = off)")
+    if m.itm_perturbation_negatives > 0 and m.itm_weight == 0:
+        _fail(source, "model.itm_perturbation_negatives > 0 needs model.itm_weight > 0 (they are ITM negatives)")
+    if m.itc_perturbation_negatives > 0 and m.itc_weight == 0:
+        _fail(source, "model.itc_perturbation_negatives > 0 needs model.itc_weight > 0 (they are ITC columns)")
     if m.num_fusion_layers is not None:
         if m.init is None:
             _fail(source, f"model.num_fusion_layers={m.num_fusion_layers} needs model.init (it decides which pretrained "
@@ -133,7 +141,7 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         if not isinstance(m.num_fusion_layers, int) or m.num_fusion_layers < 1:
             _fail(source, f"model.num_fusion_layers={m.num_fusion_layers!r} must be an int >= 1 (or null)")
     reserved = {"itc_weight", "itm_weight", "mlm_weight", "mvjrc_weight", "mvjrc_variant", "itm_random_negative_prob",
-                "fusion_layer", "num_fusion_layers"}
+                "itm_perturbation_negatives", "itc_perturbation_negatives", "fusion_layer", "num_fusion_layers"}
     for key in m.config:
         if key in reserved:
             _fail(source, f"model.config.{key}: set it as model.{key} instead")

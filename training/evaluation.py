@@ -54,6 +54,7 @@ from . import metrics
 from .benchmarks import BENCHMARKS, canonical_benchmark
 from .config import load_config
 from .config_validation import ConfigError
+from .compositional_eval import evaluate_compositional, format_compositional
 from .cv import load_cv
 from .deprecation import deprecated_attribute
 from .loading import load_dataset_split
@@ -442,6 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--synthetic-size", type=int, default=128, help="render size of --dataset synthetic")
     parser.add_argument("--shift", choices=SHIFTS, default=None,
                         help="evaluate on shifted images: rotate90, color (fixed jitter) or rescale (x0.5)")
+    parser.add_argument("--compositional", action="store_true",
+                        help="instead of --dataset: the compositional benchmark (issue #14): filter / ITM / ITM+alpha*ITC "
+                             "on the pairs (Winoground) and single-edit views, bootstrap CIs, edited-caption retrieval")
+    parser.add_argument("--sources", nargs="+", default=["ucm_test", "rsicd_test"],
+                        help="with --compositional: test sources (ucm_test, rsicd_test); reported separately and pooled")
+    parser.add_argument("--n-boot", type=int, default=2000, help="with --compositional: bootstrap resamples (seeded)")
     parser.add_argument("--output", default=None, help="write the result JSON here")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -467,7 +474,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag}={value} must be >= {low}")
     if not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model} is not a folder")
-    if (args.dataset is None) == (args.cv_run is None):
+    if not args.compositional and (args.dataset is None) == (args.cv_run is None):
         raise UsageError("give exactly one of --dataset or --cv-run")
     if args.cv_run is not None and not Path(args.cv_run).is_dir():
         raise UsageError(f"--cv-run {args.cv_run} is not a folder")
@@ -498,6 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     check_args(args)
+    if args.compositional:
+        return compositional_main(args)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     try:
         if args.cv_run is not None:
@@ -538,6 +547,22 @@ def _run(args: argparse.Namespace) -> int:
         accelerator.print(f"alpha {value}: mR {rules[metrics.HEADLINE_RULE]['mR']:.2f} ({metrics.HEADLINE_RULE} ties)")
     if args.output:
         accelerator.print(f"wrote {args.output}")
+    return 0
+
+
+def compositional_main(args) -> int:
+    """`mtgfe-eval --compositional`: `compositional_eval.evaluate_compositional`, table, JSON."""
+    if args.dataset is not None or args.cv_run is not None:
+        raise UsageError("--compositional uses its own test sources (--sources), not --dataset/--cv-run")
+    model = MTGFEModel.from_pretrained(args.model).eval()
+    processor = MTGFEProcessor.from_pretrained(args.model)
+    report = evaluate_compositional(model, processor, sources=args.sources, data_dir=args.data_dir, k=args.k,
+                                    alpha=args.alpha, n_boot=args.n_boot, model_path=str(Path(args.model).resolve()),
+                                    max_gallery=args.max_images)
+    print(format_compositional(report))
+    if args.output:
+        atomic_write_json(args.output, report)
+        print(f"wrote {args.output}")
     return 0
 
 

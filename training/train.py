@@ -72,6 +72,7 @@ from .config import (
 from .deprecation import deprecated_attribute
 from .evaluation import evaluate_model
 from .loading import load_config_split
+from .perturbation import CaptionPerturber
 
 
 logger = logging.get_logger(__name__)
@@ -294,15 +295,31 @@ def load_run_data(cfg: TrainConfig, accelerator, output_dir: Path):
     return train_rows, val_set, val_name, cv
 
 
+def build_perturber(cfg: TrainConfig, train_set) -> CaptionPerturber | None:
+    """Edited-caption negatives (`model.itm/itc_perturbation_negatives`) from the *training* captions only.
+
+    ITM and ITC levers share one generator with the same rate and seed: a run with either lever at rate r
+    sees exactly the same edited captions, so the two are compared on the same data and budget."""
+    m = cfg.model
+    rate = max(m.itm_perturbation_negatives if m.itm_weight > 0 else 0.0,
+               m.itc_perturbation_negatives if m.itc_weight > 0 else 0.0)
+    if rate <= 0:
+        return None
+    dataset = getattr(train_set, "dataset", train_set)
+    return CaptionPerturber(dataset["caption"], rate=rate, seed=cfg.seed)
+
+
 def build_train_loader(cfg: TrainConfig, train_set, processor, views_pair, accelerator):
     """`(collator, prepared DataLoader)`. The loader has its *own* generator: without one, creating the
     resumed iterator consumes the global RNG and the run diverges at the first resumed step (docs/HF_PITFALLS.md §7).
     With the backbone cache the collator gets its cache once the model exists (`train`)."""
+    perturber = build_perturber(cfg, train_set)
     if cfg.data.backbone_cache.enabled:
         collator = CachedTrainCollator(processor, cfg.seed, None, augment=cfg.views.augment,
-                                       mvjrc=cfg.model.mvjrc_weight > 0, max_length=cfg.data.max_length)
+                                       mvjrc=cfg.model.mvjrc_weight > 0, max_length=cfg.data.max_length,
+                                       perturber=perturber)
     else:
-        collator = TrainCollator(processor, cfg.seed, *views_pair, cfg.data.max_length)
+        collator = TrainCollator(processor, cfg.seed, *views_pair, cfg.data.max_length, perturber=perturber)
     loader = DataLoader(
         train_set,
         batch_size=cfg.batch_size,
