@@ -8,9 +8,9 @@ from pathlib import Path
 HERE = Path(__file__).parent
 MODELS = [  # (file, label, scorers shown)
     ("eval_stage1_dual.json", "dual encoder, stage 1 (`ucm_dual_finetune`)", ["filter"]),
-    ("eval_negclip.json", "NegCLIP dual encoder (stage 1 + 260 steps ITC w/ perturbation negs)", ["filter"]),
-    ("eval_fusion.json", "fusion, default stage 2 (`ucm_fusion`, MLM 0.1)", ["filter", "itm", "itm+itc"]),
-    ("eval_fusion_pert.json", "fusion + ITM perturbation negatives (1.0)", ["filter", "itm", "itm+itc"]),
+    ("eval_negclip.json", "NegCLIP dual encoder (stage 1 + 80 steps ITC with 1.0 perturbation negs)", ["filter"]),
+    ("eval_fusion.json", "fusion, `ucm_fusion` (MLM 0.1), 80 of 260 steps", ["filter", "itm", "itm+itc"]),
+    ("eval_fusion_pert.json", "fusion + ITM perturbation negatives 1.0, 80 steps", ["filter", "itm", "itm+itc"]),
 ]
 SINGLE = [("ucm_test", "count"), ("ucm_test", "colour"), ("rsicd_test", "colour"), ("pooled", "overall")]
 PAIRS = [("ucm_test", "overall"), ("rsicd_test", "overall"), ("pooled", "overall")]
