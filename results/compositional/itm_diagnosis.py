@@ -27,7 +27,7 @@ from mtgfe.processing import load_default_tokenizer, MTGFEImageProcessor, load_i
 PRIOR = -(1 / 3 * math.log(1 / 3) + 2 / 3 * math.log(2 / 3))  # 0.6365
 
 
-def real_batch(n_images=32, data_dir="/work/shared/data", image_size=256, model=None):
+def real_batch(n_images=32, data_dir="../shared/data", image_size=256, model=None):
     ds = load_rs_benchmark("ucm", data_dir=data_dir, split="train", view="images")
     idx = np.linspace(0, len(ds) - 1, n_images).round().astype(int).tolist()
     rows = ds.select(idx)
