@@ -76,7 +76,8 @@ h1{font-size:1.3em} h2{font-size:1.1em;margin-top:1.6em}
 .missing{width:%(w)dpx;height:%(w)dpx;background:#eee;display:flex;align-items:center;justify-content:center;color:#888}
 .name{word-break:break-all;color:#555} .mark{color:#2a2;font-weight:bold}
 .meta{color:#777;font-size:12px}
-.compare{display:flex;flex-wrap:wrap;gap:28px} .compare h3{font-size:13px;margin:4px 0}
+.compare{display:flex;flex-wrap:nowrap;gap:24px} .compare h3{font-size:13px;margin:4px 0} .compare .row{flex-wrap:nowrap;gap:6px}
+.detail{color:#333;font-size:11px}
 table.t{border-collapse:collapse;font-size:13px} table.t td,table.t th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 table.t th:first-child,table.t td:first-child{text-align:left}
 """
@@ -95,7 +96,7 @@ def render_html(
     `results`: `[{"query": str | image, "hits": [{"image" or "text", "score", "filter_score", "rank",
     "captions"?, "match"?}, ...]}, ...]`. A result with `"columns": {heading: hits}` shows each list
     side by side under its heading (e.g. the filter's top-k beside the re-ranked top-k); `"note"` adds a
-    line under the query; a hit's `"match"` (bool) overrides the caption test for its ✓. `extra_html`:
+    line under the query; a hit's `"match"` (bool) overrides the caption test for its ✓ and its `"detail"` is printed under it. `extra_html`:
     trusted HTML fragments placed before the queries (tables of numbers).
     """
     loader = image_loader or _default_loader
@@ -137,11 +138,13 @@ def _hit_cells(query, hits, thumbnail_size: int, loader: ImageLoader) -> list[st
             thumb = _thumbnail(hit["image"], thumbnail_size, loader)
             body = (f"<img src='{_jpeg_data_uri(thumb)}' alt='{html.escape(str(hit['image']))}'>" if thumb
                     else "<div class='missing'>no preview</div>")
-            name = f"<div class='name'>{html.escape(str(hit['image']))}</div>"
+            shown = os.path.basename(str(hit["image"])) if isinstance(hit["image"], (str, os.PathLike)) else str(hit["image"])
+            name = f"<div class='name' title='{html.escape(str(hit['image']))}'>{html.escape(shown)}</div>"
         parts.append(
             f"<div class='{css}' data-rank='{hit['rank']}'>{body}"
             f"<div>{mark}#{hit['rank']} score {hit['score']:.4f}</div>"
-            f"<div>filter {hit['filter_score']:.4f}</div>{name}</div>"
+            f"<div>filter {hit['filter_score']:.4f}</div>{name}"
+            + (f"<div class='detail'>{html.escape(str(hit['detail']))}</div>" if hit.get("detail") else "") + "</div>"
         )
     return parts
 

@@ -28,6 +28,7 @@ import json
 import logging
 import re
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Sequence
@@ -116,6 +117,14 @@ def scene_match(want: dict, scene: dict | str | None) -> dict[str, bool] | None:
     colour = [g for g in kind if g["colour"] == want.get("colour", g["colour"])]
     count = [g for g in colour if g["count"] == want.get("count", g["count"])]
     return {"kind": bool(kind), "colour": bool(colour), "count": bool(count)}
+
+
+def scene_summary(scene: dict | str | None) -> str:
+    """'3 blue plane · 1 red building': what a scene holds, for a person checking a hit."""
+    if not scene:
+        return ""
+    groups = (json.loads(scene) if isinstance(scene, str) else scene)["groups"]
+    return " · ".join(f"{g['count']} {g['colour']} {g['kind']}" for g in groups)
 
 
 def distinct_caption_queries(gallery, n: int) -> list[str]:
@@ -208,6 +217,8 @@ def run_demo(args: argparse.Namespace) -> dict:
 
     print(f"[2/5] indexing {args.gallery_size} held-out `{split}` images")
     gallery = held_out_split(cfg, args.data, split, args.gallery_size, args.data_dir)
+    for stale in (output / "gallery", output / "index"):  # a rerun starts from a fresh gallery and index
+        shutil.rmtree(stale, ignore_errors=True)
     captions = write_gallery_folder(gallery, output / "gallery")
     scenes = ({Path(row["filename"]).with_suffix(".png").name: row["scene"] for row in gallery}
               if "scene" in gallery.column_names else {})
@@ -227,6 +238,7 @@ def run_demo(args: argparse.Namespace) -> dict:
             for hit in fil + rer:
                 hit["scene_match"] = scene_match(spec["want"], scenes.get(Path(str(hit["image"])).name))
                 hit["match"] = hit["scene_match"]["count"] if hit["scene_match"] else None
+                hit["detail"] = scene_summary(scenes.get(Path(str(hit["image"])).name))
             result.update(want=spec["want"], available=available,
                           note=f"{available} of the {len(scenes)} held-out scenes hold {json.dumps(spec['want'])}; "
                                "✓ = the hit's scene graph does")
@@ -279,7 +291,7 @@ def run_demo(args: argparse.Namespace) -> dict:
             "time": f"{total:.0f} s wall, {cpu:.0f} s CPU",
             "note": "synthetic scenes: a pipeline check, not a benchmark" if args.data == "synthetic" else "held-out test images"}
     write_html(output / "results.html", results, title=f"MTGFE demo ({args.data})", meta=meta,
-               thumbnail_size=112, extra_html=_tables_html(demo))
+               thumbnail_size=96, extra_html=_tables_html(demo))
     print(f"done in {total:.0f} s wall, {cpu:.0f} s CPU (training {train_seconds:.0f} s); open {output / 'results.html'}")
     return {"reports": reports, "results": results, "seconds": total, "summary": demo}
 
