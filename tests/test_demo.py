@@ -57,7 +57,13 @@ def test_synthetic_queries_can_be_shown_by_the_held_out_gallery():
         assert sum(scene_match(query["want"], s)["count"] for s in scenes) >= 5, query
 
 
-def test_distinct_caption_queries_pick_one_per_class():
+def test_distinct_caption_queries_ask_for_different_things():
+    rows = [{"filename": f"{i}.tif", "captions": ["There is a piece of farmland .", "There is a piece of cropland ."]}
+            for i in range(3)]
+    rows += [{"filename": "7.tif", "captions": ["It is a piece of farmland .", "Many planes at the airport ."]},
+             {"filename": "9.tif", "captions": ["A beach with waves ."]}]
+    assert distinct_caption_queries(rows, 3) == ["There is a piece of farmland .", "Many planes at the airport .",
+                                                 "A beach with waves ."]
     rows = [{"filename": f"agricultural{i:02d}.tif", "captions": ["There is a piece of farmland ."] * 5} for i in range(3)]
     rows += [{"filename": "airplane00.tif", "captions": ["An airplane is parked ."]},
              {"filename": "beach00.tif", "captions": ["There is a piece of farmland .", "A beach with waves ."]}]

@@ -127,18 +127,32 @@ def scene_summary(scene: dict | str | None) -> str:
     return " · ".join(f"{g['count']} {g['colour']} {g['kind']}" for g in groups)
 
 
+_STOP_WORDS = frozenset("a an the is are there it its of in on at to with and some this that many lots lot".split())
+
+
+def _content_words(text: str) -> frozenset[str]:
+    return frozenset(w for w in re.findall(r"[a-z]+", text.lower()) if w not in _STOP_WORDS)
+
+
 def distinct_caption_queries(gallery, n: int) -> list[str]:
-    """`n` queries from held-out captions, one per class where file names carry one (UCM `agricultural12`),
-    each distinct; deterministic (gallery order, first unused caption)."""
-    queries, classes = [], set()
+    """`n` held-out captions as queries that ask for different things: a caption is taken when fewer than half
+    of its content words (those of the shorter caption) appear in any caption taken before, and, where file
+    names carry a class (`agricultural12.tif`), from a class not used yet. Deterministic: gallery order,
+    each image's captions in order. (UCM's first test images are all farmland: "There is a piece of
+    farmland ." then "... of cropland ." would be the same query twice.)"""
+    queries, taken, classes = [], [], set()
     for row in gallery:
-        label = re.sub(r"[\d_\-]+$", "", Path(str(row["filename"])).stem) or str(row["filename"])
-        if label in classes:
+        label = re.sub(r"[\d_\-]+$", "", Path(str(row["filename"])).stem)
+        if label and label in classes:
             continue
-        caption = next((c for c in row["captions"] if c.strip() and c not in queries), None)
-        if caption is not None:
-            queries.append(caption)
-            classes.add(label)
+        for caption in row["captions"]:
+            words = _content_words(caption)
+            if words and all(len(words & other) <= 0.5 * min(len(words), len(other)) - 1e-9 or not other
+                             for other in taken):
+                queries.append(caption)
+                taken.append(words)
+                classes.add(label)
+                break
         if len(queries) == n:
             break
     return queries
