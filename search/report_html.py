@@ -34,6 +34,8 @@ def normalize_caption(text: str) -> str:
 
 def is_match(query: Any, hit: dict) -> bool | None:
     """True/False when the hit has ground truth to judge by, None when it has none."""
+    if hit.get("match") is not None:  # the caller judged it (e.g. from a scene graph)
+        return bool(hit["match"])
     if not isinstance(query, str):
         return None
     if hit.get("captions"):
@@ -73,6 +75,10 @@ h1{font-size:1.3em} h2{font-size:1.1em;margin-top:1.6em}
 .missing{width:%(w)dpx;height:%(w)dpx;background:#eee;display:flex;align-items:center;justify-content:center;color:#888}
 .name{word-break:break-all;color:#555} .mark{color:#2a2;font-weight:bold}
 .meta{color:#777;font-size:12px}
+.compare{display:flex;flex-wrap:nowrap;gap:24px} .compare h3{font-size:13px;margin:4px 0} .compare .row{flex-wrap:nowrap;gap:6px}
+.detail{color:#333;font-size:11px}
+table.t{border-collapse:collapse;font-size:13px} table.t td,table.t th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+table.t th:first-child,table.t td:first-child{text-align:left}
 """
 
 
@@ -82,11 +88,15 @@ def render_html(
     thumbnail_size: int = 160,
     image_loader: ImageLoader | None = None,
     meta: dict | None = None,
+    extra_html: Sequence[str] | None = None,
 ) -> str:
     """One section per query: rank, score, filter score, ✓ and an embedded thumbnail per hit.
 
     `results`: `[{"query": str | image, "hits": [{"image" or "text", "score", "filter_score", "rank",
-    "captions"?}, ...]}, ...]`.
+    "captions"?, "match"?}, ...]}, ...]`. A result with `"columns": {heading: hits}` shows each list
+    side by side under its heading (e.g. the filter's top-k beside the re-ranked top-k); `"note"` adds a
+    line under the query; a hit's `"match"` (bool) overrides the caption test for its ✓ and its `"detail"` is printed under it. `extra_html`:
+    trusted HTML fragments placed before the queries (tables of numbers).
     """
     loader = image_loader or _default_loader
     parts = [
@@ -96,30 +106,46 @@ def render_html(
     ]
     info = {"generated": _dt.datetime.now().isoformat(timespec="seconds"), **(meta or {})}
     parts.append("<p class='meta'>" + " · ".join(f"{html.escape(str(k))}: {html.escape(str(v))}" for k, v in info.items()) + "</p>")
+    parts.extend(extra_html or [])
     for result in results:
         query = result["query"]
         label = query if isinstance(query, str) else os.fspath(query) if isinstance(query, os.PathLike) else "image query"
-        parts.append(f"<h2 class='query'>{html.escape(str(label))}</h2><div class='row'>")
-        for hit in result["hits"]:
-            match = is_match(query, hit)
-            css = "hit ok" if match else "hit no" if match is False else "hit"
-            mark = "<span class='mark' title='a ground-truth caption matches the query'>✓</span> " if match else ""
-            if "text" in hit and "image" not in hit:
-                body = f"<div>{html.escape(hit['text'])}</div>"
-                name = ""
-            else:
-                thumb = _thumbnail(hit["image"], thumbnail_size, loader)
-                body = (f"<img src='{_jpeg_data_uri(thumb)}' alt='{html.escape(str(hit['image']))}'>" if thumb
-                        else "<div class='missing'>no preview</div>")
-                name = f"<div class='name'>{html.escape(str(hit['image']))}</div>"
-            parts.append(
-                f"<div class='{css}' data-rank='{hit['rank']}'>{body}"
-                f"<div>{mark}#{hit['rank']} score {hit['score']:.4f}</div>"
-                f"<div>filter {hit['filter_score']:.4f}</div>{name}</div>"
-            )
-        parts.append("</div>")
+        parts.append(f"<h2 class='query'>{html.escape(str(label))}</h2>")
+        if result.get("note"):
+            parts.append(f"<p class='meta'>{html.escape(str(result['note']))}</p>")
+        columns = result.get("columns") or {"": result["hits"]}  # {heading: hits}: shown side by side
+        parts.append("<div class='compare'>" if len(columns) > 1 else "")
+        for heading, hits in columns.items():
+            parts.append(f"<div><h3>{html.escape(heading)}</h3><div class='row'>" if heading else "<div><div class='row'>")
+            parts.extend(_hit_cells(query, hits, thumbnail_size, loader))
+            parts.append("</div></div>")
+        parts.append("</div>" if len(columns) > 1 else "")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _hit_cells(query, hits, thumbnail_size: int, loader: ImageLoader) -> list[str]:
+    parts = []
+    for hit in hits:
+        match = is_match(query, hit)
+        css = "hit ok" if match else "hit no" if match is False else "hit"
+        mark = "<span class='mark' title='matches the query (ground-truth caption or scene graph)'>✓</span> " if match else ""
+        if "text" in hit and "image" not in hit:
+            body = f"<div>{html.escape(hit['text'])}</div>"
+            name = ""
+        else:
+            thumb = _thumbnail(hit["image"], thumbnail_size, loader)
+            body = (f"<img src='{_jpeg_data_uri(thumb)}' alt='{html.escape(str(hit['image']))}'>" if thumb
+                    else "<div class='missing'>no preview</div>")
+            shown = os.path.basename(str(hit["image"])) if isinstance(hit["image"], (str, os.PathLike)) else str(hit["image"])
+            name = f"<div class='name' title='{html.escape(str(hit['image']))}'>{html.escape(shown)}</div>"
+        parts.append(
+            f"<div class='{css}' data-rank='{hit['rank']}'>{body}"
+            f"<div>{mark}#{hit['rank']} score {hit['score']:.4f}</div>"
+            f"<div>filter {hit['filter_score']:.4f}</div>{name}"
+            + (f"<div class='detail'>{html.escape(str(hit['detail']))}</div>" if hit.get("detail") else "") + "</div>"
+        )
+    return parts
 
 
 def write_html(path: str | os.PathLike, results: Sequence[dict], **kwargs) -> str:
