@@ -38,6 +38,8 @@ import torch
 from modeling_mtgfe.retrieval import Candidates, coarse_topk
 from mtgfe.utils.io import atomic_path, atomic_write_text, read_json
 
+from .index_storage import IndexCorruptError, tensor_sha256
+
 logger = logging.getLogger(__name__)
 
 EMBEDDINGS_FILE = "embeddings.npy"
@@ -251,3 +253,71 @@ __all__ = [
     "write_embeddings",
     "write_tombstones",
 ]
+
+
+# ----------------------------------------------------------------------------------------------- checks and FAISS top-k
+def check_mapped_embeddings(directory: Path, manifest: dict, embeds: torch.Tensor) -> None:
+    """The memory-mapped `embeddings.npy` is what search reads: each shard's slice must hash to the embeddings
+    the manifest recorded for that shard (a flipped byte or a stale file is named, never searched)."""
+    start = 0
+    for shard in manifest["shards"]:
+        expected = shard.get("embeds_sha256")
+        count = shard["count"]
+        if expected is not None and tensor_sha256(embeds[start:start + count].to(torch.float32)) != expected:
+            raise IndexCorruptError(
+                f"{str(directory / EMBEDDINGS_FILE)!r} rows {start}..{start + count - 1} differ from the embeddings the "
+                f"manifest recorded for shard {shard['file']!r} (altered or stale). Rebuild the index."
+            )
+        start += count
+
+
+def embeddings_file_ok(directory: Path, manifest: dict) -> bool:
+    """`embeddings.npy` is there and has the manifest's row count (an older index has neither: load shards)."""
+    record = manifest.get("embeddings_file")
+    if not record or not (directory / record["file"]).is_file():
+        return False
+    path = directory / record["file"]
+    try:
+        shape = np.load(path, mmap_mode="r").shape
+    except (ValueError, OSError) as error:  # truncated or not an .npy file
+        raise IndexCorruptError(f"{str(path)!r} (the memory-mapped embeddings) cannot be read ({error}); "
+                                "it is truncated or damaged. Rebuild the index.") from error
+    if shape[0] != record["count"]:
+        raise IndexCorruptError(f"{str(path)!r} holds {shape[0]} rows, the manifest says {record['count']}: it is "
+                                "stale or was replaced. Rebuild the index.")
+    return shape[0] == manifest.get("count")
+
+
+def faiss_topk(faiss_index, queries: torch.Tensor, embeds: torch.Tensor, k: int | None) -> Candidates:
+    """Top-k by FAISS inner product, then the tie group at the k-th score completed exactly in torch."""
+    size = embeds.shape[0]
+    if k is None or k >= size:
+        return coarse_topk(queries, embeds, None)
+    probe = min(size, 2 * k + 8)
+    scores, indices = faiss_index.search(queries.float().numpy(), probe)
+    out_idx, out_scores = [], []
+    for q in range(queries.shape[0]):
+        kth = scores[q, k - 1]
+        if probe < size and scores[q, -1] >= kth:  # the tie group may run past the probe: exact fallback
+            exact = coarse_topk(queries[q : q + 1], embeds, k)
+            out_idx.append(exact.indices[0])
+            out_scores.append(exact.scores[0])
+            continue
+        keep = scores[q] >= kth
+        idx = torch.from_numpy(indices[q][keep]).long()
+        sc = torch.from_numpy(scores[q][keep]).float()
+        order = torch.sort(sc, descending=True, stable=True).indices
+        out_idx.append(idx[order])
+        out_scores.append(sc[order])
+    return Candidates(out_idx, out_scores)
+
+
+def flat_ip_index(embeds: torch.Tensor):
+    """A FAISS `IndexFlatIP` over `embeds`, or None when faiss is not installed (the exact torch path is used)."""
+    try:
+        import faiss  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return None
+    index = faiss.IndexFlatIP(embeds.shape[1])
+    index.add(embeds.float().numpy())
+    return index

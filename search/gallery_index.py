@@ -60,7 +60,25 @@ from .coarse_index import (
     read_tombstones,
     rows_of_ids,
     write_embeddings,
+    check_mapped_embeddings,
+    embeddings_file_ok,
+    faiss_topk,
+    flat_ip_index,
     write_tombstones,
+)
+from .gallery_sources import (  # noqa: F401  (list_image_files, dataset_items, decode_options: re-exported)
+    ItemPaths,
+    dataset_batches,
+    dataset_items,
+    decode_checked,
+    decode_options,
+    folder_batches,
+    is_dataset,
+    list_batches,
+    list_image_files,
+    looks_like_texts,
+    resolve_source,
+    retry_paths,
 )
 from .index_storage import (  # noqa: F401  (re-exported: the index's public names)
     BUILD_STATE_NAME,
@@ -75,6 +93,7 @@ from .index_storage import (  # noqa: F401  (re-exported: the index's public nam
     check_model,
     config_hash,
     model_identity,
+    model_sizes,
     mtgfe_version,
     weights_fingerprint,
 )
@@ -88,80 +107,13 @@ from .index_storage import (
     tensor_sha256,
     validate_manifest,
     verify_file,
+    warn_unchecked,
 )
 
 logger = logging.getLogger(__name__)
 
 TEXTS_FILE = "texts.safetensors"
 FAISS_MIN_GALLERY = 50_000  # below this the exact torch product is as fast and tie-exact
-def list_image_files(folder: str | os.PathLike) -> list[Path]:
-    """Image files under `folder`, recursively, sorted by relative path (hidden files and folders skipped)."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"Image folder not found: {str(root)!r}.")
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(Path(dirpath) / name)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
-
-
-def dataset_items(rows: dict, start: int, count: int) -> list[dict]:
-    """Index items of a `datasets` batch (`rows[column][j]`): the id is the file name, else the image id, else
-    the row number, so the same dataset always gives the same ids (sharded encoding relies on it)."""
-    items = []
-    for j in range(count):
-        if "filename" in rows:
-            ident = str(rows["filename"][j])
-        elif "image_id" in rows:
-            ident = str(rows["image_id"][j])
-        else:
-            ident = f"row_{start + j}"
-        item = {"image": ident, "id": ident}
-        if "image_id" in rows:
-            item["image_id"] = int(rows["image_id"][j])
-        if "captions" in rows:
-            item["captions"] = list(rows["captions"][j])
-        items.append(item)
-    return items
-
-
-def decode_options(processor) -> dict[str, Any]:
-    """`load_image` options matching what `processor` would do: decode reduced towards its resize target
-    (JPEG draft / reduce: a 6000² scene costs a few MB instead of ~100 MB) with its band selection."""
-    image_processor = getattr(processor, "image_processor", None)
-    target = getattr(image_processor, "_decode_target", None)
-    options: dict[str, Any] = {}
-    if callable(target):
-        options["target_size"] = target(getattr(image_processor, "do_resize", None), getattr(image_processor, "size", None))
-    if getattr(image_processor, "bands", None) is not None:
-        options["bands"] = image_processor.bands
-    return options
-
-
-def _decode_checked(paths: Sequence[Path], skip_unreadable: bool, skipped: list[str],
-                    options: dict[str, Any] | None = None) -> tuple[list, list[Path]]:
-    """Decode each file once with `load_image` (`options`: see `decode_options`), so a bad file is named
-    (and optionally skipped) alone."""
-    images, kept = [], []
-    for path in paths:
-        try:
-            images.append(load_image(path, **(options or {})))
-            kept.append(path)
-        except (ImageDecodeError, OSError) as error:
-            if not skip_unreadable:
-                raise ImageDecodeError(
-                    f"Cannot index {str(path)!r}: {error}. Remove the file or pass skip_unreadable=True "
-                    "(mtgfe-index --skip-unreadable) to skip unreadable files."
-                ) from error
-            logger.warning("SKIPPED unreadable image %s: %s", path, error)
-            skipped.append(str(path))
-    return images, kept
-
-
-# ----------------------------------------------------------------------------------------------- token store
 class GalleryIndex:
     """Encoded gallery of images (for text queries) or of captions (for image queries).
 
@@ -251,7 +203,7 @@ class GalleryIndex:
                 an existing path is a text index.
         """
         if kind is None:
-            kind = "texts" if _looks_like_texts(source) else "images"
+            kind = "texts" if looks_like_texts(source) else "images"
         if kind == "texts":
             return cls._build_texts(model, processor, list(source), output_dir=output_dir)
         if kind != "images":
@@ -260,43 +212,12 @@ class GalleryIndex:
         settings = {"keep_tokens": keep_tokens, "tokens_dtype": str(tokens_dtype) if tokens_dtype else None,
                     "shard_size": shard_size}
         index = cls(kind="images", model=model, processor=processor)
-        index.manifest = {**identity, **cls._model_sizes(model), "source": None, "skipped": []}
-        if isinstance(source, (str, os.PathLike)):
-            root = Path(source).resolve()
-            paths = list_image_files(root)
-            if not paths:
-                raise ValueError(f"No image files ({', '.join(IMAGE_EXTENSIONS)}) found under {str(root)!r}.")
-            index.manifest["source"] = str(root)
-            batches = cls._folder_batches(paths, root, captions or {}, skip_unreadable, index.manifest["skipped"],
-                                          decode_options(processor))
-            total = len(paths)
-            listing = [p.relative_to(root).as_posix() for p in paths]
-        else:
-            listing = None
-        batch_source = hasattr(source, "index_batches")  # e.g. mtgfe.search.scene_index.SceneSource
-        if batch_source:
-            index.manifest["source"] = source.describe()
-            index.manifest.update(source.settings())
-            settings.update(source.settings())
-            batches = source.index_batches(index.manifest["skipped"])
-            total = source.total
-            listing = []  # no up-front listing; the source checks the recorded ids itself (check_resume)
-        elif _is_dataset(source):
-            index.manifest["source"] = f"datasets:{getattr(source, 'info', None) and source.info.description or 'dataset'}"
-            batches = cls._dataset_batches(source)
-            total = len(source)
-        elif isinstance(source, (list, tuple)) and not isinstance(source, (str, os.PathLike)):
-            if not source:
-                raise ValueError("The image list is empty: nothing to index.")
-            batches = cls._list_batches(list(source), skip_unreadable, index.manifest["skipped"],
-                                        decode_options(processor))
-            total = len(source)
-            index.manifest["source"] = "list"
-        elif listing is None:
-            raise TypeError(
-                f"Cannot index a {type(source).__name__}: pass a folder, a datasets split (images view), a list of "
-                "images/paths, or a list of captions."
-            )
+        index.manifest = {**identity, **model_sizes(model), "source": None, "skipped": []}
+        src = resolve_source(source, processor, captions, skip_unreadable, index.manifest["skipped"])
+        index.manifest["source"] = src.description
+        index.manifest.update(src.settings)
+        settings.update(src.settings)
+        batches, total, listing, root, batch_source = src.batches, src.total, src.listing, src.root, src.batch_source
         writer = ShardWriter(Path(output_dir), identity, settings, resume) if output_dir is not None else None
         done = writer.consumed if writer else 0
         if writer is not None:
@@ -320,14 +241,14 @@ class GalleryIndex:
                 logger.info("Resuming %s after %d of %d source entries", output_dir, done, total)
         # A resumed folder build retries the files an earlier session skipped (they may have been repaired);
         # they are appended after the listing, in their own shard(s).
-        retry = [] if batch_source or listing is None else _retry_paths(writer, listing, root)
+        retry = [] if batch_source or listing is None else retry_paths(writer, listing, root)
         embeds, tokens, items, consumed = [], [], [], []
         pending = 0
         bar = progress_bar(None, progress, total=total, initial=done, desc="indexing images", unit="img") if progress else None
         passes = [(batches, done, True)]
         if retry:
             index.manifest["skipped"][:] = [s for s in index.manifest["skipped"] if s not in {str(p) for p in retry}]
-            passes.append((cls._folder_batches(retry, root, captions or {}, skip_unreadable, index.manifest["skipped"],
+            passes.append((folder_batches(retry, root, captions or {}, skip_unreadable, index.manifest["skipped"],
                                                decode_options(processor)), 0, False))
         for gen, start, record_consumed in passes:
             for images, batch_items, batch_consumed in gen(start, batch_size):
@@ -369,61 +290,6 @@ class GalleryIndex:
             index._write_manifest(index.directory)
             writer.finish()
         return index
-
-    @staticmethod
-    def _model_sizes(model) -> dict[str, Any]:
-        config = model.config
-        return {"embed_dim": int(config.embed_dim), "image_size": int(getattr(config, "image_size", 0) or 0),
-                "hidden_size": int(config.text_config.hidden_size), "model_type": getattr(config, "model_type", "")}
-
-    @staticmethod
-    def _folder_batches(paths, root, captions, skip_unreadable, skipped, options=None):
-        def gen(start, batch_size):
-            for s in range(start, len(paths), batch_size):
-                chunk = paths[s : s + batch_size]
-                images, kept = _decode_checked(chunk, skip_unreadable, skipped, options)
-                items = []
-                for path in kept:
-                    rel = path.relative_to(root).as_posix()
-                    item = {"image": str(path), "id": rel}
-                    gt = captions.get(rel, captions.get(path.name))
-                    if gt:
-                        item["captions"] = list(gt)
-                    items.append(item)
-                yield images, items, [p.relative_to(root).as_posix() for p in chunk]
-        return gen
-
-    @staticmethod
-    def _dataset_batches(dataset):
-        def gen(start, batch_size):
-            for s in range(start, len(dataset), batch_size):
-                rows = dataset[s : s + batch_size]
-                items = dataset_items(rows, s, len(rows["image"]))
-                yield list(rows["image"]), items, [it["id"] for it in items]
-        return gen
-
-    @staticmethod
-    def _list_batches(sources, skip_unreadable, skipped, options=None):
-        def gen(start, batch_size):
-            for s in range(start, len(sources), batch_size):
-                chunk = sources[s : s + batch_size]
-                paths = [c for c in chunk if isinstance(c, (str, os.PathLike))]
-                ok_paths: set = set()
-                if paths:
-                    _, kept = _decode_checked([Path(p) for p in paths], skip_unreadable, skipped, options)
-                    ok_paths = {str(p) for p in kept}
-                images, items = [], []
-                for j, c in enumerate(chunk):
-                    if isinstance(c, (str, os.PathLike)):
-                        if str(Path(c)) in ok_paths:
-                            images.append(str(c))
-                            items.append({"image": str(c), "id": str(c)})
-                    else:
-                        images.append(c)
-                        name = getattr(c, "filename", "") or f"image_{s + j}"
-                        items.append({"image": name, "id": name})
-                yield images, items, [str(c) if isinstance(c, (str, os.PathLike)) else f"#{s + j}" for c in chunk]
-        return gen
 
     def _load_shard(self, path: Path, count: int, keep_tokens: bool, record: dict | None = None,
                     verify: str = "header", load_embeds: bool = True) -> None:
@@ -478,7 +344,7 @@ class GalleryIndex:
     @classmethod
     def _build_texts(cls, model, processor, texts: list[str], output_dir=None) -> "GalleryIndex":
         feats = encode_texts(model, processor, texts, progress=True)
-        manifest = {**model_identity(model), **cls._model_sizes(model), "source": "texts"}
+        manifest = {**model_identity(model), **model_sizes(model), "source": "texts"}
         index = cls(kind="texts", text_features=feats, items=[{"text": t} for t in texts], manifest=manifest,
                     model=model, processor=processor)
         if output_dir is not None:
@@ -507,11 +373,11 @@ class GalleryIndex:
             paths = [p for p in list_image_files(root) if str(p) not in known]
             retried = {str(p) for p in paths}
             skipped[:] = [s for s in skipped if s not in retried]
-            gen = self._folder_batches(paths, root, captions or {}, skip_unreadable, skipped, options)
+            gen = folder_batches(paths, root, captions or {}, skip_unreadable, skipped, options)
         else:
             retried = {str(p) for p in images if isinstance(p, (str, os.PathLike))}
             skipped[:] = [s for s in skipped if s not in retried]
-            gen = self._list_batches(list(images), skip_unreadable, skipped, options)
+            gen = list_batches(list(images), skip_unreadable, skipped, options)
         added = 0
         for batch, items, _ in progress_bar(gen(0, batch_size), progress, desc="adding images", unit="batch"):
             if not batch:
@@ -610,7 +476,7 @@ class GalleryIndex:
             texts_path = directory / TEXTS_FILE
             if not verify_file(texts_path, manifest.get("texts_file") or {}, "full" if verify != "none" else "none",
                                what="index text file"):
-                _warn_unchecked(directory)
+                warn_unchecked(directory)
             handle = open_safetensors(texts_path, what="index text file")
             try:
                 t = {k: handle.get_tensor(k) for k in handle.keys()}
@@ -622,15 +488,15 @@ class GalleryIndex:
                        processor=processor, directory=directory)
         index = cls(kind="images", items=[], manifest=manifest, model=model, processor=processor, directory=directory)
         if verify != "none" and any("size" not in shard for shard in manifest["shards"]):
-            _warn_unchecked(directory)
-        mapped = mmap_embeddings and _embeddings_file_ok(directory, manifest)
+            warn_unchecked(directory)
+        mapped = mmap_embeddings and embeddings_file_ok(directory, manifest)
         for shard in manifest["shards"]:
             index._load_shard(directory / shard["file"], shard["count"], load_tokens, record=shard, verify=verify,
                               load_embeds=not mapped)
         if mapped:
             index.image_embeds = open_embeddings(directory / EMBEDDINGS_FILE)
             if verify != "none":
-                _check_mapped_embeddings(directory, manifest, index.image_embeds)
+                check_mapped_embeddings(directory, manifest, index.image_embeds)
         index.items = list(manifest["items"])
         if index.image_embeds is None or index.image_embeds.shape[0] != len(index.items):
             raise ValueError(f"Index {str(directory)!r} is inconsistent: {len(index.items)} items but "
@@ -664,14 +530,9 @@ class GalleryIndex:
             return scaled
         if len(self) < FAISS_MIN_GALLERY:
             return None
-        try:
-            import faiss  # noqa: PLC0415 - optional dependency
-        except ImportError:
-            return None
         if self._faiss is None:
-            self._faiss = faiss.IndexFlatIP(self.image_embeds.shape[1])
-            self._faiss.add(self.image_embeds.float().numpy())
-        return lambda queries, k: faiss_topk(self._faiss, queries, self.image_embeds, k)
+            self._faiss = flat_ip_index(self.image_embeds)
+        return None if self._faiss is None else (lambda queries, k: faiss_topk(self._faiss, queries, self.image_embeds, k))
 
     # ------------------------------------------------------------------ archive scale (issue #13 item 2)
     # Kept together, apart from the build/search code above: see `coarse_index` for the why.
@@ -773,7 +634,7 @@ class GalleryIndex:
                         f"are not available here for re-encoding (source {source!r}): use score='filter' or rebuild "
                         "with tokens."
                     )
-                images = _ItemPaths(self.items)  # re-encode the k candidates from their files (slow, lean)
+                images = ItemPaths(self.items)  # re-encode the k candidates from their files (slow, lean)
             hits = search_texts(model, processor, queries, self.image_features, k=k, top_k=top_k, score=score,
                                 alpha=alpha, batch_size=batch_size, coarse_fn=self._coarse_fn(),
                                 cache_tokens=images is None, images=images)
@@ -790,117 +651,3 @@ class GalleryIndex:
         if "scene" in item:  # a scene tile (scene_index.SceneSource): where it is, for GeoJSON / NMS / quicklooks
             described.update({k: v for k, v in item.items() if k != "image"})
         return described
-
-
-class _ItemPaths:
-    """`items[i]["image"]` as a sequence of paths, for re-encoding candidates of a token-less index."""
-
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index):
-        return self.items[index]["image"]
-
-
-def faiss_topk(faiss_index, queries: torch.Tensor, embeds: torch.Tensor, k: int | None) -> Candidates:
-    """Top-k by FAISS inner product, then the tie group at the k-th score completed exactly in torch."""
-    size = embeds.shape[0]
-    if k is None or k >= size:
-        return coarse_topk(queries, embeds, None)
-    probe = min(size, 2 * k + 8)
-    scores, indices = faiss_index.search(queries.float().numpy(), probe)
-    out_idx, out_scores = [], []
-    for q in range(queries.shape[0]):
-        kth = scores[q, k - 1]
-        if probe < size and scores[q, -1] >= kth:  # the tie group may run past the probe: exact fallback
-            exact = coarse_topk(queries[q : q + 1], embeds, k)
-            out_idx.append(exact.indices[0])
-            out_scores.append(exact.scores[0])
-            continue
-        keep = scores[q] >= kth
-        idx = torch.from_numpy(indices[q][keep]).long()
-        sc = torch.from_numpy(scores[q][keep]).float()
-        order = torch.sort(sc, descending=True, stable=True).indices
-        out_idx.append(idx[order])
-        out_scores.append(sc[order])
-    return Candidates(out_idx, out_scores)
-
-
-def _retry_paths(writer, listing, root) -> list[Path]:
-    """Files an interrupted folder build skipped as unreadable, to try again when it is resumed."""
-    if writer is None or listing is None or not writer.consumed:
-        return []
-    return [Path(s) for s in writer.state.get("skipped", []) if Path(s).is_file() and Path(s).is_relative_to(root)]
-
-
-def _warn_unchecked(directory) -> None:
-    logger.warning("Index %s was written before mtgfe recorded checksums: its files cannot be verified. "
-                   "Rebuild it (mtgfe-index into an empty folder) to get integrity checks.", directory)
-
-
-def _check_mapped_embeddings(directory: Path, manifest: dict, embeds: torch.Tensor) -> None:
-    """The memory-mapped `embeddings.npy` is what search reads: each shard's slice must hash to the embeddings
-    the manifest recorded for that shard (a flipped byte or a stale file is named, never searched)."""
-    start = 0
-    for shard in manifest["shards"]:
-        expected = shard.get("embeds_sha256")
-        count = shard["count"]
-        if expected is not None and tensor_sha256(embeds[start:start + count].to(torch.float32)) != expected:
-            raise IndexCorruptError(
-                f"{str(directory / EMBEDDINGS_FILE)!r} rows {start}..{start + count - 1} differ from the embeddings the "
-                f"manifest recorded for shard {shard['file']!r} (altered or stale). Rebuild the index."
-            )
-        start += count
-
-
-def _embeddings_file_ok(directory: Path, manifest: dict) -> bool:
-    """`embeddings.npy` is there and has the manifest's row count (an older index has neither: load shards)."""
-    record = manifest.get("embeddings_file")
-    if not record or not (directory / record["file"]).is_file():
-        return False
-    path = directory / record["file"]
-    try:
-        shape = np.load(path, mmap_mode="r").shape
-    except (ValueError, OSError) as error:  # truncated or not an .npy file
-        raise IndexCorruptError(f"{str(path)!r} (the memory-mapped embeddings) cannot be read ({error}); "
-                                "it is truncated or damaged. Rebuild the index.") from error
-    if shape[0] != record["count"]:
-        raise IndexCorruptError(f"{str(path)!r} holds {shape[0]} rows, the manifest says {record['count']}: it is "
-                                "stale or was replaced. Rebuild the index.")
-    return shape[0] == manifest.get("count")
-
-
-def _looks_like_texts(source) -> bool:
-    """A list of strings none of which is an existing path or ends with an image extension."""
-    if not isinstance(source, (list, tuple)) or not source or not all(isinstance(s, str) for s in source):
-        return False
-    return not any(s.lower().endswith(IMAGE_EXTENSIONS) or os.path.exists(s) for s in source)
-
-
-def _is_dataset(source) -> bool:
-    try:
-        from datasets import Dataset
-    except ImportError:  # pragma: no cover - datasets is a dependency
-        return False
-    return isinstance(source, Dataset)
-
-
-__all__ = [
-    "FAISS_MIN_GALLERY",
-    "IMAGE_EXTENSIONS",
-    "GalleryIndex",
-    "IndexCorruptError",
-    "IndexMismatchError",
-    "TokenStore",
-    "VERIFY_MODES",
-    "check_model",
-    "config_hash",
-    "decode_options",
-    "faiss_topk",
-    "list_image_files",
-    "model_identity",
-    "weights_fingerprint",
-]

@@ -474,3 +474,15 @@ __all__ = [
     "mtgfe_version",
     "weights_fingerprint",
 ]
+
+
+def warn_unchecked(directory) -> None:
+    logger.warning("Index %s was written before mtgfe recorded checksums: its files cannot be verified. "
+                   "Rebuild it (mtgfe-index into an empty folder) to get integrity checks.", directory)
+
+
+def model_sizes(model) -> dict:
+    """The widths an index records beside the model identity (embed dim, image size, text width, type)."""
+    config = model.config
+    return {"embed_dim": int(config.embed_dim), "image_size": int(getattr(config, "image_size", 0) or 0),
+            "hidden_size": int(config.text_config.hidden_size), "model_type": getattr(config, "model_type", "")}

@@ -33,7 +33,7 @@ from mtgfe.utils.io import atomic_write_text, read_json
 
 from .cli import load_model_and_processor
 from .gallery_index import GalleryIndex, dataset_items
-from .index_storage import atomic_save_tensors, model_identity
+from .index_storage import atomic_save_tensors, model_identity, model_sizes
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def merge_parts(model, processor, dataset_len: int, world: int, output_dir: str 
                 if "image_tokens" in handle.keys():
                     tokens.append(handle.get_tensor("image_tokens"))
             items.extend(read_json(parts / f"{name}.items.json", what="chunk items"))
-    manifest = {**model_identity(model), **GalleryIndex._model_sizes(model), "source": "datasets:sharded",
+    manifest = {**model_identity(model), **model_sizes(model), "source": "datasets:sharded",
                 "skipped": [], "sharded": {"world": world, "chunk_size": chunk_size}}
     index = GalleryIndex(kind="images", image_embeds=torch.cat(embeds), image_tokens=torch.cat(tokens) if tokens else None,
                          items=items, manifest=manifest, model=model, processor=processor)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import ImageOps
 
-from mtgfe.training.synthetic import _SPLIT_CODES, sample_scene
+from mtgfe.training.synthetic import SPLIT_CODES, sample_scene
 from mtgfe.training.synthetic import RELATION_WORDS
 from mtgfe.training.synthetic_compositional import (PAIR_TYPES, SCORERS, _ground, _phrase, _relation_of,
                                                     evaluate_minimal_pairs, format_pairs_table, generate_pairs,
@@ -29,9 +29,9 @@ def test_every_type_is_built_deterministically_from_test_scenes(items):
     assert {t: sum(it["type"] == t for it in items) for t in PAIR_TYPES} == dict.fromkeys(PAIR_TYPES, 12)
     assert items == generate_pairs(num_items=12, seed=0)
     for it in items:  # the base scene is held-out test scene `base_index`, never a train scene
-        base = sample_scene(np.random.default_rng([0, _SPLIT_CODES["test"], it["base_index"]]))
+        base = sample_scene(np.random.default_rng([0, SPLIT_CODES["test"], it["base_index"]]))
         assert base in (it["scene"], it["scene_b"]) and it["source"] == "synthetic_test"
-    assert {it["scene"] == sample_scene(np.random.default_rng([0, _SPLIT_CODES["test"], it["base_index"]]))
+    assert {it["scene"] == sample_scene(np.random.default_rng([0, SPLIT_CODES["test"], it["base_index"]]))
             for it in items} == {True, False}  # the edited scene is on either side
 
 

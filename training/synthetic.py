@@ -31,7 +31,7 @@ from .data import ImageRecord, build_dataset, dataset_features
 logger = logging.get_logger(__name__)
 
 SPLIT_SIZES = {"train": 1200, "val": 150, "test": 150}
-_SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 CAPTIONS_PER_SCENE = 5
 
 COLOURS = {
@@ -72,7 +72,7 @@ BACKGROUNDS = {  # base colour and the words captions use for it
     "urban": ((118, 118, 122), ("paved area", "urban area", "concrete ground")),
 }
 _FARM_STRIPES = np.array([(120, 160, 70), (175, 155, 95), (95, 125, 55), (190, 180, 110)], dtype=np.float32)
-_WATER = np.array((40, 90, 140), dtype=np.float32)
+WATER_RGB = np.array((40, 90, 140), dtype=np.float32)
 
 RELATION_WORDS = {
     "left of": ("to the left of", "on the left side of", "west of"),
@@ -137,7 +137,7 @@ def _sample_water(rng: np.random.Generator) -> dict | None:
 
 def _colour_for(kind: str, background: str, rng: np.random.Generator) -> str:
     """A colour of the kind's palette that stands out from the ground it sits on."""
-    ground = _WATER if KINDS[kind].on_water else np.array(BACKGROUNDS[background][0], dtype=np.float32)
+    ground = WATER_RGB if KINDS[kind].on_water else np.array(BACKGROUNDS[background][0], dtype=np.float32)
     options = [c for c in KINDS[kind].colours if np.linalg.norm(np.array(COLOURS[c]) - ground) > 70]
     return str(rng.choice(options or list(KINDS[kind].colours)))
 
@@ -333,7 +333,7 @@ def _ground(scene: dict, side: int, rng: np.random.Generator) -> np.ndarray:
                 image[np.abs(coord - pos) < 0.02] = (165, 165, 160)
     if scene["water"] is not None:
         alpha = _water_mask(scene["water"], side)[..., None]
-        image = image * (1 - alpha) + alpha * _WATER * (1 + 0.05 * blotch[..., None])
+        image = image * (1 - alpha) + alpha * WATER_RGB * (1 + 0.05 * blotch[..., None])
     return image
 
 
@@ -508,7 +508,7 @@ def describe_scene(scene: dict, rng: np.random.Generator, n: int = CAPTIONS_PER_
 
 def generate_scene(seed: int, split: str, index: int, image_size: int = 128) -> tuple[dict, list[str], bytes]:
     """Scene graph, captions and PNG bytes of scene ``index`` of ``split``; pure function of its args."""
-    rng = np.random.default_rng([seed, _SPLIT_CODES[split], index])
+    rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     scene = sample_scene(rng)
     captions = describe_scene(scene, rng)
     buffer = io.BytesIO()

@@ -32,8 +32,10 @@ import torch
 from datasets import Dataset, Features, Image as ImageFeature, Value
 from PIL import Image, ImageOps
 
+from modeling_mtgfe.retrieval import encode_images, encode_texts, score_pairs
+
 from .compositional import group_scores
-from .synthetic import (BACKGROUNDS, COLOURS, KINDS, NUMBER_WORDS, RELATION_WORDS, _SPLIT_CODES, _WATER,
+from .synthetic import (BACKGROUNDS, COLOURS, KINDS, NUMBER_WORDS, RELATION_WORDS, SPLIT_CODES, WATER_RGB,
                         render_scene, sample_scene)
 
 PAIR_TYPES = ("count", "colour", "spatial", "binding")
@@ -58,7 +60,7 @@ def _ground(scene: dict) -> str:
 
 
 def _contrasting(kind: str, scene: dict) -> list[str]:
-    ground = _WATER if KINDS[kind].on_water else np.array(BACKGROUNDS[scene["background"]][0], dtype=np.float32)
+    ground = WATER_RGB if KINDS[kind].on_water else np.array(BACKGROUNDS[scene["background"]][0], dtype=np.float32)
     return [c for c in KINDS[kind].colours if np.linalg.norm(np.array(COLOURS[c]) - ground) > 70]
 
 
@@ -167,11 +169,11 @@ def generate_pairs(num_items: int = 40, seed: int = 0, types=PAIR_TYPES, max_sce
     for index in range(max_scenes):
         if all(n >= num_items for n in counts.values()):
             break
-        scene = sample_scene(np.random.default_rng([seed, _SPLIT_CODES["test"], index]))
+        scene = sample_scene(np.random.default_rng([seed, SPLIT_CODES["test"], index]))
         for code, typ in enumerate(types):
             if counts[typ] >= num_items:
                 continue
-            rng = np.random.default_rng([seed, _SPLIT_CODES["test"], index, 101 + code])
+            rng = np.random.default_rng([seed, SPLIT_CODES["test"], index, 101 + code])
             edit = _edit(scene, typ, rng)
             if edit is None:
                 continue
@@ -214,8 +216,6 @@ def load_synthetic_pairs(num_items: int = 40, seed: int = 0, image_size: int = 6
 @torch.no_grad()
 def pair_scores(model, processor, dataset, alpha: float = 1.0) -> dict[str, torch.Tensor]:
     """``{scorer: (N, 2, 2)}`` with ``[n, x, y]`` = score(image x, caption y) of item n (x, y: 0 = a, 1 = b)."""
-    from modeling_mtgfe.retrieval import encode_images, encode_texts, score_pairs
-
     n = len(dataset)
     images = encode_images(model, processor, list(dataset["image"]) + list(dataset["image_b"]), progress=False)
     texts = encode_texts(model, processor, list(dataset["caption"]) + list(dataset["negative"]), progress=False)
