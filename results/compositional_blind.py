@@ -11,7 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from mtgfe.training.compositional import json_safe, blind_check, count_table
+from mtgfe.training.compositional import count_table, json_safe
+from mtgfe.training.compositional_blind import blind_check
 from mtgfe.utils.io import atomic_write_json
 
 OUT = Path(__file__).resolve().parent / "compositional"

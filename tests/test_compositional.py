@@ -10,6 +10,7 @@ import pytest
 
 from mtgfe.training import compositional as C
 from mtgfe.training import compositional_rules as R
+from mtgfe.training.compositional_blind import blind_training_items
 from mtgfe.training.data import normalize_caption
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,7 +195,7 @@ def test_load_compositional_returns_the_fields(data_dir):
 
 
 def test_no_test_caption_feeds_the_blind_model(data_dir):
-    train, removed = C.blind_training_items("ucm_test", data_dir)
+    train, removed = blind_training_items("ucm_test", data_dir)
     test_strings = set()
     for src in C.BLIND_TRAIN:
         for _, _, caps in C.load_source_captions(src, data_dir, require_images=False):
