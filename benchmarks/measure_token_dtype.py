@@ -1,6 +1,6 @@
 """How much does storing fusion tokens in float16 / bfloat16 change ITM scores and mR? (issue #13 item 2)
 
-Model: the `small` preset (EfficientNet-Lite0 + MiniLM-L6-sized 3+3), **random init** (torch seed 0, no
+Model: `--model DIR` (a saved MTGFE folder), else the `small` preset (EfficientNet-Lite0 + MiniLM-L6-sized 3+3), **random init** (torch seed 0, no
 pretrained weights loaded), so this measures numeric error of the token dtype, not retrieval quality.
 Data: UCM-Captions test split (first `--max-images` images, all their captions). Tokens are encoded once
 in fp32, then cast to each dtype and re-ranked with the same k; the reference is fp32.
@@ -26,6 +26,7 @@ def main() -> int:
     parser.add_argument("--max-images", type=int, default=210)
     parser.add_argument("--k", type=int, default=16)
     parser.add_argument("--output", default=None)
+    parser.add_argument("--model", default=None, help="a saved MTGFE folder (default: the small preset, random init)")
     args = parser.parse_args()
     from modeling_mtgfe import MTGFEConfig, MTGFEModel
     from modeling_mtgfe.retrieval import encode_images, encode_texts, rerank
@@ -33,10 +34,14 @@ def main() -> int:
     from mtgfe.training.evaluation import dataset_image_sources, flatten_captions, load_eval_dataset
     from mtgfe.training.metrics import retrieval_metrics
 
-    torch.manual_seed(0)
-    model = MTGFEModel(MTGFEConfig.from_preset("small")).eval()
-    size = int(model.config.image_size or 256)
-    processor = MTGFEProcessor(MTGFEImageProcessor(size={"height": size, "width": size}), load_default_tokenizer())
+    if args.model:
+        model = MTGFEModel.from_pretrained(args.model).eval()
+        processor = MTGFEProcessor.from_pretrained(args.model)
+    else:
+        torch.manual_seed(0)
+        model = MTGFEModel(MTGFEConfig.from_preset("small")).eval()
+        size = int(model.config.image_size or 256)
+        processor = MTGFEProcessor(MTGFEImageProcessor(size={"height": size, "width": size}), load_default_tokenizer())
     data = load_eval_dataset("ucm", "test", data_dir=args.data_dir, max_images=args.max_images)
     texts, txt2img = flatten_captions(data)
     t0 = time.perf_counter()
@@ -70,7 +75,7 @@ def main() -> int:
                          t2i_top10_identical_fraction=float((order == order_ref).all(dim=1).float().mean()))
         results[name] = entry
         print(name, json.dumps(entry), flush=True)
-    report = {"model": "small preset, random init (seed 0)", "data": f"UCM test, first {len(data)} images, "
+    report = {"model": args.model or "small preset, random init (seed 0)", "data": f"UCM test, first {len(data)} images, "
               f"{len(texts)} captions", "k": args.k, "encode_s": round(encode_s, 1), "dtypes": results,
               "token_shape": list(image_feats.tokens.shape[1:])}
     print(json.dumps(report, indent=1))
