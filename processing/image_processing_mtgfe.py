@@ -92,19 +92,19 @@ class MTGFEImageProcessor(PilBackend):
         JPEG is never materialised at full resolution just to be resized to 256. Idempotent on its output.
         """
         if target_size is None:
-            target_size = self._decode_target(self.do_resize, self.size)
+            target_size = self.decode_target(self.do_resize, self.size)
         if isinstance(image_url_or_urls, (list, tuple)):
             return [self.fetch_images(item, target_size=target_size) for item in image_url_or_urls]
         return self._decode_one(image_url_or_urls, target_size)
 
     def _prepare_image_like_inputs(self, images, *args, expected_ndims: int = 3, **kwargs):
         # Decode here with the per-call resize target; the base class's fetch_images pass is then a no-op.
-        target_size = self._decode_target(kwargs.get("do_resize"), kwargs.get("size"))
+        target_size = self.decode_target(kwargs.get("do_resize"), kwargs.get("size"))
         images = self.fetch_images(images, target_size=target_size or False)
         return super()._prepare_image_like_inputs(images, *args, expected_ndims=expected_ndims, **kwargs)
 
     @staticmethod
-    def _decode_target(do_resize, size):
+    def decode_target(do_resize, size):
         """`(height, width)` that decoding may reduce towards (never below 2x), or None (no resize)."""
         if not do_resize or size is None:
             return None

@@ -62,7 +62,7 @@ def decode_options(processor) -> dict[str, Any]:
     """`load_image` options matching what `processor` would do: decode reduced towards its resize target
     (JPEG draft / reduce: a 6000² scene costs a few MB instead of ~100 MB) with its band selection."""
     image_processor = getattr(processor, "image_processor", None)
-    target = getattr(image_processor, "_decode_target", None)
+    target = getattr(image_processor, "decode_target", None)
     options: dict[str, Any] = {}
     if callable(target):
         options["target_size"] = target(getattr(image_processor, "do_resize", None), getattr(image_processor, "size", None))
