@@ -11,6 +11,7 @@ from modeling_mtgfe.losses import itc_loss, itc_loss_with_extra_texts
 from mtgfe.training.config import ConfigError, load_config
 from mtgfe.training.perturbation import CaptionPerturber, edit_caption
 from mtgfe.training import compositional_rules as R
+from mtgfe.training.data import normalize_caption as normalize
 
 TRAIN = [
     "there are two white planes parked near the terminal",
@@ -128,3 +129,85 @@ def test_config_validation():
         load_config("ucm_dual_finetune", ["model.itm_perturbation_negatives=1"])
     with pytest.raises(ValueError, match="itc_perturbation_negatives"):
         MTGFEConfig.from_preset("tiny", itc_perturbation_negatives=20)
+
+
+# ---------------------------------------------------------------- pair negatives (blind-proof source)
+PAIRED = [  # (image id, caption): images 0 and 2 share a caption; 1 differs from it by one count word
+    (0, "there are two white planes parked ."),
+    (1, "there are four white planes parked ."),
+    (2, "there are two white planes parked ."),
+    (2, "a white plane near the terminal ."),
+    (3, "there are two white planes parked ."),
+    (3, "there are four white planes parked ."),  # image 3 has both: neither is a negative for it
+    (4, "many green trees and a road ."),
+]
+
+
+def test_partner_captions_are_other_images_real_captions_in_their_own_spelling():
+    from mtgfe.training.perturbation import partner_captions
+
+    ids, caps = zip(*PAIRED)
+    partners = partner_captions(ids, caps)
+    assert partners == {0: ["there are four white planes parked ."], 1: ["there are two white planes parked ."],
+                        2: ["there are four white planes parked ."]}
+    with pytest.raises(ValueError, match="rows"):
+        partner_captions(ids[:-1], caps)
+
+
+@pytest.mark.parametrize("source", ["pairs", "pairs+edits"])
+def test_pair_source_gives_partners_first_and_only_for_their_image(source):
+    from mtgfe.training.perturbation import partner_captions
+
+    ids, caps = zip(*PAIRED)
+    perturber = CaptionPerturber(caps, rate=1.0, seed=0, source=source, partners=partner_captions(ids, caps))
+    rng = np.random.default_rng(0)
+    assert perturber.negatives(caps[0], rng, image_id=0) == ["there are four white planes parked ."]
+    assert perturber.negatives(caps[1], rng, image_id=1) == ["there are two white planes parked ."]
+    no_partner = perturber.negatives(caps[6], rng, image_id=4)
+    if source == "pairs":
+        assert no_partner == []  # no partner, no negative: a rule edit would reopen the text-only shortcut
+    else:
+        assert len(no_partner) == 1 and normalize(no_partner[0]) not in {normalize(c) for c in caps}
+    with pytest.raises(ValueError, match="image_id"):
+        perturber.negatives(caps[0], rng)
+    rows = [{"caption": c, "image_id": i, "epoch": 0, "index": k} for k, (i, c) in enumerate(PAIRED)]
+
+    class Proc:
+        def __call__(self, text, max_length, return_tensors):
+            ids_ = torch.tensor([[101, len(t), 102] + [0] * (max_length - 3) for t in text])
+            return {"input_ids": ids_, "attention_mask": (ids_ != 0).long()}
+
+    out = perturber(rows, Proc(), 8)
+    owners = out["perturbed_rows"].tolist()
+    assert {0, 1, 2, 3}.issubset(set(owners)) if source == "pairs" else True
+    assert 5 not in owners or source == "pairs+edits"  # row 5 is image 3, which owns both captions
+    assert 4 not in owners or source == "pairs+edits"  # row 4 is image 3 too
+
+
+def test_pair_source_needs_partners_and_rejects_unknown_sources():
+    with pytest.raises(ValueError, match="needs partners"):
+        CaptionPerturber(TRAIN, rate=1.0, source="pairs")
+    with pytest.raises(ValueError, match="unknown perturbation source"):
+        CaptionPerturber(TRAIN, rate=1.0, source="swaps")
+    with pytest.raises(ValueError, match="must be training captions"):
+        CaptionPerturber(TRAIN, rate=1.0, source="pairs", partners={0: ["a test caption ."]})
+    assert load_config("ucm_fusion", ["model.perturbation_source=pairs"]).model.perturbation_source == "pairs"
+    with pytest.raises(ConfigError, match="perturbation_source"):
+        load_config("ucm_fusion", ["model.perturbation_source=swaps"])
+
+
+def test_trainer_builds_pair_partners_from_the_train_split(data_dir):
+    from mtgfe.training.loading import load_config_split
+    from mtgfe.training.train import build_perturber
+
+    cfg = load_config("ucm_fusion", [f"data.data_dir={data_dir}", "model.itm_perturbation_negatives=1.0",
+                                     "model.perturbation_source=pairs"])
+    train_rows = load_config_split(cfg, cfg.data.train_split, "captions")
+    perturber = build_perturber(cfg, train_rows)
+    own = {}
+    for image, caption in zip(train_rows["image_id"], train_rows["caption"]):
+        own.setdefault(image, set()).add(normalize(caption))
+    assert len(perturber.partners) > 100  # UCM train: hundreds of images have a one-word partner
+    for image, texts in perturber.partners.items():
+        for text in texts:
+            assert normalize(text) not in own[image] and text.endswith(".")

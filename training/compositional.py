@@ -156,6 +156,26 @@ def classify_pair(tokens_a: Sequence[str], tokens_b: Sequence[str], near: bool =
     return kind_type, tokens_a[pos], tokens_b[pos], "exact" if len(diff) == 1 else "near"
 
 
+def caption_pairs(keys: Iterable[str], near: bool = True):
+    """Yield ``(key_a, key_b, classify_pair(...))`` for every unordered pair of distinct normalised
+    captions that forms a pair item (same length, one meaning-changing word; see `classify_pair`).
+
+    Shared by the benchmark's pairs view and the training-side pair negatives
+    (`mtgfe.training.perturbation.partner_captions`), so both use one definition of "a pair".
+    """
+    keys = sorted(keys)
+    tokens = {k: R.tokenize(k) for k in keys}
+    by_len: dict[int, list[str]] = defaultdict(list)
+    for k in keys:
+        by_len[len(tokens[k])].append(k)
+    for bucket in by_len.values():
+        for i, ka in enumerate(bucket):
+            for kb in bucket[i + 1:]:
+                found = classify_pair(tokens[ka], tokens[kb], near)
+                if found is not None:
+                    yield ka, kb, found
+
+
 def generate_pairs(source: str, data_dir=None, near: bool = True, require_images: bool = True) -> list[dict]:
     """Pair items of a source, one per unordered pair of distinct (normalised) caption strings.
 
@@ -164,34 +184,22 @@ def generate_pairs(source: str, data_dir=None, near: bool = True, require_images
     records how many (image a, image b) combinations the caption pair stands for.
     """
     index, paths = _caption_index(load_source_captions(source, data_dir, require_images))
-    keys = sorted(index)
-    tokens = {k: R.tokenize(k) for k in keys}
-    by_len: dict[int, list[str]] = defaultdict(list)
-    for k in keys:
-        by_len[len(tokens[k])].append(k)
     items = []
-    for bucket in by_len.values():
-        for i, ka in enumerate(bucket):
-            ta = tokens[ka]
-            for kb in bucket[i + 1:]:
-                found = classify_pair(ta, tokens[kb], near)
-                if found is None:
-                    continue
-                typ, wa, wb, kind = found
-                owners_a, owners_b = set(index[ka][1]), set(index[kb][1])
-                only_a = sorted(owners_a - owners_b, key=_natural_key)
-                only_b = sorted(owners_b - owners_a, key=_natural_key)
-                if not only_a or not only_b:
-                    continue
-                items.append({
-                    "item_id": _hash(source, "pairs", ka, kb)[:16],
-                    "source": source, "view": "pairs", "type": typ, "kind": kind,
-                    "filename": only_a[0], "caption": index[ka][0],
-                    "filename_b": only_b[0], "negative": index[kb][0],
-                    "word_true": wa, "word_neg": wb,
-                    "n_image_pairs": len(only_a) * len(only_b),
-                    "image": paths[only_a[0]], "image_b": paths[only_b[0]],
-                })
+    for ka, kb, (typ, wa, wb, kind) in caption_pairs(index, near):
+        owners_a, owners_b = set(index[ka][1]), set(index[kb][1])
+        only_a = sorted(owners_a - owners_b, key=_natural_key)
+        only_b = sorted(owners_b - owners_a, key=_natural_key)
+        if not only_a or not only_b:
+            continue
+        items.append({
+            "item_id": _hash(source, "pairs", ka, kb)[:16],
+            "source": source, "view": "pairs", "type": typ, "kind": kind,
+            "filename": only_a[0], "caption": index[ka][0],
+            "filename_b": only_b[0], "negative": index[kb][0],
+            "word_true": wa, "word_neg": wb,
+            "n_image_pairs": len(only_a) * len(only_b),
+            "image": paths[only_a[0]], "image_b": paths[only_b[0]],
+        })
     items.sort(key=lambda it: (PAIR_TYPES.index(it["type"]), it["item_id"]))
     return items
 

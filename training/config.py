@@ -96,6 +96,9 @@ class ModelConfig:
     # Edited train captions as extra negatives (training/perturbation.py): ITM pairs and/or ITC columns.
     itm_perturbation_negatives: float = _MODEL_DEFAULTS["itm_perturbation_negatives"]
     itc_perturbation_negatives: float = _MODEL_DEFAULTS["itc_perturbation_negatives"]
+    # Where those negatives come from: "edits" (rule edits), "pairs" (partner captions of other train images,
+    # blind-proof), "pairs+edits" (training/perturbation.py explains the difference).
+    perturbation_source: str = "edits"
     fusion_layer: int | None = None
     num_fusion_layers: int | None = None  # with model.init: fusion stack from the top text layers (see from_vision_text_pretrained)
     # Two-stage recipes: the shipped config that produces `pretrained` (which must then be

@@ -23,6 +23,7 @@ from mtgfe.utils.validation import check_finite
 
 from . import benchmarks, views
 from .metrics import RECALL_KEYS
+from .perturbation import PERTURBATION_SOURCES
 
 
 if TYPE_CHECKING:  # annotations only: config.py imports this module, never the other way round
@@ -130,6 +131,8 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         value = getattr(m, name)
         if not 0.0 <= value <= 8.0:
             _fail(source, f"model.{name}={value} must be in [0, 8] (edited-caption negatives per positive; 0 = off)")
+    if m.perturbation_source not in PERTURBATION_SOURCES:
+        _fail(source, f"unknown model.perturbation_source {m.perturbation_source!r}; allowed: {list(PERTURBATION_SOURCES)}")
     if m.itm_perturbation_negatives > 0 and m.itm_weight == 0:
         _fail(source, "model.itm_perturbation_negatives > 0 needs model.itm_weight > 0 (they are ITM negatives)")
     if m.itc_perturbation_negatives > 0 and m.itc_weight == 0:
@@ -141,7 +144,8 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         if not isinstance(m.num_fusion_layers, int) or m.num_fusion_layers < 1:
             _fail(source, f"model.num_fusion_layers={m.num_fusion_layers!r} must be an int >= 1 (or null)")
     reserved = {"itc_weight", "itm_weight", "mlm_weight", "mvjrc_weight", "mvjrc_variant", "itm_random_negative_prob",
-                "itm_perturbation_negatives", "itc_perturbation_negatives", "fusion_layer", "num_fusion_layers"}
+                "itm_perturbation_negatives", "itc_perturbation_negatives", "perturbation_source", "fusion_layer",
+                "num_fusion_layers"}
     for key in m.config:
         if key in reserved:
             _fail(source, f"model.config.{key}: set it as model.{key} instead")

@@ -72,7 +72,7 @@ from .config import (
 from .deprecation import deprecated_attribute
 from .evaluation import evaluate_model
 from .loading import load_config_split
-from .perturbation import CaptionPerturber
+from .perturbation import CaptionPerturber, partner_captions
 
 
 logger = logging.get_logger(__name__)
@@ -306,7 +306,13 @@ def build_perturber(cfg: TrainConfig, train_set) -> CaptionPerturber | None:
     if rate <= 0:
         return None
     dataset = getattr(train_set, "dataset", train_set)
-    return CaptionPerturber(dataset["caption"], rate=rate, seed=cfg.seed)
+    partners = None
+    if m.perturbation_source != "edits":
+        partners = partner_captions(dataset["image_id"], dataset["caption"])
+        logger.info("pair negatives: %d of %d training images have partner captions (%d in all)",
+                    len(partners), len(set(dataset["image_id"])), sum(map(len, partners.values())))
+    return CaptionPerturber(dataset["caption"], rate=rate, seed=cfg.seed, source=m.perturbation_source,
+                            partners=partners)
 
 
 def build_train_loader(cfg: TrainConfig, train_set, processor, views_pair, accelerator):
