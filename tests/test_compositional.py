@@ -223,3 +223,13 @@ def test_cli_writes_jsonl(tmp_path, data_dir):
     assert C.main(["--source", "ucm_test", "--view", "pairs", "--out", str(out), "--data-dir", str(data_dir)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows and {"caption", "negative", "type", "image", "image_b"} <= set(rows[0])
+
+
+def test_ucm_val_is_a_development_source_disjoint_from_train_and_test(data_dir):
+    """Recipe choices are made on ucm_val pairs: its images must be neither training nor test images."""
+    val = C.generate_items("ucm_val", "pairs", data_dir, require_images=False)
+    assert len(val) >= 20 and {it["type"] for it in val} <= set(C.PAIR_TYPES)
+    names = {src: {f for f, _, _ in C.load_source_captions(src, data_dir, require_images=False)}
+             for src in ("ucm_val", "ucm_test", "ucm_train")}
+    assert not names["ucm_val"] & names["ucm_test"] and not names["ucm_val"] & names["ucm_train"]
+    assert {it["filename"] for it in val} | {it["filename_b"] for it in val} <= names["ucm_val"]

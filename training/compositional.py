@@ -49,6 +49,8 @@ VIEWS = ("pairs", "single")
 # whose frequencies the single-edit replacements are drawn from.
 SOURCES = {
     "ucm_test": (("ucm", "test"), ("ucm", "train")),
+    # The development view: recipe choices (negatives, rates, alpha) are made here, never on a test source.
+    "ucm_val": (("ucm", "val"), ("ucm", "train")),
     "ucm_train": (("ucm", "train"), ("ucm", "train")),
     "rsicd_test": (("rsicd", "test"), ("rsicd", "train")),
     # RSICD train has no shipped images: annotations only, for the blind model's training.

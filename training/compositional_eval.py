@@ -36,7 +36,7 @@ from .loading import load_dataset_split
 
 SCORERS = ("filter", "itm", "itm+itc")
 DEFAULT_SOURCES = ("ucm_test", "rsicd_test")
-_SPLIT_OF = {"ucm_test": ("ucm", "test"), "rsicd_test": ("rsicd", "test")}
+_SPLIT_OF = {"ucm_test": ("ucm", "test"), "rsicd_test": ("rsicd", "test"), "ucm_val": ("ucm", "val")}
 
 
 def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0) -> list[float] | None:

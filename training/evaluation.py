@@ -447,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="instead of --dataset: the compositional benchmark (issue #14): filter / ITM / ITM+alpha*ITC "
                              "on the pairs (Winoground) and single-edit views, bootstrap CIs, edited-caption retrieval")
     parser.add_argument("--sources", nargs="+", default=["ucm_test", "rsicd_test"],
-                        help="with --compositional: test sources (ucm_test, rsicd_test); reported separately and pooled")
+                        help="with --compositional: sources (ucm_test, rsicd_test; ucm_val is the development view "
+                             "for recipe choices); reported separately and pooled")
     parser.add_argument("--n-boot", type=int, default=2000, help="with --compositional: bootstrap resamples (seeded)")
     parser.add_argument("--output", default=None, help="write the result JSON here")
     parser.add_argument("--no-progress", action="store_true")

@@ -1,69 +1,89 @@
-"""Markdown table of the compositional results (results/compositional/*.json from mtgfe-eval --compositional).
+"""Markdown tables of the compositional results over seeds (the JSON files `runs.sh eval` writes).
 
-  .venv/bin/python results/compositional/make_table.py
+  .venv/bin/python results/compositional/make_table.py [FOLDER]   # default: this folder
+
+Reads `eval_<arm>_s<seed>.json` (mtgfe-eval --compositional) and `ucm_test_mR_<arm>_s<seed>.json` (mtgfe-eval on
+UCM test) for every arm in ARMS, and `eval_stage1.json` / `ucm_test_mR_stage1.json` for the common stage-1
+filter. Cells are mean ± std over the seeds found (the seed count is printed); a missing file is shown, never
+guessed. Pairs cells are the Winoground *text* score (each image prefers its own caption); chance for a
+model that ignores the image is 0 by construction.
 """
 import json
+import statistics
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-MODELS = [  # (file, label, scorers shown)
-    ("eval_stage1_dual.json", "dual encoder, stage 1 (`ucm_dual_finetune`)", ["filter"]),
-    ("eval_negclip.json", "NegCLIP dual encoder (stage 1 + 80 steps ITC with 1.0 perturbation negs)", ["filter"]),
-    ("eval_fusion.json", "fusion, `ucm_fusion` (MLM 0.1), 80 of 260 steps", ["filter", "itm", "itm+itc"]),
-    ("eval_fusion_pert.json", "fusion + ITM perturbation negatives 1.0, 80 steps", ["filter", "itm", "itm+itc"]),
+ARMS = [  # (file stem, label, scorers shown)
+    ("negclip_pairs", "NegCLIP dual encoder, pair negatives", ["filter"]),
+    ("fusion_pairs", "fusion (ITC + ITM), pair negatives", ["itm", "itm+itc"]),
+    ("negclip_edits", "NegCLIP dual encoder, rule-edit negatives", ["filter"]),
+    ("fusion_edits", "fusion (ITC + ITM), rule-edit negatives", ["itm", "itm+itc"]),
 ]
-SINGLE = [("ucm_test", "count"), ("ucm_test", "colour"), ("rsicd_test", "colour"), ("pooled", "overall")]
-PAIRS = [("ucm_test", "overall"), ("rsicd_test", "overall"), ("pooled", "overall")]
+SEEDS = (42, 1, 2)
+PAIRS = [("ucm_test", "count"), ("ucm_test", "colour"), ("ucm_test", "overall"), ("rsicd_test", "overall"),
+         ("pooled", "overall")]
+SINGLE = [("ucm_test", "count"), ("ucm_test", "colour"), ("rsicd_test", "colour")]
 
 
-def fmt(cell):
-    if not cell or cell["mean"] is None:
+def _load(folder: Path, name: str):
+    path = folder / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _ms(values):
+    if not values:
         return "–"
-    lo, hi = cell["ci95"]
-    return f"{cell['mean']:.2f} [{lo:.2f}, {hi:.2f}]"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def main():
-    head = (["model", "scorer"] + [f"single {s.split('_')[0].upper()} {t} (n={{}})" for s, t in SINGLE]
-            + [f"pairs {s.split('_')[0].upper()} text (n={{}})" for s, _ in PAIRS]
-            + ["pairs pooled group", "retrieval: mean rank true → edited query"])
-    rows, ns = [], None
-    for file, label, scorers in MODELS:
-        path = HERE / file
-        if not path.is_file():
-            rows.append([label, "(not run)"] + ["–"] * (len(head) - 2))
-            continue
-        rep = json.loads(path.read_text())
-        src = rep["sources"]
-        if ns is None:
-            ns = [src[s]["single"][t]["filter"]["accuracy"]["n"] for s, t in SINGLE] + \
-                 [src[s]["pairs"][t]["filter"]["text"]["n"] for s, t in PAIRS]
-        for scorer in scorers:
-            r = [label if scorer == scorers[0] else "", scorer]
-            r += [fmt(src[s]["single"][t][scorer]["accuracy"]) for s, t in SINGLE]
-            r += [fmt(src[s]["pairs"][t][scorer]["text"]) for s, t in PAIRS]
-            r.append(fmt(src["pooled"]["pairs"]["overall"][scorer]["group"]))
-            ret = src["pooled"]["retrieval"]["overall"]
-            r.append(f"{ret['true']['mean_rank']['mean']:.1f} → {ret['edited']['mean_rank']['mean']:.1f}"
-                     if scorer == "itm+itc" or scorers == ["filter"] else "")
-            rows.append(r)
-    blind = json.loads((HERE / "blind_check.json").read_text())["sources"]
-    b = ["blind text-only model (`blind_check.json`)", "n-grams"]
+def _cells(reports, scorer):
+    out = []
+    for s, t in PAIRS:
+        out.append(_ms([r["sources"][s]["pairs"][t][scorer]["text"]["mean"] for r in reports]))
     for s, t in SINGLE:
-        if s == "pooled":
-            b.append("–")
-        else:
-            c = blind[s]["single"][t]
-            b.append(f"{c['blind_accuracy']:.2f} [{c['blind_ci95'][0]:.2f}, {c['blind_ci95'][1]:.2f}]")
-    b += ["0 (by construction)"] * len(PAIRS) + ["0", ""]
-    rows.append(b)
-    ns = ns or ["?"] * (len(SINGLE) + len(PAIRS))
-    head = [h.format(ns[i - 2]) if "{}" in h else h for i, h in enumerate(head)]
+        out.append(_ms([r["sources"][s]["single"][t][scorer]["accuracy"]["mean"] for r in reports]))
+    return out
+
+
+def main(folder: Path = HERE) -> None:
+    first = _load(folder, "eval_stage1.json")
+    if first is None:
+        raise SystemExit(f"{folder}/eval_stage1.json not found: run `runs.sh eval stage1 filter` first")
+    n = [first["sources"][s]["pairs"][t]["filter"]["text"]["n"] for s, t in PAIRS]
+    n += [first["sources"][s]["single"][t]["filter"]["accuracy"]["n"] for s, t in SINGLE]
+    head = (["model", "scorer", "seeds"] + [f"pairs {s.split('_')[0].upper()} {t} (n={k})" for (s, t), k in zip(PAIRS, n)]
+            + [f"single {s.split('_')[0].upper()} {t} (n={k})" for (s, t), k in zip(SINGLE, n[len(PAIRS):])]
+            + ["UCM test mR"])
+    rows = []
+    mr = _load(folder, "ucm_test_mR_stage1.json")
+    rows.append(["stage-1 dual encoder (`ucm_dual_finetune`, the common start)", "filter", "1"]
+                + _cells([first], "filter") + [_ms([mr["metrics"]["mR"]]) if mr else "–"])
+    for stem, label, scorers in ARMS:
+        found = [(seed, _load(folder, f"eval_{stem}_s{seed}.json")) for seed in SEEDS]
+        reports = [r for _, r in found if r is not None]
+        if not reports:
+            continue
+        seeds = ",".join(str(s) for s, r in found if r is not None)
+        mrs = [m["metrics"]["mR"] for m in (_load(folder, f"ucm_test_mR_{stem}_s{s}.json") for s, r in found if r)
+               if m is not None]
+        for scorer in scorers:
+            rows.append([label if scorer == scorers[0] else "", scorer, seeds] + _cells(reports, scorer)
+                        + [_ms(mrs) if scorer == scorers[-1] else ""])
+    rows.append(["blind text-only model", "any", "–"] + ["0 (by construction)"] * len(PAIRS)
+                + [f"{_blind(s, t):.2f}" for s, t in SINGLE] + [""])
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
         print("| " + " | ".join(r) + " |")
 
 
+def _blind(source: str, typ: str) -> float:
+    blind = json.loads((HERE / "blind_check.json").read_text())["sources"]
+    return blind[source]["single"][typ]["blind_accuracy"]
+
+
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)

@@ -40,6 +40,8 @@ case $1 in
     MODEL=$RUNS/$RUN/final
     [ "$RUN" = stage1 ] && MODEL=$S1
     $BIN/mtgfe-eval --model "$MODEL" --compositional --data-dir "$DATA" --output "$RUNS/eval_$RUN.json"
+    # the development view (UCM val pairs): where recipe choices are looked at; never the test sources
+    $BIN/mtgfe-eval --model "$MODEL" --compositional --sources ucm_val --data-dir "$DATA" --output "$RUNS/eval_val_$RUN.json"
     if [ "${3:-}" = filter ]; then
       $BIN/mtgfe-eval --model "$MODEL" --dataset ucm --split test --data-dir "$DATA" --filter-only --no-progress --output "$RUNS/ucm_test_mR_$RUN.json"
     else
