@@ -9,7 +9,7 @@ import torch
 from modeling_mtgfe import MTGFEConfig, MTGFEForPreTraining
 from modeling_mtgfe.losses import itc_loss, itc_loss_with_extra_texts
 from mtgfe.training.config import ConfigError, load_config
-from mtgfe.training.perturbation import CaptionPerturber, edit_caption
+from mtgfe.training.perturbation import PARTNER_INDEX_OFFSET, CaptionPerturber, edit_caption
 from mtgfe.training import compositional_rules as R
 from mtgfe.training.data import normalize_caption as normalize
 
@@ -45,7 +45,7 @@ def test_perturber_only_edits_training_captions_and_is_deterministic():
             ids = torch.tensor([[101, len(t), 102] + [0] * (max_length - 3) for t in text])
             return {"input_ids": ids, "attention_mask": (ids != 0).long()}
 
-    a, b = perturber(rows, Proc(), 8), perturber(rows, Proc(), 8)
+    a, b = (perturber.encode(perturber.expand(rows)[1], Proc(), 8) for _ in range(2))
     assert torch.equal(a["perturbed_input_ids"], b["perturbed_input_ids"])
     assert torch.equal(a["perturbed_rows"], b["perturbed_rows"])
     counts = np.bincount(a["perturbed_rows"].numpy(), minlength=len(TRAIN))
@@ -131,72 +131,86 @@ def test_config_validation():
         MTGFEConfig.from_preset("tiny", itc_perturbation_negatives=20)
 
 
-# ---------------------------------------------------------------- pair negatives (blind-proof source)
+# ---------------------------------------------------------------- swap quads (blind-proof source)
 PAIRED = [  # (image id, caption): images 0 and 2 share a caption; 1 differs from it by one count word
     (0, "there are two white planes parked ."),
     (1, "there are four white planes parked ."),
     (2, "there are two white planes parked ."),
     (2, "a white plane near the terminal ."),
     (3, "there are two white planes parked ."),
-    (3, "there are four white planes parked ."),  # image 3 has both: neither is a negative for it
+    (3, "there are four white planes parked ."),  # image 3 owns both: it is in no quad
     (4, "many green trees and a road ."),
 ]
 
 
-def test_partner_captions_are_other_images_real_captions_in_their_own_spelling():
-    from mtgfe.training.perturbation import partner_captions
+def _paired_dataset():
+    from datasets import Dataset
 
     ids, caps = zip(*PAIRED)
-    partners = partner_captions(ids, caps)
-    assert partners == {0: ["there are four white planes parked ."], 1: ["there are two white planes parked ."],
-                        2: ["there are four white planes parked ."]}
+    return Dataset.from_dict({"image_id": list(ids), "caption": list(caps), "caption_id": list(range(len(caps)))})
+
+
+class _Proc:
+    def __call__(self, text, max_length, return_tensors):
+        ids_ = torch.tensor([[101, len(t), 102] + [0] * (max_length - 3) for t in text])
+        return {"input_ids": ids_, "attention_mask": (ids_ != 0).long()}
+
+
+def test_partner_index_keeps_only_surely_false_partners():
+    from mtgfe.training.perturbation import PartnerIndex
+
+    ids, caps = zip(*PAIRED)
+    index = PartnerIndex(ids, caps)
+    assert index.candidates(caps[0], 0) == [1]  # row 1 = (image 1, "four"); image 3 owns "two" too: excluded
+    assert index.candidates(caps[1], 1) == [0, 2]  # rows of (0, "two") and (2, "two"); not image 3's
+    assert index.candidates(caps[4], 3) == [] and index.candidates(caps[6], 4) == []
+    assert index.images_with_partners() == 4  # 0, 1, 2, 3 own a caption with a partner (3 can never use it)
+    with pytest.raises(ValueError, match="does not own"):
+        index.candidates(caps[1], 0)
     with pytest.raises(ValueError, match="rows"):
-        partner_captions(ids[:-1], caps)
+        PartnerIndex(ids[:-1], caps)
 
 
 @pytest.mark.parametrize("source", ["pairs", "pairs+edits"])
-def test_pair_source_gives_partners_first_and_only_for_their_image(source):
-    from mtgfe.training.perturbation import partner_captions
-
-    ids, caps = zip(*PAIRED)
-    perturber = CaptionPerturber(caps, rate=1.0, seed=0, source=source, partners=partner_captions(ids, caps))
-    rng = np.random.default_rng(0)
-    assert perturber.negatives(caps[0], rng, image_id=0) == ["there are four white planes parked ."]
-    assert perturber.negatives(caps[1], rng, image_id=1) == ["there are two white planes parked ."]
-    no_partner = perturber.negatives(caps[6], rng, image_id=4)
+def test_swap_quads_balance_every_caption_as_positive_and_negative(source):
+    dataset = _paired_dataset()
+    perturber = CaptionPerturber(dataset["caption"], rate=1.0, seed=0, source=source, dataset=dataset)
+    rows = [{**dataset[i], "epoch": 0, "index": i} for i in (0, 1, 6)]
+    out, negatives = perturber.expand(rows)
+    assert out[:3] == rows and len(out) == 5  # rows 0 and 1 each bring one partner row
+    for owner, text in negatives[:4]:  # quads: the partner's caption for me, mine for the partner
+        assert normalize(text) != normalize(out[owner]["caption"])
+    quad_negs = [(out[o]["image_id"], normalize(t)) for o, t in negatives[:4]]
+    quad_pos = [(r["image_id"], normalize(r["caption"])) for r in out[:2] + out[3:]]
+    # text-only balance: within the quads each caption is a positive exactly as often as a negative
+    assert sorted(t for _, t in quad_negs) == sorted(t for _, t in quad_pos)
+    assert not set(quad_negs) & {(i, normalize(c)) for i, c in PAIRED}  # never a real (image, caption) pair
+    assert all(r["index"] >= PARTNER_INDEX_OFFSET for r in out[3:])
+    tail = negatives[4:]
     if source == "pairs":
-        assert no_partner == []  # no partner, no negative: a rule edit would reopen the text-only shortcut
+        assert tail == []  # row 2 (image 4) has no partner: no negative (an edit would reopen the shortcut)
     else:
-        assert len(no_partner) == 1 and normalize(no_partner[0]) not in {normalize(c) for c in caps}
-    with pytest.raises(ValueError, match="image_id"):
-        perturber.negatives(caps[0], rng)
-    rows = [{"caption": c, "image_id": i, "epoch": 0, "index": k} for k, (i, c) in enumerate(PAIRED)]
-
-    class Proc:
-        def __call__(self, text, max_length, return_tensors):
-            ids_ = torch.tensor([[101, len(t), 102] + [0] * (max_length - 3) for t in text])
-            return {"input_ids": ids_, "attention_mask": (ids_ != 0).long()}
-
-    out = perturber(rows, Proc(), 8)
-    owners = out["perturbed_rows"].tolist()
-    assert {0, 1, 2, 3}.issubset(set(owners)) if source == "pairs" else True
-    assert 5 not in owners or source == "pairs+edits"  # row 5 is image 3, which owns both captions
-    assert 4 not in owners or source == "pairs+edits"  # row 4 is image 3 too
+        assert [o for o, _ in tail] == [2] and normalize(tail[0][1]) not in perturber.train
+    again = perturber.expand(rows)
+    assert again == (out, negatives)  # a pure function of (seed, epoch, index)
+    enc = perturber.encode(negatives, _Proc(), 8)
+    assert enc["perturbed_rows"].tolist() == [o for o, _ in negatives]
 
 
-def test_pair_source_needs_partners_and_rejects_unknown_sources():
-    with pytest.raises(ValueError, match="needs partners"):
+def test_swap_quads_need_the_dataset_and_sources_are_checked():
+    dataset = _paired_dataset()
+    with pytest.raises(ValueError, match="needs the training dataset"):
         CaptionPerturber(TRAIN, rate=1.0, source="pairs")
     with pytest.raises(ValueError, match="unknown perturbation source"):
         CaptionPerturber(TRAIN, rate=1.0, source="swaps")
-    with pytest.raises(ValueError, match="must be training captions"):
-        CaptionPerturber(TRAIN, rate=1.0, source="pairs", partners={0: ["a test caption ."]})
+    with pytest.raises(ValueError, match="not the training captions"):
+        CaptionPerturber(TRAIN, rate=1.0, source="pairs", dataset=dataset)
     assert load_config("ucm_fusion", ["model.perturbation_source=pairs"]).model.perturbation_source == "pairs"
     with pytest.raises(ConfigError, match="perturbation_source"):
         load_config("ucm_fusion", ["model.perturbation_source=swaps"])
 
 
-def test_trainer_builds_pair_partners_from_the_train_split(data_dir):
+def test_trainer_builds_swap_quads_from_the_train_split(data_dir):
     from mtgfe.training.loading import load_config_split
     from mtgfe.training.train import build_perturber
 
@@ -204,10 +218,12 @@ def test_trainer_builds_pair_partners_from_the_train_split(data_dir):
                                      "model.perturbation_source=pairs"])
     train_rows = load_config_split(cfg, cfg.data.train_split, "captions")
     perturber = build_perturber(cfg, train_rows)
+    assert perturber.partners.images_with_partners() > 300  # UCM train: 361 of 1,680 images
+    rows = [{**train_rows[i], "epoch": 0, "index": i} for i in range(0, len(train_rows), 7)][:200]
+    out, negatives = perturber.expand(rows)
+    assert len(out) > len(rows) and len(negatives) == 2 * (len(out) - len(rows))
     own = {}
     for image, caption in zip(train_rows["image_id"], train_rows["caption"]):
         own.setdefault(image, set()).add(normalize(caption))
-    assert len(perturber.partners) > 100  # UCM train: hundreds of images have a one-word partner
-    for image, texts in perturber.partners.items():
-        for text in texts:
-            assert normalize(text) not in own[image] and text.endswith(".")
+    for owner, text in negatives:  # every negative is a real train caption the image does not have
+        assert normalize(text) in perturber.train and normalize(text) not in own[out[owner]["image_id"]]

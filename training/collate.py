@@ -151,6 +151,9 @@ class TrainCollator:
         self.perturber = perturber  # training/perturbation.CaptionPerturber: edited-caption negatives
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        negatives = []
+        if self.perturber is not None:  # may append partner rows (swap quads) before the batch is built
+            rows, negatives = self.perturber.expand(rows)
         base_views, second_views, captions = [], [], []
         for row in rows:
             image = load_image(row["image"])
@@ -176,7 +179,7 @@ class TrainCollator:
             image_processor = self.processor.image_processor
             batch["pixel_values_view2"] = image_processor(images=second_views, return_tensors="pt")["pixel_values"]
         if self.perturber is not None:
-            batch.update(self.perturber(rows, self.processor, self.max_length))
+            batch.update(self.perturber.encode(negatives, self.processor, self.max_length))
         return batch
 
 
@@ -360,6 +363,9 @@ class CachedTrainCollator:
             raise RuntimeError("CachedTrainCollator has no BackboneCache attached yet")
         if self.cache.num_slots < 2:
             raise ValueError("cached views need >= 2 slots per image (data.backbone_cache.num_views >= 1)")
+        negatives = []
+        if self.perturber is not None:  # may append partner rows (swap quads) before the batch is built
+            rows, negatives = self.perturber.expand(rows)
         picks = self.slots(rows)
         image_rows = torch.tensor([self.cache.row_of[int(row["image_id"])] for row in rows])
         first = torch.tensor([p[0] for p in picks])
@@ -376,7 +382,7 @@ class CachedTrainCollator:
             second = torch.tensor([p[1] for p in picks])
             batch["vision_hidden_states_view2"] = self.cache.tokens[image_rows, second].to(self.dtype)
         if self.perturber is not None:
-            batch.update(self.perturber(rows, self.processor, self.max_length))
+            batch.update(self.perturber.encode(negatives, self.processor, self.max_length))
         return batch
 
 

@@ -13,14 +13,16 @@ Where the negatives come from (`model.perturbation_source`):
 
 * ``edits`` (default): rule edits of the row's caption. Cheap and plentiful, but an edit is usually a
   *rarer* sentence than its source, so a text-only model can learn to spot edits (issue #14's blind
-  check): the ITM head can lower them without looking at the image.
-* ``pairs``: *partner captions*: real training captions of another image that differ from one of the
-  row image's own captions by exactly one meaning-changing word (`compositional.caption_pairs`, the
-  benchmark's own pair rule), e.g. "four planes ..." for an image described as "two planes ...". Each
-  partner is a positive of its own image and a negative of this one, so any text-only preference
-  cancels over the epoch: the only way to lower its score here is to read the image. Rows whose image
-  has no partner get no negative.
-* ``pairs+edits``: partners first, rule edits to fill the rate (and for rows without a partner).
+  check), and the ITM head does: trained on edits it scores "three planes" below "two planes" for every
+  image (results/compositional/README.md).
+* ``pairs``: *swap quads* of real training data. A row (image A, caption a) whose caption has a
+  *partner* b, i.e. a training caption of another image B that differs from a by one meaning-changing
+  word (`compositional.caption_pairs`, the benchmark's own pair rule; B does not own a, A does not own
+  b), brings the partner row (B, b) into the batch as an ordinary positive, and gets two negatives:
+  (A, b) and (B, a). Every caption of a quad is a positive once and a negative once, so a text-only
+  score cancels exactly, quad by quad: the only way to rank the quad right is to read the images.
+  Rows without a partner get nothing. The batch grows by the partner rows (about 7 of 32 on UCM).
+* ``pairs+edits``: swap quads, and rule edits for the rows without a partner.
 
 Leakage guard: a `CaptionPerturber` is built from the training split's captions and refuses to edit
 any caption that is not one of them (`ValueError`), so a test or validation caption can never be the
@@ -34,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -88,54 +90,73 @@ def edit_caption(text: str, typ: str, rng: np.random.Generator) -> str | None:
     raise ValueError(f"unknown perturbation type {typ!r}; known: {PERTURB_TYPES}")
 
 
-def partner_captions(image_ids: Sequence[int], captions: Sequence[str], near: bool = True) -> dict[int, list[str]]:
-    """image id -> its partner captions (sorted): training captions of *other* images that differ from
-    one of this image's captions by one meaning-changing word, and that are not captions of this image
-    themselves (so never a false negative by the data's own account).
+class PartnerIndex:
+    """Partners of each training caption (`compositional.caption_pairs`) and the dataset rows holding them.
 
-    `image_ids[i]` owns `captions[i]` (one row per caption, as in the training split). Partners are
-    returned as written in the data (the first spelling seen), not in normalised form: a negative
-    without the final " ." that every positive has would be a text-only cue."""
-    if len(image_ids) != len(captions):
-        raise ValueError(f"image_ids has {len(image_ids)} rows but captions has {len(captions)}")
-    owners: dict[str, set[int]] = defaultdict(set)
-    spelling: dict[str, str] = {}
-    for image, text in zip(image_ids, captions):
-        key = normalize_caption(text)
-        owners[key].add(int(image))
-        spelling.setdefault(key, text)
-    partners: dict[int, set[str]] = defaultdict(set)
-    for ka, kb, _ in caption_pairs(owners, near):
-        for image in owners[ka] - owners[kb]:
-            partners[image].add(spelling[kb])
-        for image in owners[kb] - owners[ka]:
-            partners[image].add(spelling[ka])
-    return {image: sorted(texts) for image, texts in sorted(partners.items())}
+    Args:
+        image_ids, captions: the training split, one row per caption (`image_ids[r]` owns `captions[r]`).
+    """
+
+    def __init__(self, image_ids: Sequence[int], captions: Sequence[str], near: bool = True):
+        if len(image_ids) != len(captions):
+            raise ValueError(f"image_ids has {len(image_ids)} rows but captions has {len(captions)}")
+        self.image_of_row = [int(i) for i in image_ids]
+        self.owners: dict[str, set[int]] = defaultdict(set)
+        self.rows_of: dict[str, list[int]] = defaultdict(list)
+        for row, (image, text) in enumerate(zip(self.image_of_row, captions)):
+            key = normalize_caption(text)
+            self.owners[key].add(image)
+            self.rows_of[key].append(row)
+        self.partners: dict[str, list[str]] = defaultdict(list)
+        for ka, kb, _ in caption_pairs(self.owners, near):
+            self.partners[ka].append(kb)
+            self.partners[kb].append(ka)
+
+    def candidates(self, caption: str, image_id: int) -> list[int]:
+        """Dataset rows (B, b) that can complete a swap quad with the row (image_id, caption): b is a
+        partner of the caption, B does not own the caption and image_id does not own b (the data's own
+        account of what is surely false)."""
+        ka = normalize_caption(caption)
+        if int(image_id) not in self.owners.get(ka, ()):
+            raise ValueError(f"image {image_id} does not own the caption {caption!r} in the training split")
+        out = []
+        for kb in self.partners.get(ka, ()):
+            if int(image_id) in self.owners[kb]:
+                continue
+            out += [r for r in self.rows_of[kb] if self.image_of_row[r] not in self.owners[ka]]
+        return out
+
+    def images_with_partners(self) -> int:
+        """How many training images can start a quad (reported in the training log)."""
+        return len({image for key in self.partners for image in self.owners[key]})
+
+
+# Epoch positions of partner rows brought into a batch: past any real position, so their random draws
+# (cache slots, views) never coincide with an ordinary row's.
+PARTNER_INDEX_OFFSET = 1 << 40
 
 
 class CaptionPerturber:
-    """Edited-caption negatives for batches of training rows.
+    """Perturbation negatives for batches of training rows (module docstring).
 
     Args:
         train_captions: every caption of the training split (the only captions it will edit).
-        rate: expected number of negatives per row (`floor(rate)` each, one more with probability
-            `rate - floor(rate)`); rows without any applicable edit get none.
+        rate: ``edits``: expected number of edits per row (`floor(rate)` each, one more with probability
+            `rate - floor(rate)`); rows without any applicable edit get none. ``pairs``: the probability
+            that a row with a partner starts a swap quad (capped at 1).
         seed: the run's seed.
         types: edit types tried (in a random order per negative).
-        source: where negatives come from, one of `PERTURBATION_SOURCES` (module docstring).
-        partners: image id -> partner captions (`partner_captions` of the training split); needed by the
-            ``pairs`` sources, which then need each row's ``image_id``.
+        source: where negatives come from, one of `PERTURBATION_SOURCES`.
+        dataset: the training split (rows with `image_id`, `caption`, `caption_id` and, for collators that
+            decode images, `image`); needed by the ``pairs`` sources, which fetch partner rows from it.
     """
 
     def __init__(self, train_captions: Iterable[str], rate: float, seed: int = 0,
-                 types: Sequence[str] = PERTURB_TYPES, source: str = "edits",
-                 partners: Mapping[int, Sequence[str]] | None = None):
+                 types: Sequence[str] = PERTURB_TYPES, source: str = "edits", dataset=None):
         if rate < 0:
             raise ValueError(f"rate must be >= 0, got {rate}")
         if source not in PERTURBATION_SOURCES:
             raise ValueError(f"unknown perturbation source {source!r}; known: {PERTURBATION_SOURCES}")
-        if source != "edits" and partners is None:
-            raise ValueError(f"perturbation source {source!r} needs partners (partner_captions of the train split)")
         unknown = set(types) - set(PERTURB_TYPES)
         if unknown:
             raise ValueError(f"unknown perturbation types {sorted(unknown)}; known: {PERTURB_TYPES}")
@@ -144,28 +165,22 @@ class CaptionPerturber:
         self.seed = int(seed)
         self.types = tuple(types)
         self.source = source
-        self.partners = {int(k): list(v) for k, v in (partners or {}).items()}
-        unknown_partners = {normalize_caption(t) for texts in self.partners.values() for t in texts} - self.train
-        if unknown_partners:
-            raise ValueError(f"partner captions must be training captions; not in the train split: "
-                             f"{sorted(unknown_partners)[:3]}")
+        self.dataset = dataset
+        self.partners = None
+        if source != "edits":
+            if dataset is None:
+                raise ValueError(f"perturbation source {source!r} needs the training dataset (partner rows come from it)")
+            if {normalize_caption(c) for c in dataset["caption"]} != self.train:
+                raise ValueError("the dataset's captions are not the training captions this perturber was built from")
+            self.partners = PartnerIndex(dataset["image_id"], dataset["caption"])
 
-    def negatives(self, caption: str, rng: np.random.Generator, image_id: int | None = None) -> list[str]:
-        """Up to `rate` distinct negatives for one training row (its caption and, for the ``pairs``
-        sources, its image's partner captions)."""
+    def negatives(self, caption: str, rng: np.random.Generator) -> list[str]:
+        """Up to `rate` distinct rule edits of one training caption."""
         if normalize_caption(caption) not in self.train:
             raise ValueError(f"refusing to perturb a caption that is not a training caption: {caption!r}")
         n = math.floor(self.rate) + int(rng.random() < self.rate - math.floor(self.rate))
         out: list[str] = []
-        if self.source != "edits":
-            if image_id is None:
-                raise ValueError(f"perturbation source {self.source!r} needs the row's image_id")
-            mine = self.partners.get(int(image_id), [])
-            take = min(n, len(mine))
-            out += [mine[int(i)] for i in rng.choice(len(mine), size=take, replace=False)] if take else []
-            if self.source == "pairs":
-                return out
-        for _ in range(n - len(out)):
+        for _ in range(n):
             for typ in rng.permutation(self.types):
                 edit = edit_caption(caption, str(typ), rng)
                 if edit is None or edit in out or normalize_caption(edit) in self.train:
@@ -174,23 +189,42 @@ class CaptionPerturber:
                 break
         return out
 
-    def __call__(self, rows: Sequence[dict[str, Any]], processor, max_length: int) -> dict:
+    def expand(self, rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+        """`(rows + partner rows, [(batch row, negative caption), ...])`.
+
+        ``edits``: no new rows. ``pairs``: each row that starts a swap quad appends its partner row (B, b)
+        and adds the negatives (A, b) and (B, a). Pure function of (seed, epoch, index) per row."""
+        rows = list(rows)
+        negatives: list[tuple[int, str]] = []
+        for i in range(len(rows)):
+            row = rows[i]
+            rng = sample_rng(self.seed, row["epoch"], row["index"], _PERTURB)
+            if self.source != "edits":
+                cands = self.partners.candidates(row["caption"], row["image_id"])
+                if cands and rng.random() < min(self.rate, 1.0):
+                    r = cands[int(rng.integers(len(cands)))]
+                    partner = dict(self.dataset[r])
+                    partner.update(epoch=row["epoch"], index=PARTNER_INDEX_OFFSET + r)
+                    rows.append(partner)
+                    negatives += [(i, partner["caption"]), (len(rows) - 1, row["caption"])]
+                    continue
+                if self.source == "pairs":
+                    continue
+            negatives += [(i, edit) for edit in self.negatives(row["caption"], rng)]
+        return rows, negatives
+
+    @staticmethod
+    def encode(negatives: Sequence[tuple[int, str]], processor, max_length: int) -> dict:
         """`perturbed_input_ids`, `perturbed_attention_mask` `(P, T)` and `perturbed_rows` `(P,)` (the
         batch row whose image each negative belongs to); P may be 0."""
-        texts, owners = [], []
-        for i, row in enumerate(rows):
-            rng = sample_rng(self.seed, row["epoch"], row["index"], _PERTURB)
-            for edit in self.negatives(row["caption"], rng, row.get("image_id")):
-                texts.append(edit)
-                owners.append(i)
-        if texts:
-            enc = processor(text=texts, max_length=max_length, return_tensors="pt")
+        if negatives:
+            enc = processor(text=[text for _, text in negatives], max_length=max_length, return_tensors="pt")
             ids, mask = enc["input_ids"], enc["attention_mask"]
         else:
             ids = torch.zeros((0, max_length), dtype=torch.long)
             mask = torch.zeros((0, max_length), dtype=torch.long)
         return {"perturbed_input_ids": ids, "perturbed_attention_mask": mask,
-                "perturbed_rows": torch.tensor(owners, dtype=torch.long)}
+                "perturbed_rows": torch.tensor([owner for owner, _ in negatives], dtype=torch.long)}
 
 
-__all__ = ["CaptionPerturber", "PERTURB_TYPES", "PERTURBATION_SOURCES", "edit_caption", "partner_captions"]
+__all__ = ["CaptionPerturber", "PartnerIndex", "PERTURB_TYPES", "PERTURBATION_SOURCES", "edit_caption"]

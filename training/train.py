@@ -72,7 +72,7 @@ from .config import (
 from .deprecation import deprecated_attribute
 from .evaluation import evaluate_model
 from .loading import load_config_split
-from .perturbation import CaptionPerturber, partner_captions
+from .perturbation import CaptionPerturber
 
 
 logger = logging.get_logger(__name__)
@@ -306,13 +306,12 @@ def build_perturber(cfg: TrainConfig, train_set) -> CaptionPerturber | None:
     if rate <= 0:
         return None
     dataset = getattr(train_set, "dataset", train_set)
-    partners = None
-    if m.perturbation_source != "edits":
-        partners = partner_captions(dataset["image_id"], dataset["caption"])
-        logger.info("pair negatives: %d of %d training images have partner captions (%d in all)",
-                    len(partners), len(set(dataset["image_id"])), sum(map(len, partners.values())))
-    return CaptionPerturber(dataset["caption"], rate=rate, seed=cfg.seed, source=m.perturbation_source,
-                            partners=partners)
+    perturber = CaptionPerturber(dataset["caption"], rate=rate, seed=cfg.seed, source=m.perturbation_source,
+                                 dataset=dataset if m.perturbation_source != "edits" else None)
+    if perturber.partners is not None:
+        logger.info("swap quads: %d of %d training images have a partner caption",
+                    perturber.partners.images_with_partners(), len(set(dataset["image_id"])))
+    return perturber
 
 
 def build_train_loader(cfg: TrainConfig, train_set, processor, views_pair, accelerator):
@@ -335,6 +334,10 @@ def build_train_loader(cfg: TrainConfig, train_set, processor, views_pair, accel
         num_workers=cfg.data.num_workers,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
+    if perturber is not None and perturber.partners is not None and accelerator.num_processes > 1:
+        # partner rows make batch sizes differ across processes, which the cross-process ITC gather cannot take
+        raise ConfigError(f"model.perturbation_source={cfg.model.perturbation_source} runs on one process only "
+                          f"(got {accelerator.num_processes}); use perturbation_source=edits for multi-process runs")
     loader = accelerator.prepare(loader)
     if len(loader) == 0:
         raise ConfigError(f"the training set has {len(train_set)} rows per epoch: too few for batch_size={cfg.batch_size} "
