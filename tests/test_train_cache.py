@@ -100,3 +100,25 @@ def test_cached_training_smoke_reuses_the_cache_and_resumes_exactly(tmp_path):
     assert main(BASE + [f"output_dir={resumed}", *common, f"checkpoint.resume_from={full / 'checkpoint-2'}"]) == 0
     assert files[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
     _compare(full, resumed, from_step=2)
+
+
+def test_swap_quads_train_on_cached_tokens_and_resume_exactly(tmp_path):
+    """`model.perturbation_source=pairs` through the real trainer: partner rows enter cached batches, and a
+    resumed run draws the very same quads (they are a function of seed, epoch and index)."""
+    from mtgfe.training.perturbation import PARTNER_INDEX_OFFSET, PartnerIndex
+    from mtgfe.training.synthetic import load_synthetic
+
+    rows = load_synthetic("train", num_scenes=48, image_size=48)
+    assert PartnerIndex(rows["image_id"], rows["caption"]).images_with_partners() > 0  # the data has quads
+    common = [*CACHE, "views.base={}", f"data.backbone_cache.dir={tmp_path / 'cache'}", "max_steps=4",
+              "log.sample_ids=true", "eval.at_end=false", "checkpoint.keep_last=null", "checkpoint.save_every=2",
+              "model.itm_perturbation_negatives=1.0", "model.perturbation_source=pairs"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    assert main(BASE + [f"output_dir={full}", *common]) == 0
+    log = records(full)
+    assert all(0 < r["loss_itm"] < 5 for r in log)
+    ids = [i for r in log for i in r["sample_ids"]]
+    ids = [i for x in ids for i in (x if isinstance(x, list) else [x])]  # one list per process
+    assert any(i >= PARTNER_INDEX_OFFSET for i in ids)  # partner rows were trained on
+    assert main(BASE + [f"output_dir={resumed}", *common, f"checkpoint.resume_from={full / 'checkpoint-2'}"]) == 0
+    _compare(full, resumed, from_step=2)
