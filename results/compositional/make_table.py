@@ -59,11 +59,11 @@ def main(folder: Path = HERE) -> None:
     n += [first["sources"][s]["single"][t]["filter"]["accuracy"]["n"] for s, t in SINGLE]
     head = (["model", "scorer", "seeds", "**UCM pairs, mean of types**"] + [f"pairs {s.split('_')[0].upper()} {t} (n={k})" for (s, t), k in zip(PAIRS, n)]
             + [f"single {s.split('_')[0].upper()} {t} (n={k})" for (s, t), k in zip(SINGLE, n[len(PAIRS):])]
-            + ["UCM test mR"])
+            + ["UCM test mR", "retrieval, pooled: true image's mean rank, true → edited query"])
     rows = []
     mr = _load(folder, "ucm_test_mR_stage1.json")
     rows.append(["stage-1 dual encoder (`ucm_dual_finetune`, the common start)", "filter", "1"]
-                + _cells([first], "filter") + [_ms([mr["metrics"]["mR"]]) if mr else "–"])
+                + _cells([first], "filter") + [_ms([mr["metrics"]["mR"]]) if mr else "–", _ranks([first])])
     for stem, label, scorers in ARMS:
         found = [(seed, _load(folder, f"eval_{stem}_s{seed}.json")) for seed in SEEDS]
         reports = [r for _, r in found if r is not None]
@@ -73,14 +73,23 @@ def main(folder: Path = HERE) -> None:
         mrs = [m["metrics"]["mR"] for m in (_load(folder, f"ucm_test_mR_{stem}_s{s}.json") for s, r in found if r)
                if m is not None]
         for scorer in scorers:
+            last = scorer == scorers[-1]
             rows.append([label if scorer == scorers[0] else "", scorer, seeds] + _cells(reports, scorer)
-                        + [_ms(mrs) if scorer == scorers[-1] else ""])
+                        + [_ms(mrs) if last else "", _ranks(reports) if last else ""])
     rows.append(["blind text-only model", "any", "–"] + ["0 (by construction)"] * (1 + len(PAIRS))
-                + [f"{_blind(s, t):.2f}" for s, t in SINGLE] + [""])
+                + [f"{_blind(s, t):.2f}" for s, t in SINGLE] + ["", ""])
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
         print("| " + " | ".join(r) + " |")
+
+
+def _ranks(reports) -> str:
+    """The deployed search (filter top-k, then the model's re-rank score); higher rank = worse."""
+    ret = [r["sources"]["pooled"]["retrieval"]["overall"] for r in reports]
+    true = statistics.mean(x["true"]["mean_rank"]["mean"] for x in ret)
+    edited = statistics.mean(x["edited"]["mean_rank"]["mean"] for x in ret)
+    return f"{true:.1f} → {edited:.1f}"
 
 
 def per_seed(folder: Path = HERE) -> None:
