@@ -1,6 +1,6 @@
 """Markdown tables of the compositional results over seeds (the JSON files `runs.sh eval` writes).
 
-  .venv/bin/python results/compositional/make_table.py [FOLDER]   # default: this folder
+  .venv/bin/python results/compositional/make_table.py [FOLDER] [--compact]   # default: this folder
 
 Reads `eval_<arm>_s<seed>.json` (mtgfe-eval --compositional) and `ucm_test_mR_<arm>_s<seed>.json` (mtgfe-eval on
 UCM test) for every arm in ARMS, and `eval_stage1.json` / `ucm_test_mR_stage1.json` for the common stage-1
@@ -51,7 +51,10 @@ def _cells(reports, scorer):
     return out
 
 
-def main(folder: Path = HERE) -> None:
+COMPACT = 6  # --compact keeps the first columns: model, scorer, seeds, type mean, UCM count, UCM colour
+
+
+def main(folder: Path = HERE, compact: bool = False) -> None:
     first = _load(folder, "eval_stage1.json")
     if first is None:
         raise SystemExit(f"{folder}/eval_stage1.json not found: run `runs.sh eval stage1 filter` first")
@@ -78,6 +81,9 @@ def main(folder: Path = HERE) -> None:
                         + [_ms(mrs) if last else "", _ranks(reports) if last else ""])
     rows.append(["blind text-only model", "any", "–"] + ["0 (by construction)"] * (1 + len(PAIRS))
                 + [f"{_blind(s, t):.2f}" for s, t in SINGLE] + ["", ""])
+    if compact:  # the README's table: the target columns, RSICD transfer and UCM test mR
+        keep = list(range(COMPACT)) + [head.index(h) for h in head if h.startswith("pairs RSICD")] + [len(head) - 2]
+        head, rows = [head[i] for i in keep], [[r[i] for i in keep] for r in rows]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
@@ -123,7 +129,9 @@ def _blind(source: str, typ: str) -> float:
 
 
 if __name__ == "__main__":
-    where = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
-    main(where)
-    print()
-    per_seed(where)
+    args = [a for a in sys.argv[1:] if a != "--compact"]
+    where = Path(args[0]) if args else HERE
+    main(where, compact="--compact" in sys.argv)
+    if "--compact" not in sys.argv:
+        print()
+        per_seed(where)
