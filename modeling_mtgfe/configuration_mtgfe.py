@@ -296,14 +296,21 @@ class MTGFEConfig(PreTrainedConfig):
         """Build one of the named presets (`base`, `small`, `tiny`); keyword overrides win.
 
         `vision_config` / `text_config` overrides given as dicts are merged into the preset's dicts, so
-        `from_preset("small", text_config={"vocab_size": 3000})` changes only the vocabulary.
+        `from_preset("small", text_config={"vocab_size": 3000})` changes only the vocabulary. A
+        `vision_config` naming another `model_type` (e.g. `resnet` in place of the tiny preset's ViT) replaces
+        the preset's dict instead: ViT fields such as `hidden_size` would otherwise ride along and misstate
+        the other backbone's width.
         """
         if name not in PRESETS:
             raise ValueError(f"Unknown MTGFE preset {name!r}; allowed: {sorted(PRESETS)}.")
         kwargs = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS[name].items()}
         for key, value in overrides.items():
-            if key in ("vision_config", "text_config") and isinstance(value, dict) and isinstance(kwargs.get(key), dict):
-                kwargs[key] = {**kwargs[key], **value}
+            preset = kwargs.get(key)
+            other_backbone = (key == "vision_config" and isinstance(value, dict) and isinstance(preset, dict)
+                              and value.get("model_type", preset.get("model_type")) != preset.get("model_type"))
+            if key in ("vision_config", "text_config") and isinstance(value, dict) and isinstance(preset, dict) \
+                    and not other_backbone:
+                kwargs[key] = {**preset, **value}
             else:
                 kwargs[key] = value
         return cls(**kwargs)

@@ -308,9 +308,11 @@ def _build_vision_model(config: MTGFEConfig) -> PreTrainedModel:
         model = EfficientNetLiteModel(vision_config)
     else:
         model = AutoModel.from_config(vision_config)
-    if getattr(model, "pooler", None) is not None:
+    pooler = getattr(model, "pooler", None)
+    if pooler is not None and any(True for _ in pooler.parameters()):
         # The global vector is read from the tokens (config.image_pooling); an unused pooler would be a
-        # parameter without gradient (DDP would need find_unused_parameters).
+        # parameter without gradient (DDP would need find_unused_parameters). A parameter-free pooler (ResNet's
+        # average pool, which its forward always calls) stays.
         model.pooler = None
     return model
 

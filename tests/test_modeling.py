@@ -45,6 +45,30 @@ def test_presets_build_and_validate():
     assert MTGFEConfig.from_preset("tiny", text_config={"vocab_size": 500}).text_config.vocab_size == 500
 
 
+def test_preset_with_a_convolutional_vision_backbone_trains_and_saves(tmp_path):
+    """A `vision_config` of another model type replaces the preset's ViT dict (no stale ViT `hidden_size`
+    misstating the width); ResNet's parameter-free average pool stays (its forward calls it) and its
+    (B, C, H, W) map becomes H*W fusion tokens (the `make demo` backbone)."""
+    resnet = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [16, 24], "depths": [1, 1],
+              "layer_type": "basic", "downsample_in_first_stage": False, "image_size": 32}
+    config = MTGFEConfig.from_preset("tiny", vision_config=resnet, mlm_weight=0.0, mvjrc_weight=0.0, image_pooling="mean")
+    assert config.vision_config.model_type == "resnet" and not hasattr(config.vision_config, "patch_size")
+    assert config.vision_hidden_size == 24
+    model = MTGFEForPreTraining(config)
+    out = model(**make_batch(config))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    base = model.mtgfe.eval()
+    features = base.get_image_retrieval_features(torch.randn(2, 3, 32, 32))
+    assert features.image_tokens.shape == (2, 16, config.text_config.hidden_size)  # 32 px / 4 (stem) / 2 = 4 x 4
+    assert features.image_embeds.shape == (2, config.embed_dim)
+    base.save_pretrained(tmp_path)
+    reloaded = MTGFEModel.from_pretrained(tmp_path).eval()
+    assert reloaded.config.vision_config.model_type == "resnet"
+    pixels = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(reloaded.get_image_features(pixels), base.get_image_features(pixels))
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

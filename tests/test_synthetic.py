@@ -152,8 +152,33 @@ def test_rendered_objects_have_their_colour(train_images):
     [(dict(split="dev"), r"unknown split 'dev'.*\['train', 'val', 'test'\]"),
      (dict(num_scenes=0), "num_scenes must be a positive integer, got 0"),
      (dict(image_size=8), "image_size must be an integer >= 16, got 8"),
-     (dict(view="pairs", num_scenes=1), "unknown view 'pairs'")],
+     (dict(view="pairs", num_scenes=1), "unknown view 'pairs'"),
+     (dict(placeless_focus=1.5, num_scenes=1), r"placeless_focus must be a probability in \[0, 1\], got 1.5")],
 )
 def test_invalid_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         load_synthetic(**kwargs)
+
+
+PLACE_WORDS = re.compile(r"\b(on the|along|beside|in the|near|off the|with|of|to the|north|south|east|west|"
+                         r"around|surround\w*|encircled|above|below|next to|close to)\b", re.IGNORECASE)
+
+
+def test_placeless_focus_captions_leave_out_the_place_and_nothing_else(train_images):
+    """`placeless_focus` (the demo's training captions): some one-group captions lose their ground or water,
+    as search queries do ("a yellow car parked"); scene graphs and pixels are untouched, and 0 gives the
+    generator's usual captions."""
+    assert load_synthetic("train", num_scenes=120, seed=0, view="images", placeless_focus=0.0)["captions"] \
+        == train_images["captions"]
+    bare = load_synthetic("train", num_scenes=120, seed=0, view="images", placeless_focus=1.0)
+    assert bare["scene"] == train_images["scene"] and _bytes(bare) == _bytes(train_images)
+    usual = [c for caps in train_images["captions"] for c in caps]
+    assert not [c for c in usual if not PLACE_WORDS.search(c)]  # every usual caption names a place or a relation
+    placeless = [c for caps in bare["captions"] for c in caps if not PLACE_WORDS.search(c)]
+    assert len(placeless) > 40, placeless[:5]
+    for caps, raw in zip(bare["captions"], bare["scene"]):  # still true of the scene: kind, count, colour
+        groups = {g["kind"]: g for g in json.loads(raw)["groups"]}
+        for caption in caps:
+            for number, colour, noun in MENTION.findall(caption):
+                group = groups[_kind_of(noun)]
+                assert _count_ok(number, group["count"]) and (not colour or colour.lower() == group["colour"]), caption

@@ -83,6 +83,7 @@ def test_wrong_type_names_the_key():
         ("freeze.unfreeze_after_steps=3", r"neither freeze\.vision nor freeze\.text"),
         ("model.num_fusion_layers=3", r"model\.num_fusion_layers=3 needs model\.init"),
         ("eval.alpha_sweep=[-1]", r"eval\.alpha_sweep=\[-1\.0\] must be a non-empty list of numbers >= 0"),
+        ("data.synthetic.train_placeless_focus=2", r"data\.synthetic\.train_placeless_focus=2\.0 must be a probability"),
     ],
 )
 def test_validation_errors(override, match):

@@ -126,12 +126,17 @@ class FreezeConfig:
 
 @dataclass
 class SyntheticConfig:
-    """Size of the procedural dataset (`mtgfe.training.synthetic`); `None` = its default split size."""
+    """Size of the procedural dataset (`mtgfe.training.synthetic`); `None` = its default split size.
+
+    `train_placeless_focus`: probability that a one-group training caption leaves out its ground or water
+    ("a yellow car parked", `synthetic.describe_scene`); the validation split keeps the generator's captions.
+    """
 
     train_scenes: int | None = None
     val_scenes: int | None = None
     seed: int = 0
     render_size: int = 128
+    train_placeless_focus: float = 0.0
 
 
 @dataclass

@@ -197,6 +197,8 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
             _fail(source, f"data.synthetic.{key}={value} must be >= 1")
     if syn.render_size < 16:
         _fail(source, f"data.synthetic.render_size={syn.render_size} must be >= 16")
+    if not 0.0 <= syn.train_placeless_focus <= 1.0:
+        _fail(source, f"data.synthetic.train_placeless_focus={syn.train_placeless_focus} must be a probability in [0, 1]")
     cv = d.cv
     if cv.folds is not None:
         if cv.folds < 2:

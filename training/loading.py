@@ -33,13 +33,14 @@ def load_dataset_split(
     synthetic_scenes: int | None = None,
     synthetic_seed: int = 0,
     synthetic_size: int = 128,
+    synthetic_placeless_focus: float = 0.0,
 ) -> Dataset:
     """A split of `name`: `synthetic` (rendered scenes), `jsonl` (the user's JSONL/CSV `data_file`), or a
     benchmark name/alias (`load_rs_benchmark`). `view`: `captions` (training) or `images` (retrieval).
     `max_images` keeps the first N rows (images view: N images)."""
     if name == "synthetic":
         dataset = load_synthetic(split, num_scenes=synthetic_scenes, seed=synthetic_seed, image_size=synthetic_size,
-                                 view=view)
+                                 view=view, placeless_focus=synthetic_placeless_focus)
     elif name == "jsonl":
         if not data_file:
             raise ValueError("--dataset jsonl needs --data-file (a JSONL/CSV caption file)")
@@ -59,7 +60,10 @@ def load_config_split(cfg: TrainConfig, split: str, view: str):
         if not file:
             return None
         return load_dataset_split("jsonl", split, view, data_file=file, image_dir=d.image_dir)
-    scenes = d.synthetic.train_scenes if split == d.train_split else d.synthetic.val_scenes
+    train = split == d.train_split
+    scenes = d.synthetic.train_scenes if train else d.synthetic.val_scenes
+    # Placeless focus captions are a training-data choice: held-out splits keep the generator's captions.
     return load_dataset_split(d.dataset, split, view, data_dir=d.data_dir, image_dir=d.image_dir,
                               synthetic_scenes=scenes, synthetic_seed=d.synthetic.seed,
-                              synthetic_size=d.synthetic.render_size)
+                              synthetic_size=d.synthetic.render_size,
+                              synthetic_placeless_focus=d.synthetic.train_placeless_focus if train else 0.0)

@@ -477,21 +477,34 @@ def _caption_ground(scene, rng):
     return f"{_with_article(ground)} with {_noun_phrase(group, rng)}{_water_clause(scene, group, rng)}"
 
 
-def _caption_focus(scene, rng):
-    """One group and where it is: the least specific caption, as real datasets also have."""
+def _caption_focus(scene, rng, place: bool = True):
+    """One group and where it is: the least specific caption, as real datasets also have. `place=False`
+    leaves out the ground or water ("a yellow car parked"), the way people type a search query."""
     group = scene["groups"][int(rng.integers(len(scene["groups"])))]
-    where = _water_clause(scene, group, rng) or f" on the {_ground_phrase(scene, rng)}"
+    where = (_water_clause(scene, group, rng) or f" on the {_ground_phrase(scene, rng)}") if place else ""
     return f"{_noun_phrase(group, rng)}{_verb(group, rng)}{where}"
 
 
 _TEMPLATES = (_caption_full, _caption_list, _caption_ground, _caption_focus)
 
 
-def describe_scene(scene: dict, rng: np.random.Generator, n: int = CAPTIONS_PER_SCENE) -> list[str]:
-    """``n`` distinct captions: the full description first, then varied templates and synonyms."""
+def _placeless_focus(scene, rng):
+    return _caption_focus(scene, rng, place=False)
+
+
+def describe_scene(scene: dict, rng: np.random.Generator, n: int = CAPTIONS_PER_SCENE,
+                   placeless_focus: float = 0.0) -> list[str]:
+    """``n`` distinct captions: the full description first, then varied templates and synonyms.
+
+    ``placeless_focus``: probability that a one-group ("focus") caption leaves out its ground or water.
+    Every other caption names a ground, water or a second group, so a model trained on them alone reads a
+    place into a query that names none. 0 (the default) draws nothing extra: captions byte-identical to before.
+    """
     captions: list[str] = []
     for _ in range(20 * n):
         template = _caption_full if not captions else _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
+        if template is _caption_focus and placeless_focus > 0 and rng.random() < placeless_focus:
+            template = _placeless_focus
         text = " ".join(template(scene, rng).split())
         text = text[0].upper() + text[1:] + ("." if rng.random() < 0.5 else "")
         if text not in captions:
@@ -506,11 +519,13 @@ def describe_scene(scene: dict, rng: np.random.Generator, n: int = CAPTIONS_PER_
 # ------------------------------------------------------------------------------------- dataset
 
 
-def generate_scene(seed: int, split: str, index: int, image_size: int = 128) -> tuple[dict, list[str], bytes]:
-    """Scene graph, captions and PNG bytes of scene ``index`` of ``split``; pure function of its args."""
+def generate_scene(seed: int, split: str, index: int, image_size: int = 128,
+                   placeless_focus: float = 0.0) -> tuple[dict, list[str], bytes]:
+    """Scene graph, captions and PNG bytes of scene ``index`` of ``split``; pure function of its args
+    (``placeless_focus`` changes captions only: same scene graph and pixels)."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     scene = sample_scene(rng)
-    captions = describe_scene(scene, rng)
+    captions = describe_scene(scene, rng, placeless_focus=placeless_focus)
     buffer = io.BytesIO()
     render_scene(scene, image_size).save(buffer, format="PNG", compress_level=1)
     return scene, captions, buffer.getvalue()
@@ -522,11 +537,13 @@ def load_synthetic(
     seed: int = 0,
     image_size: int = 128,
     view: str = "captions",
+    placeless_focus: float = 0.0,
 ) -> Dataset:
     """The synthetic split in the standard schema plus a ``scene`` column (the scene graph as JSON).
 
     Images are embedded PNG bytes (``{"bytes", "path"}``), so the dataset needs no files and
     survives ``to_parquet``. Default sizes: train 1200, val 150, test 150 scenes, 5 captions each.
+    ``placeless_focus``: see `describe_scene` (0: the captions of every earlier release).
     """
     if split not in SPLIT_SIZES:
         raise ValueError(f"unknown split {split!r}; allowed: {list(SPLIT_SIZES)}")
@@ -536,13 +553,16 @@ def load_synthetic(
         raise ValueError(f"num_scenes must be a positive integer, got {num_scenes!r}")
     if not isinstance(image_size, int) or image_size < 16:
         raise ValueError(f"image_size must be an integer >= 16, got {image_size!r}")
+    if not isinstance(placeless_focus, (int, float)) or not 0.0 <= placeless_focus <= 1.0:
+        raise ValueError(f"placeless_focus must be a probability in [0, 1], got {placeless_focus!r}")
     records, images, scenes = [], [], []
     for index in range(num_scenes):
-        scene, captions, png = generate_scene(seed, split, index, image_size)
+        scene, captions, png = generate_scene(seed, split, index, image_size, placeless_focus=placeless_focus)
         name = f"synthetic_{split}_{index:05d}.png"
         records.append(ImageRecord(name, tuple(captions)))
         images.append({"bytes": png, "path": name})
         scenes.append(json.dumps(scene, sort_keys=True))
     logger.info("synthetic %s: %d scenes at %dpx (seed %d)", split, num_scenes, image_size, seed)
     return build_dataset(records, view, images, extra_columns={"scene": (Value("string"), scenes)},
-                         description=f"synthetic {split} split, seed {seed}, {image_size}px, {view} view")
+                         description=f"synthetic {split} split, seed {seed}, {image_size}px, {view} view"
+                                     + (f", placeless focus captions {placeless_focus:g}" if placeless_focus else ""))
