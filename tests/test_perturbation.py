@@ -227,3 +227,18 @@ def test_trainer_builds_swap_quads_from_the_train_split(data_dir):
         own.setdefault(image, set()).add(normalize(caption))
     for owner, text in negatives:  # every negative is a real train caption the image does not have
         assert normalize(text) in perturber.train and normalize(text) not in own[out[owner]["image_id"]]
+
+
+def test_swap_quads_refuse_more_than_one_process(data_dir):
+    """Partner rows make batch sizes differ across processes (the ITC gather needs equal shapes): refused
+    before any data is prepared, naming the setting."""
+    from types import SimpleNamespace
+
+    from mtgfe.training.loading import load_config_split
+    from mtgfe.training.train import build_train_loader
+
+    cfg = load_config("ucm_fusion", [f"data.data_dir={data_dir}", "model.itm_perturbation_negatives=1.0",
+                                     "model.perturbation_source=pairs"])
+    train_rows = load_config_split(cfg, cfg.data.train_split, "captions")
+    with pytest.raises(ConfigError, match="perturbation_source=pairs runs on one process only"):
+        build_train_loader(cfg, train_rows, None, (None, None), SimpleNamespace(num_processes=2))
