@@ -306,10 +306,9 @@ class MTGFEConfig(PreTrainedConfig):
         kwargs = {k: (dict(v) if isinstance(v, dict) else v) for k, v in PRESETS[name].items()}
         for key, value in overrides.items():
             preset = kwargs.get(key)
-            other_backbone = (key == "vision_config" and isinstance(value, dict) and isinstance(preset, dict)
-                              and value.get("model_type", preset.get("model_type")) != preset.get("model_type"))
-            if key in ("vision_config", "text_config") and isinstance(value, dict) and isinstance(preset, dict) \
-                    and not other_backbone:
+            mergeable = key in ("vision_config", "text_config") and isinstance(value, dict) and isinstance(preset, dict)
+            if mergeable and (key == "text_config"
+                              or value.get("model_type", preset.get("model_type")) == preset.get("model_type")):
                 kwargs[key] = {**preset, **value}
             else:
                 kwargs[key] = value

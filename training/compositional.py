@@ -163,7 +163,7 @@ def caption_pairs(keys: Iterable[str], near: bool = True):
     captions that forms a pair item (same length, one meaning-changing word; see `classify_pair`).
 
     Shared by the benchmark's pairs view and the training-side pair negatives
-    (`mtgfe.training.perturbation.partner_captions`), so both use one definition of "a pair".
+    (`mtgfe.training.perturbation.PartnerIndex`), so both use one definition of "a pair".
     """
     keys = sorted(keys)
     tokens = {k: R.tokenize(k) for k in keys}

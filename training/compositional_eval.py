@@ -31,12 +31,13 @@ import torch
 
 from modeling_mtgfe.retrieval import coarse_topk, encode_images, encode_texts, resolve_alpha, score_pairs
 
-from .compositional import COMPOSITIONAL_VERSION, generate_items, group_scores, items_hash, CERTIFIED_SINGLE
+from .compositional import COMPOSITIONAL_VERSION, SOURCES, generate_items, group_scores, items_hash, CERTIFIED_SINGLE
 from .loading import load_dataset_split
 
 SCORERS = ("filter", "itm", "itm+itc")
 DEFAULT_SOURCES = ("ucm_test", "rsicd_test")
-_SPLIT_OF = {"ucm_test": ("ucm", "test"), "rsicd_test": ("rsicd", "test"), "ucm_val": ("ucm", "val")}
+# the sources that can be scored (their images ship with the data); (benchmark, split) comes from SOURCES
+_SPLIT_OF = {name: SOURCES[name][0] for name in ("ucm_test", "rsicd_test", "ucm_val")}
 
 
 def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, seed: int = 0) -> list[float] | None:

@@ -170,9 +170,9 @@ class CaptionPerturber:
         if source != "edits":
             if dataset is None:
                 raise ValueError(f"perturbation source {source!r} needs the training dataset (partner rows come from it)")
-            if {normalize_caption(c) for c in dataset["caption"]} != self.train:
-                raise ValueError("the dataset's captions are not the training captions this perturber was built from")
             self.partners = PartnerIndex(dataset["image_id"], dataset["caption"])
+            if set(self.partners.owners) != self.train:
+                raise ValueError("the dataset's captions are not the training captions this perturber was built from")
 
     def negatives(self, caption: str, rng: np.random.Generator) -> list[str]:
         """Up to `rate` distinct rule edits of one training caption."""
@@ -194,10 +194,9 @@ class CaptionPerturber:
 
         ``edits``: no new rows. ``pairs``: each row that starts a swap quad appends its partner row (B, b)
         and adds the negatives (A, b) and (B, a). Pure function of (seed, epoch, index) per row."""
-        rows = list(rows)
+        originals, rows = list(rows), list(rows)  # partner rows go after the originals, never expanded themselves
         negatives: list[tuple[int, str]] = []
-        for i in range(len(rows)):
-            row = rows[i]
+        for i, row in enumerate(originals):
             rng = sample_rng(self.seed, row["epoch"], row["index"], _PERTURB)
             if self.source != "edits":
                 cands = self.partners.candidates(row["caption"], row["image_id"])
