@@ -41,7 +41,7 @@ demo: setup
 	$(PY) -m mtgfe.training.demo --data $(DATA) --data-dir $(DATA_DIR) --output $(DEMO_OUT)
 
 bench: setup
-	$(PY) benchmarks/bench_retrieval.py
+	$(PY) experiments/speed/bench_retrieval.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -12,8 +12,8 @@ _EXPORTS = {
     "render_model_card": "cards",
     "render_dataset_card": "cards",
     "load_eval_results": "cards",
-    "benchmark_info": "benchmarks",
-    "BENCHMARKS": "benchmarks",
+    "benchmark_info": "card_facts",
+    "BENCHMARKS": "card_facts",
     "MTGFE_CITATION": "cards",
     "export_benchmark_to_parquet": "dataset_export",
 }

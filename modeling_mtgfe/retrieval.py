@@ -15,7 +15,7 @@ docs/METHOD.md §5 (ALBEF `Retrieval.py::evaluation`, made cheaper and tie-exact
 Conventions:
 
 * `scores_i2t` is `(N_img, N_txt)`; `scores_t2i` is `(N_txt, N_img)`, the shape
-  `mtgfe.training.metrics.retrieval_metrics(scores_t2i=...)` and ALBEF use. Entries outside a query's
+  `mtgfe.evaluation.metrics.retrieval_metrics(scores_t2i=...)` and ALBEF use. Entries outside a query's
   candidates hold `fill_value`, default `-inf`: ALBEF writes `-100`, which is only "low" because ITM
   probabilities are in [0, 1]; `-inf` stays below any `itm+itc` mixture and ties all filtered-out
   entries together, which the tie-aware metrics treat as the unordered tail they are.
@@ -58,7 +58,7 @@ from .retrieval_features import (  # re-exported: step 1 lives there
 logger = logging.getLogger(__name__)
 
 # File endings read as images: the package's one list (folder galleries, the pipeline, the search index and
-# the benchmark loaders in `mtgfe.training.data` all use it). Every entry is one `load_image` decodes: PIL
+# the benchmark loaders in `mtgfe.data.annotations` all use it). Every entry is one `load_image` decodes: PIL
 # reads PNG/JPEG/BMP/GIF/WebP/JPEG 2000 (its wheels bundle libwebp and OpenJPEG), TIFFs PIL cannot open go
 # through tifffile. The order is the benchmark loaders' preference when an annotation's stem exists with
 # several endings (TIFF originals first); matching by ending does not depend on it.
@@ -67,7 +67,7 @@ IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".webp", "
 # Scores per chunk of the chunked torch similarity product (coarse top-k, exhaustive re-rank): 16M float32 =
 # 64 MiB. 2**24 is measurably faster for the coarse top-k than 2**22 (2,000 x 50,000 queries x gallery,
 # 2 threads: 2.6 s against 3.0-3.4 s) and a few 64 MiB chunks are negligible beside a loaded model.
-# `mtgfe.training.metrics.DEFAULT_CHUNK_ELEMENTS` (2**22) is a separate knob on purpose, not a copy: the
+# `mtgfe.evaluation.metrics.DEFAULT_CHUNK_ELEMENTS` (2**22) is a separate knob on purpose, not a copy: the
 # metrics are numpy-only and import no torch (the `rs_recall` evaluate metric and the cards load them), while
 # this file is Hub remote code that can import nothing first-party, so no module both can import exists.
 DEFAULT_CHUNK_ELEMENTS = 1 << 24
@@ -481,22 +481,6 @@ def resolve_alpha(model, alpha: float | None) -> float:
         return float(alpha)
     value = getattr(getattr(model, "config", None), "retrieval_alpha", None)
     return 1.0 if value is None else float(value)
-
-
-# Query-level search moved to pipeline_mtgfe.py (issue #12); the old names resolve lazily, with a warning
-# (importlib, not an import at the top: pipeline_mtgfe imports this module).
-_MOVED_TO_PIPELINE = ("SEARCH_SCORES", "search_images", "search_texts")
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_PIPELINE:
-        import importlib
-        import warnings
-
-        warnings.warn(f"modeling_mtgfe.retrieval.{name} moved to modeling_mtgfe.pipeline_mtgfe.{name}.",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(".pipeline_mtgfe", __package__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

@@ -26,9 +26,11 @@ import modeling_mtgfe  # noqa: F401 - importing the package registers the Auto c
 from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES
 from modeling_mtgfe.pipeline_mtgfe import resolve_search_defaults
 from modeling_mtgfe.retrieval import IMAGE_EXTENSIONS
+from mtgfe.utils.entrypoints import run_subcommand
 from mtgfe.utils.io import FileFormatError, atomic_write_json, atomic_write_text, read_json
 from mtgfe.utils.validation import check_finite
 
+from . import sharded_encode
 from .gallery_index import BUILD_STATE_NAME, MANIFEST_NAME, GalleryIndex, IndexMismatchError
 from .geo import hits_to_geojson, suppress_overlapping
 from .report_html import is_match, write_contact_sheet, write_html
@@ -150,7 +152,7 @@ def index_main(argv: list[str] | None = None) -> int:
                         help="store embeddings only (~1 KiB/image instead of ~97 KiB with the small preset); "
                              "re-ranking then needs the original files")
     parser.add_argument("--tokens-dtype", choices=TOKEN_DTYPES, default="float16",
-                        help="fusion token storage (default float16: ΔmR 0.0 vs float32 in benchmarks/measure_token_dtype.py)")
+                        help="fusion token storage (default float16: ΔmR 0.0 vs float32 in experiments/speed/measure_token_dtype.py)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted build in --output")
     parser.add_argument("--skip-unreadable", action="store_true",
                         help="skip (and list) files that cannot be decoded; skipped files are retried on every later "
@@ -438,5 +440,26 @@ def _append_quicklooks(html_path: str, results: list[dict], quicklook_dir: str |
     atomic_write_text(path, insert_before_body_end(path.read_text(encoding="utf-8"), fragment))
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(search_main())
+def sharded_encode_main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from datasets import load_from_disk
+
+    parser = argparse.ArgumentParser(prog="python -m mtgfe.search.cli sharded-encode")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--dataset-dir", required=True, help="a `datasets` images view saved with save_to_disk")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--backend", default=None, help="e.g. gloo on CPU")
+    args = parser.parse_args(argv)
+    model, processor = load_model_and_processor(args.model)
+    sharded_encode.run(model, processor, load_from_disk(args.dataset_dir), args.output, chunk_size=args.chunk_size,
+        batch_size=args.batch_size, backend=args.backend)
+    return 0
+
+
+COMMANDS = {"index": index_main, "search": search_main, "sharded-encode": sharded_encode_main}
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m mtgfe.search.cli {index,search,sharded-encode} ...`
+    sys.exit(run_subcommand("mtgfe.search.cli", COMMANDS))

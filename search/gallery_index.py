@@ -15,7 +15,7 @@ So 100k images take ~100 MB as embeddings only (`keep_tokens=False`), but ~9.8 G
 small preset. Tokens are therefore kept on disk in safetensors shards and read lazily (memory-mapped,
 only the k candidate rows per query); without tokens, re-ranking re-encodes the k candidates from their
 files: 1.5–2.8 s per query at k = 32 with Lite0 on 2 CPU cores, against ~60–100 ms with cached tokens
-(benchmarks/README.md, section c).
+(experiments/speed/README.md, section c).
 
 On-disk layout (`save`): `manifest.json` (model identity, sizes, items, shard list) and
 `shard_XXXXX.safetensors` files (`image_embeds`, optional `image_tokens`). Every file is written to a

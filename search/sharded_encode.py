@@ -12,17 +12,15 @@ encoding, and because chunk boundaries and batch composition do not depend on wh
 the rerun's output is bit-identical. `merge_parts` (main process, after `wait_for_everyone`) checks that
 every chunk of every rank is there and writes a normal index (`GalleryIndex.save`).
 
-    accelerate launch --cpu --num_processes 2 -m mtgfe.search.sharded_encode --model M --dataset-dir D --output OUT
+    accelerate launch --cpu --num_processes 2 -m mtgfe.search.cli sharded-encode --model M --dataset-dir D --output OUT
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -31,7 +29,6 @@ from safetensors import safe_open
 from modeling_mtgfe.retrieval import encode_images
 from mtgfe.utils.io import atomic_write_text, read_json
 
-from .cli import load_model_and_processor
 from .gallery_index import GalleryIndex, dataset_items
 from .index_storage import atomic_save_tensors, model_identity, model_sizes
 
@@ -134,28 +131,6 @@ def run(model, processor, dataset, output_dir, chunk_size: int = 256, batch_size
         dist.barrier()
         dist.destroy_process_group()
     return index
-
-
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from datasets import load_from_disk
-
-    parser = argparse.ArgumentParser(prog="python -m mtgfe.search.sharded_encode")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset-dir", required=True, help="a `datasets` images view saved with save_to_disk")
-    parser.add_argument("--output", required=True)
-    parser.add_argument("--chunk-size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--backend", default=None, help="e.g. gloo on CPU")
-    args = parser.parse_args(argv)
-    model, processor = load_model_and_processor(args.model)
-    run(model, processor, load_from_disk(args.dataset_dir), args.output, chunk_size=args.chunk_size,
-        batch_size=args.batch_size, backend=args.backend)
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
 
 
 __all__ = ["chunk_name", "encode_shard", "merge_parts", "run"]

@@ -10,8 +10,8 @@ import pytest
 
 from mtgfe.training import compositional as C
 from mtgfe.training import compositional_rules as R
-from mtgfe.training.compositional_blind import blind_training_items
-from mtgfe.training.data import normalize_caption
+from mtgfe.evaluation.compositional.blind import blind_training_items
+from mtgfe.data.annotations import normalize_caption
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def test_generation_is_deterministic_and_hash_stable(ucm, data_dir):
     edited[0]["negative"] += " x"
     assert C.items_hash(edited) != C.items_hash(single)
     # The committed results record the hash of what the code generates now.
-    counts = json.loads((REPO / "results/compositional/counts.json").read_text())
+    counts = json.loads((REPO / "experiments/compositional/counts.json").read_text())
     assert counts["version"] == C.COMPOSITIONAL_VERSION
     assert counts["hashes"]["ucm_test/pairs"] == C.items_hash(ucm["pairs"])
     assert counts["hashes"]["ucm_test/single"] == C.items_hash(ucm["single"])
@@ -208,7 +208,7 @@ def test_no_test_caption_feeds_the_blind_model(data_dir):
 
 
 def test_committed_blind_check_matches_the_certified_types():
-    report = json.loads((REPO / "results/compositional/blind_check.json").read_text())
+    report = json.loads((REPO / "experiments/compositional/blind_check.json").read_text())
     assert report["version"] == C.COMPOSITIONAL_VERSION
     for src, certified in C.CERTIFIED_SINGLE.items():
         per_type = report["sources"][src]["single"]

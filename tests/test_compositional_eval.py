@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from mtgfe.training.compositional import COMPOSITIONAL_VERSION, items_hash, load_compositional
-from mtgfe.training.compositional_eval import SCORERS, bootstrap_ci, evaluate_compositional
-from mtgfe.training.evaluation import main
+from mtgfe.evaluation.compositional.generation import COMPOSITIONAL_VERSION, items_hash, load_compositional
+from mtgfe.evaluation.compositional.evaluation import SCORERS, bootstrap_ci, evaluate_compositional
+from mtgfe.evaluation.retrieval import main
 
 
 @pytest.fixture(scope="module")

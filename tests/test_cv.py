@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mtgfe.training.config import ConfigError, config_from_dict, load_config
-from mtgfe.training.cv import FOLDS_FILE, assign_folds, cv_split, main as cv_main, natural_key, summarize
+from mtgfe.evaluation.cv import FOLDS_FILE, assign_folds, cv_split, main as cv_main, natural_key, summarize
 
 from test_train import BASE, one_thread, records  # noqa: F401  (autouse: one intra-op thread)
 
@@ -20,7 +20,7 @@ CACHE = ["freeze.vision=true", "data.backbone_cache.enabled=true", "data.backbon
 
 
 def _synthetic_splits(train: int = 10, val: int = 5) -> dict:
-    from mtgfe.training.synthetic import load_synthetic
+    from mtgfe.data.synthetic import load_synthetic
 
     return {"train": load_synthetic("train", num_scenes=train, image_size=16, view="images"),
             "val": load_synthetic("val", num_scenes=val, image_size=16, view="images")}
@@ -96,7 +96,7 @@ def test_cv_split_pools_with_unique_consistent_ids():
         assert set(m["val"]["filenames"]) == {name_of[i] for i in val_ids}
         assert m["train"]["captions"] == len(part.train) and m["pool_sha256"] == parts[0].membership["pool_sha256"]
         # identical captions share one caption id within the training folds (kept out of the negatives)
-        from mtgfe.training.data import normalize_caption
+        from mtgfe.data.annotations import normalize_caption
 
         by_text: dict[str, set] = {}
         for text, cid in zip(part.train["caption"], part.train["caption_id"]):
@@ -114,8 +114,8 @@ def test_cv_split_rejects_an_image_in_both_splits():
 
 
 def test_ucm_pool_folds_are_class_balanced(data_dir):
-    from mtgfe.training.cv import load_cv
-    from mtgfe.training.loading import load_config_split as load_split
+    from mtgfe.evaluation.cv import load_cv
+    from mtgfe.data.loading import load_config_split as load_split
 
     cfg = load_config("ucm_small", [f"data.data_dir={data_dir}", "data.cv.folds=3", "data.cv.fold=1"])
     part = load_cv(cfg)
@@ -160,7 +160,7 @@ def test_fold_runs_share_one_pool_cache_and_summarize(tmp_path, capsys):
     assert summary["complete"] and [r["fold"] for r in summary["runs"]] == [0, 1]
 
     # mtgfe-eval --cv-run scores a fold model on exactly the images its run held out
-    from mtgfe.training.evaluation import main as eval_main
+    from mtgfe.evaluation.retrieval import main as eval_main
 
     out_json = tmp_path / "f1_filter.json"
     assert eval_main(["--model", str(outs[1] / "final"), "--cv-run", str(outs[1]), "--filter-only", "--no-progress",

@@ -9,7 +9,7 @@ import pytest
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from mtgfe.training.data import (
+from mtgfe.data.annotations import (
     AnnotationFormatError,
     ImageLocator,
     dataset_features,

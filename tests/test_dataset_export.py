@@ -30,7 +30,7 @@ def _build_ucm_subset(data_dir, image_dir) -> DatasetDict:
 
     The copies live in ``image_dir`` so the test can delete them and prove the export does not need them.
     """
-    from mtgfe.training.data import load_rs_benchmark
+    from mtgfe.data.annotations import load_rs_benchmark
 
     _, src = _ucm_source(data_dir)
     image_dir.mkdir()

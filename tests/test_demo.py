@@ -50,7 +50,7 @@ def test_synthetic_queries_can_be_shown_by_the_held_out_gallery():
     """Every example query has >= 5 matching scenes among the demo's 150 held-out scenes (a perfect top-5 exists)."""
     import numpy as np
 
-    from mtgfe.training.synthetic import SPLIT_CODES, sample_scene
+    from mtgfe.data.synthetic import SPLIT_CODES, sample_scene
 
     scenes = [sample_scene(np.random.default_rng([0, SPLIT_CODES["test"], i])) for i in range(150)]
     for query in SYNTHETIC_QUERIES:

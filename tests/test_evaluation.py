@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from modeling_mtgfe import MTGFEConfig
-from mtgfe.training.evaluation import evaluate_model, format_table, main
-from mtgfe.training.metrics import TIE_RULES, retrieval_metrics
+from mtgfe.evaluation.retrieval import evaluate_model, format_table, main
+from mtgfe.evaluation.metrics import TIE_RULES, retrieval_metrics
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ def setup():
     """A tiny model, its processor, and 12 synthetic val images (60 captions)."""
     from modeling_mtgfe import MTGFEConfig, MTGFEForPreTraining
     from mtgfe.processing import MTGFEImageProcessor, MTGFEProcessor, build_wordpiece_tokenizer
-    from mtgfe.training.synthetic import load_synthetic
+    from mtgfe.data.synthetic import load_synthetic
 
     dataset = load_synthetic("val", num_scenes=12, image_size=32, view="images")
     captions = [c for caps in dataset["captions"] for c in caps]
@@ -158,7 +158,7 @@ def test_cli_input_errors_are_one_line_with_status_2(saved_model, capsys, argv, 
 
 def test_cli_checks_arguments_before_loading_the_model(tmp_path, capsys, monkeypatch):
     """`--k 0` with a folder that holds no model: the argument error comes first, nothing is loaded."""
-    import mtgfe.training.evaluation as evaluation
+    import mtgfe.evaluation.retrieval as evaluation
 
     monkeypatch.setattr(evaluation, "load_eval_dataset", lambda *a, **k: pytest.fail("data loaded before the check"))
     assert main(["--model", str(tmp_path), "--dataset", "synthetic", "--k", "0"]) == 2
@@ -166,7 +166,7 @@ def test_cli_checks_arguments_before_loading_the_model(tmp_path, capsys, monkeyp
 
 
 def test_cli_ctrl_c_exits_130_without_a_traceback(saved_model, capsys, monkeypatch):
-    import mtgfe.training.evaluation as evaluation
+    import mtgfe.evaluation.retrieval as evaluation
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -196,7 +196,7 @@ def test_two_processes_match_one(setup, tmp_path):
         one, two = tmp_path / "one.json", tmp_path / "two.json"
         assert main(args + mode + ["--output", str(one)]) == 0
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), "-m", "mtgfe.training.evaluation", *args, *mode, "--output", str(two)]
+               str(_free_port()), "-m", "mtgfe.evaluation.retrieval", *args, *mode, "--output", str(two)]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert two.is_file(), proc.stderr[-3000:]
         if proc.returncode != 0:  # tolerated only as the known SIGABRT-at-exit quirk (docs/HF_PITFALLS.md §7)
@@ -213,7 +213,7 @@ def test_shifted_images_are_deterministic_and_change_the_scores(setup):
     import numpy as np
     from PIL import Image
 
-    from mtgfe.training.evaluation import SHIFTS, apply_shift
+    from mtgfe.evaluation.retrieval import SHIFTS, apply_shift
 
     model, processor, dataset = setup
     image = Image.fromarray(np.arange(48 * 32 * 3, dtype=np.uint8).reshape(32, 48, 3))

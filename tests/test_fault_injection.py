@@ -38,7 +38,7 @@ COMMON = [f"max_steps={STEPS}", "checkpoint.save_every=2", "checkpoint.keep_last
 def tokenizer_dir(tmp_path_factory):
     """A fixed tokenizer: a WordPiece trained per run is not reproducible across processes."""
     from mtgfe.processing import build_wordpiece_tokenizer
-    from mtgfe.training.synthetic import load_synthetic
+    from mtgfe.data.synthetic import load_synthetic
 
     folder = tmp_path_factory.mktemp("tokenizer")
     captions = load_synthetic("train", num_scenes=48, image_size=16)["caption"]

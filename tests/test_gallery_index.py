@@ -136,7 +136,7 @@ def test_unreadable_files_error_or_are_skipped_loudly(parts, tmp_path, caplog):
 
 
 def test_dataset_source_keeps_ids_and_captions(parts):
-    from mtgfe.training.synthetic import load_synthetic
+    from mtgfe.data.synthetic import load_synthetic
 
     model, processor, _, _ = parts
     dataset = load_synthetic("test", num_scenes=5, seed=0, image_size=32, view="images")

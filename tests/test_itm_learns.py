@@ -7,7 +7,7 @@ cross-attention, ITC + ITM + MLM + MVJRC with the recipe's weights, redundancy-a
 trainer's own parameter groups and lrs); only the stage-1 weights are replaced by the offline
 initialisation (a test cannot train stage 1). The ITM loss must fall clearly below the constant
 predictor's 0.636 (1 positive : 2 negatives) within N steps. With the old recipe (mlm_weight 1.0) it
-stays at ~0.64 (results/compositional/README.md, "ITM diagnosis").
+stays at ~0.64 (experiments/compositional/README.md, "ITM diagnosis").
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ N_IMAGES, MAX_STEPS, TARGET, WINDOW = 16, 80, 0.45, 8  # passes at step 55 (0.44
 def setup(data_dir):
     from mtgfe.processing import MTGFEImageProcessor, load_default_tokenizer, load_image
     from mtgfe.training.config import load_config
-    from mtgfe.training.data import load_rs_benchmark
+    from mtgfe.data.annotations import load_rs_benchmark
     from mtgfe.training.train import build_model
 
     torch.set_num_threads(1)

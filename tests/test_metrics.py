@@ -1,4 +1,4 @@
-"""Tests for mtgfe.training.metrics: the retrieval protocol and the tie rules (docs/METHOD.md §6, §6b)."""
+"""Tests for mtgfe.evaluation.metrics: the retrieval protocol and the tie rules (docs/METHOD.md §6, §6b)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from mtgfe.training.metrics import TIE_RULES, all_tie_rules, retrieval_metrics
+from mtgfe.evaluation.metrics import TIE_RULES, all_tie_rules, retrieval_metrics
 
 # 3 images x 6 captions; captions 2i, 2i+1 belong to image i.
 #            c0   c1   c2   c3   c4   c5
@@ -268,7 +268,7 @@ def test_filtered_scores_with_minus_inf_are_allowed():
 
 
 def test_evaluate_module_matches_function():
-    from mtgfe.training.metrics import load_rs_recall_metric
+    from mtgfe.evaluation.metrics import load_rs_recall_metric
 
     metric = load_rs_recall_metric()
     scores, txt2img = _tied_problem(8, n_img=9, caps_per_img=5, levels=4)

@@ -11,7 +11,7 @@ from modeling_mtgfe.losses import itc_loss, itc_loss_with_extra_texts
 from mtgfe.training.config import ConfigError, load_config
 from mtgfe.training.perturbation import PARTNER_INDEX_OFFSET, CaptionPerturber, edit_caption
 from mtgfe.training import compositional_rules as R
-from mtgfe.training.data import normalize_caption as normalize
+from mtgfe.data.annotations import normalize_caption as normalize
 
 TRAIN = [
     "there are two white planes parked near the terminal",
@@ -57,14 +57,14 @@ def test_perturber_only_edits_training_captions_and_is_deterministic():
 
 
 def test_trainer_builds_the_perturber_from_the_train_split_only(data_dir):
-    from mtgfe.training.compositional import load_source_captions
-    from mtgfe.training.loading import load_config_split
+    from mtgfe.evaluation.compositional.generation import load_source_captions
+    from mtgfe.data.loading import load_config_split
     from mtgfe.training.train import build_perturber
 
     cfg = load_config("ucm_fusion", [f"data.data_dir={data_dir}", "model.itm_perturbation_negatives=1.0"])
     train_rows = load_config_split(cfg, cfg.data.train_split, "captions")
     perturber = build_perturber(cfg, train_rows)
-    from mtgfe.training.data import normalize_caption
+    from mtgfe.data.annotations import normalize_caption
 
     assert perturber.train == frozenset(normalize_caption(c) for c in train_rows["caption"])
     test_only = {normalize_caption(c) for _, _, caps in load_source_captions("ucm_test", data_dir, False)
@@ -211,7 +211,7 @@ def test_swap_quads_need_the_dataset_and_sources_are_checked():
 
 
 def test_trainer_builds_swap_quads_from_the_train_split(data_dir):
-    from mtgfe.training.loading import load_config_split
+    from mtgfe.data.loading import load_config_split
     from mtgfe.training.train import build_perturber
 
     cfg = load_config("ucm_fusion", [f"data.data_dir={data_dir}", "model.itm_perturbation_negatives=1.0",
@@ -234,7 +234,7 @@ def test_swap_quads_refuse_more_than_one_process(data_dir):
     before any data is prepared, naming the setting."""
     from types import SimpleNamespace
 
-    from mtgfe.training.loading import load_config_split
+    from mtgfe.data.loading import load_config_split
     from mtgfe.training.train import build_train_loader
 
     cfg = load_config("ucm_fusion", [f"data.data_dir={data_dir}", "model.itm_perturbation_negatives=1.0",

@@ -1,6 +1,6 @@
 """Hypothesis property tests: the tie-aware retrieval metric and `coarse_topk`, each against brute force.
 
-* `mtgfe.training.metrics.retrieval_metrics` on tiny integer-valued score matrices (many ties): the
+* `mtgfe.evaluation.metrics.retrieval_metrics` on tiny integer-valued score matrices (many ties): the
   ``expected`` rule equals the average of the hit indicator over *every* ordering of the candidates that
   is consistent with the scores (enumerated with `itertools.permutations`, <= 6 candidates), and
   ``pessimistic`` / ``optimistic`` equal the minimum / maximum over those orderings; recall never decreases
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modeling_mtgfe.retrieval import coarse_topk
-from mtgfe.training.metrics import TIE_RULES, all_tie_rules, retrieval_metrics
+from mtgfe.evaluation.metrics import TIE_RULES, all_tie_rules, retrieval_metrics
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 EXACT_RULES = ("expected", "pessimistic", "optimistic")

@@ -159,8 +159,8 @@ def test_old_entry_points_and_names_still_resolve():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        from modeling_mtgfe.cli import index_main as old_index_main, search_main as old_search_main
-        from modeling_mtgfe.gallery_index import GalleryIndex as OldGalleryIndex
+        from mtgfe.search.cli import index_main as old_index_main, search_main as old_search_main
+        from mtgfe.search.gallery_index import GalleryIndex as OldGalleryIndex
     from mtgfe.search import GalleryIndex
 
     assert old_index_main is index_main and old_search_main is search_main and OldGalleryIndex is GalleryIndex

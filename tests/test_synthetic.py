@@ -10,8 +10,8 @@ from datasets import Dataset, Value
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from mtgfe.training.data import dataset_features, normalize_caption
-from mtgfe.training.synthetic import COLOURS, NUMBER_WORDS, VAGUE_COUNTS, load_synthetic
+from mtgfe.data.annotations import dataset_features, normalize_caption
+from mtgfe.data.synthetic import COLOURS, NUMBER_WORDS, VAGUE_COUNTS, load_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import ImageOps
 
-from mtgfe.training.synthetic import SPLIT_CODES, sample_scene
-from mtgfe.training.synthetic import RELATION_WORDS
-from mtgfe.training.synthetic_compositional import (PAIR_TYPES, SCORERS, _ground, _phrase, _relation_of,
+from mtgfe.data.synthetic import SPLIT_CODES, sample_scene
+from mtgfe.data.synthetic import RELATION_WORDS
+from mtgfe.evaluation.compositional.synthetic_pairs import (PAIR_TYPES, SCORERS, _ground, _phrase, _relation_of,
                                                     evaluate_minimal_pairs, format_pairs_table, generate_pairs,
                                                     load_synthetic_pairs, render)
 

@@ -46,7 +46,7 @@ def tokenizer_dir(tmp_path_factory):
     """A fixed WordPiece tokenizer for runs that are compared with each other: training one is not
     reproducible across calls (token ids, even the token set, vary), so each run would get its own."""
     from mtgfe.processing import build_wordpiece_tokenizer
-    from mtgfe.training.synthetic import load_synthetic
+    from mtgfe.data.synthetic import load_synthetic
 
     folder = tmp_path_factory.mktemp("tokenizer")
     captions = load_synthetic("train", num_scenes=48, image_size=16)["caption"]
@@ -61,7 +61,7 @@ def test_collate_is_a_function_of_seed_epoch_and_index(tokenizer_dir):
 
     from mtgfe.training.collate import EpochCaptionDataset, TrainCollator
     from mtgfe.training.config import build_view_transforms, load_config
-    from mtgfe.training.synthetic import load_synthetic
+    from mtgfe.data.synthetic import load_synthetic
     from mtgfe.training.train import build_processor
 
     rows = load_synthetic("train", num_scenes=12, image_size=48)

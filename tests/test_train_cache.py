@@ -37,7 +37,7 @@ def test_cached_loss_equals_pixel_loss_for_the_same_views(tmp_path):
     from mtgfe.training import views
     from mtgfe.training.collate import (BackboneCache, CachedTrainCollator, EpochCaptionDataset, image_sources,
                                         render_cache_slot)
-    from mtgfe.training.synthetic import load_synthetic
+    from mtgfe.data.synthetic import load_synthetic
     from mtgfe.training.train import build_model, build_processor
 
     rows = load_synthetic("train", num_scenes=8, image_size=48)
@@ -106,7 +106,7 @@ def test_swap_quads_train_on_cached_tokens_and_resume_exactly(tmp_path):
     """`model.perturbation_source=pairs` through the real trainer: partner rows enter cached batches, and a
     resumed run draws the very same quads (they are a function of seed, epoch and index)."""
     from mtgfe.training.perturbation import PARTNER_INDEX_OFFSET, PartnerIndex
-    from mtgfe.training.synthetic import load_synthetic
+    from mtgfe.data.synthetic import load_synthetic
 
     rows = load_synthetic("train", num_scenes=48, image_size=48)
     assert PartnerIndex(rows["image_id"], rows["caption"]).images_with_partners() > 0  # the data has quads

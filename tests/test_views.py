@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtgfe.training.views import (
+from mtgfe.data.views import (
     BaseTransform,
     MultiViewTransform,
     ViewConfig,

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from transformers.utils import logging
 
+from mtgfe.data import views
 from mtgfe.utils.io import FileFormatError
 
-from . import views
 from .collate import BackboneCache, cache_fingerprint, image_sources
 from .config import ConfigError, TrainConfig
 

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", default=DEFAULT_RECIPE,
                         help="YAML/JSON config file, or the name of a shipped config (e.g. synthetic_tiny); default: "
-                             f"{DEFAULT_RECIPE}, the best UCM recipe found (results/README.md)")
+                             f"{DEFAULT_RECIPE}, the best UCM recipe found (experiments/README.md)")
     parser.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override a config value by its dotted key, e.g. --set optim.lr=1e-4 max_steps=100")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

@@ -34,7 +34,6 @@ from modeling_mtgfe.configuration_mtgfe import MTGFEConfig
 # The choices, `ConfigError` and the checks live in config_validation.py (a leaf: it imports nothing
 # from here), so the schema below and its validation no longer import each other. The choice tuples
 # are re-exported: `mtgfe.training.config` stays the one place users import config names from.
-from .deprecation import deprecated_attribute
 from .config_validation import (
     BENCHMARK_DATASETS,
     CACHE_DTYPES,
@@ -58,9 +57,6 @@ from .config_validation import (
 MODEL_TASK_FIELDS = ("itc_weight", "itm_weight", "mlm_weight", "mvjrc_weight", "mvjrc_variant",
                      "itm_random_negative_prob", "itm_perturbation_negatives", "itc_perturbation_negatives")
 _MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(MTGFEConfig) if f.name in MODEL_TASK_FIELDS}
-# Names that moved out of this module; `__getattr__` below still serves them with a DeprecationWarning.
-_MOVED = {"EVAL_SCORES": ("modeling_mtgfe.configuration_mtgfe", "RETRIEVAL_SCORES"),
-          "MVJRC_VARIANTS": ("modeling_mtgfe.configuration_mtgfe", "MVJRC_VARIANTS")}
 
 
 @dataclass
@@ -126,7 +122,7 @@ class FreezeConfig:
 
 @dataclass
 class SyntheticConfig:
-    """Size of the procedural dataset (`mtgfe.training.synthetic`); `None` = its default split size.
+    """Size of the procedural dataset (`mtgfe.data.synthetic`); `None` = its default split size.
 
     `train_placeless_focus`: probability that a one-group training caption leaves out its ground or water
     ("a yellow car parked", `synthetic.describe_scene`); the validation split keeps the generator's captions.
@@ -213,7 +209,7 @@ class DataConfig:
 
 @dataclass
 class ViewsConfig:
-    """Training augmentation (`mtgfe.training.views`, docs/METHOD.md §4).
+    """Training augmentation (`mtgfe.data.views`, docs/METHOD.md §4).
 
     `base` configures the ITM/MLM view (`BaseTransform`: scale, ratio, hflip, interpolation) and
     `mvjrc` the second MVJRC view (`ViewConfig` fields: rescale, colour jitter, rot90, flips, ...),
@@ -592,8 +588,3 @@ __all__ = [
     "validate",
     "warmup_steps",
 ]
-
-
-def __getattr__(name: str):
-    """Old names kept importable (with a DeprecationWarning): see `_MOVED`."""
-    return deprecated_attribute(__name__, name, _MOVED)

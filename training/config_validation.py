@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING
 
 from modeling_mtgfe.configuration_mtgfe import MVJRC_VARIANTS, PRESETS, RETRIEVAL_SCORES, MTGFEConfig
 
+from mtgfe.data import registry as benchmarks
+from mtgfe.data import views
+from mtgfe.evaluation.metrics import RECALL_KEYS
 from mtgfe.utils.validation import check_finite
 
-from . import benchmarks, views
-from .metrics import RECALL_KEYS
 from .perturbation import PERTURBATION_SOURCES
 
 

@@ -41,18 +41,17 @@ from typing import Sequence
 from PIL import Image
 
 from modeling_mtgfe import MTGFEModel
+from mtgfe.data.loading import load_dataset_split
+from mtgfe.evaluation.compositional.synthetic_pairs import NOTE as PAIRS_NOTE, SCORERS, evaluate_minimal_pairs, \
+    format_pairs_table, load_synthetic_pairs
+from mtgfe.evaluation.retrieval import evaluate_model, format_table
+from mtgfe.processing import MTGFEProcessor
 from mtgfe.search.gallery_index import GalleryIndex
 from mtgfe.search.report_html import write_html
-from mtgfe.processing import MTGFEProcessor
+from mtgfe.utils.io import atomic_write_json
 
 from .cli import train_recipe
 from .config import load_config
-from mtgfe.utils.io import atomic_write_json
-
-from .evaluation import evaluate_model, format_table
-from .loading import load_dataset_split
-from .synthetic_compositional import NOTE as PAIRS_NOTE, SCORERS, evaluate_minimal_pairs, format_pairs_table, \
-    load_synthetic_pairs
 
 logger = logging.getLogger("mtgfe.demo")
 

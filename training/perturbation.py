@@ -14,7 +14,7 @@ Where the negatives come from (`model.perturbation_source`):
 * ``edits`` (default): rule edits of the row's caption. Cheap and plentiful, but an edit is usually a
   *rarer* sentence than its source, so a text-only model can learn to spot edits (issue #14's blind
   check), and the ITM head does: trained on edits it scores "three planes" below "two planes" for every
-  image (results/compositional/README.md).
+  image (experiments/compositional/README.md).
 * ``pairs``: *swap quads* of real training data. A row (image A, caption a) whose caption has a
   *partner* b, i.e. a training caption of another image B that differs from a by one meaning-changing
   word (`compositional.caption_pairs`, the benchmark's own pair rule; B does not own a, A does not own
@@ -41,10 +41,11 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from . import compositional_rules as R
+from mtgfe.data.annotations import normalize_caption
+from mtgfe.evaluation.compositional import rules as R
+from mtgfe.evaluation.compositional.generation import caption_pairs
+
 from .collate import sample_rng
-from .compositional import caption_pairs
-from .data import normalize_caption
 
 PERTURB_TYPES = ("count", "colour", "spatial", "binding")
 PERTURBATION_SOURCES = ("edits", "pairs", "pairs+edits")

@@ -54,12 +54,13 @@ from transformers.utils import logging
 from modeling_mtgfe import MTGFEForPreTraining
 from modeling_mtgfe.configuration_mtgfe import PRESETS, MTGFEConfig
 from mtgfe.processing import MTGFEImageProcessor, MTGFEProcessor, build_wordpiece_tokenizer, load_default_tokenizer
+from mtgfe.evaluation import cv as cross_validation
+from mtgfe.evaluation.retrieval import evaluate_model
 from mtgfe.utils.io import atomic_write_json, atomic_write_text
 
 # Modules, not names, where names moved out of this file: `train.load_cv` etc. then stay deprecated
 # aliases (see `_MOVED`) instead of silently re-exported copies.
 from . import backbone_cache, checkpointing
-from . import cv as cross_validation
 from .collate import CachedTrainCollator, EpochCaptionDataset, TrainCollator
 from .config import (
     MODEL_TASK_FIELDS,
@@ -69,10 +70,8 @@ from .config import (
     check_data_dependent,
     warmup_steps,
 )
-from .deprecation import deprecated_attribute
-from .evaluation import evaluate_model
-from .loading import load_config_split
 from .perturbation import CaptionPerturber
+from .splits import load_config_split, load_cv
 
 
 logger = logging.get_logger(__name__)
@@ -84,18 +83,6 @@ NEW_PARAMETER_PATTERNS = ("crossattention", "vision_token_proj", "vision_proj", 
 # Parameters that never get weight decay besides biases/norms (ndim < 2) and nn.Embedding tables.
 NO_DECAY_NAMES = ("temp", "cls_token", "mask_token", "position_embeddings")
 LOSS_NAMES = ("loss", "loss_itc", "loss_itm", "loss_mlm", "loss_mvjrc")
-
-# Names that moved out of this module in the split of issue #12; still importable from here, with a
-# DeprecationWarning (module `__getattr__` at the end).
-_MOVED = {
-    **{name: ("mtgfe.training.cli", name) for name in (
-        "main", "build_parser", "train_recipe", "prerequisite_config", "DEFAULT_RECIPE", "STAGE_SHARED_KEYS")},
-    **{name: ("mtgfe.training.checkpointing", name) for name in (
-        "STATE_FILE", "LOG_FILE", "MetricsLog", "list_checkpoints", "save_checkpoint", "save_pretrained_atomic")},
-    "load_cv": ("mtgfe.training.cv", "load_cv"),
-    "load_split": ("mtgfe.training.loading", "load_config_split"),
-    "load_or_build_backbone_cache": ("mtgfe.training.backbone_cache", "load_or_build_backbone_cache"),
-}
 
 
 # ------------------------------------------------------------------------------------------ builders
@@ -274,7 +261,7 @@ def load_run_data(cfg: TrainConfig, accelerator, output_dir: Path):
     Annotations only: images decode lazily. With `data.cv` the fold assignment is written beside the run
     (`cv_folds.json`), so `mtgfe-cv` can check that fold runs come from one setup.
     """
-    cv = cross_validation.load_cv(cfg) if cfg.data.cv.folds is not None else None
+    cv = load_cv(cfg) if cfg.data.cv.folds is not None else None
     val_name = cfg.data.val_split
     if cv is not None:
         m = cv.membership
@@ -614,14 +601,3 @@ def train(cfg: TrainConfig) -> dict:
     }
     accelerator.end_training()
     return summary
-
-
-def __getattr__(name: str):
-    """Old names kept importable (with a DeprecationWarning): see `_MOVED`."""
-    return deprecated_attribute(__name__, name, _MOVED)
-
-
-if __name__ == "__main__":  # `python -m mtgfe.training.train`, the old spelling: the CLI is cli.py now
-    from mtgfe.training.cli import main as cli_main
-
-    raise SystemExit(cli_main())

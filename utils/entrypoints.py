@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 # console script -> "module:function" (pyproject's [project.scripts] point at the functions below)
 TARGETS = {
     "mtgfe-train": "mtgfe.training.cli:main",
-    "mtgfe-eval": "mtgfe.training.evaluation:main",
-    "mtgfe-cv": "mtgfe.training.cv:main",
+    "mtgfe-eval": "mtgfe.evaluation.cli:main",
+    "mtgfe-cv": "mtgfe.evaluation.cli:cv_main",
     "mtgfe-index": "mtgfe.search.cli:index_main",
     "mtgfe-search": "mtgfe.search.cli:search_main",
-    "mtgfe-publish": "mtgfe.hub_cards.publish:main",
+    "mtgfe-publish": "mtgfe.hub_cards.cli:main",
 }
 
 
@@ -63,3 +63,21 @@ def mtgfe_search(argv: Sequence[str] | None = None) -> int:
 
 def mtgfe_publish(argv: Sequence[str] | None = None) -> int:
     return launch("mtgfe-publish", argv)
+
+
+def run_subcommand(prog: str, commands: Mapping[str, Callable[[Sequence[str]], int]],
+                   argv: Sequence[str] | None = None) -> int:
+    """`python -m PACKAGE.cli COMMAND ARGS...`: run `commands[COMMAND](ARGS)`.
+
+    Why: every package keeps its command lines in one `cli.py`; the commands that have no console script
+    (converters, the compositional item writer, sharded encoding) are reached through this one switch
+    instead of a `__main__` block in each library module.
+    """
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in commands:
+        got = f" (got {args[0]!r})" if args else ""
+        sys.stderr.write(f"usage: python -m {prog} {{{','.join(commands)}}} ARGS...{got}\n")
+        return 2
+    return commands[args[0]](args[1:])
