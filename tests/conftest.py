@@ -7,20 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import shared_data_dir
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path:
-    """`shared/data` beside the repo (CI clones get it too), or $MTGFE_DATA_DIR."""
-    if os.environ.get("MTGFE_DATA_DIR"):
-        return Path(os.environ["MTGFE_DATA_DIR"])
-    return REPO_ROOT.parent / "shared" / "data"
-
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from conftest import REPO_ROOT
+from tests.helpers.paths import REPO_ROOT
 
 
 def python_blocks() -> list[str]:
