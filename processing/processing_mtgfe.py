@@ -5,6 +5,7 @@ This file is shipped as Hub remote code, so it imports siblings with single-dot 
 (and therefore cannot build a default tokenizer: pass one, e.g. `mtgfe.processing.load_default_tokenizer()`).
 """
 
+from transformers import BertTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 from transformers.utils import logging
@@ -55,23 +56,25 @@ class MTGFEProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
 
     @classmethod
-    def _get_arguments_from_pretrained(cls, pretrained_model_name_or_path, processor_dict=None, **kwargs):
-        """Load the sub-processors; the image processor by its own class, not through `AutoImageProcessor`.
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load both sub-processors by their own classes, not looked up through the Auto classes.
 
-        Why: `ProcessorMixin` resolves the image processor with `AutoImageProcessor`, which only knows
-        `MTGFEImageProcessor` once it is registered (or through `auto_map` with `trust_remote_code`).
-        Loading it directly keeps `MTGFEProcessor.from_pretrained` working in every case; `AutoProcessor`
-        still goes through the registry. The nested entry of `processor_config.json` is read as usual.
+        Why: `ProcessorMixin` resolves the image processor with `AutoImageProcessor` and the tokenizer with
+        `AutoTokenizer`, which reads the folder's `config.json` (`model_type: mtgfe`). Both know MTGFE only
+        once the Auto classes are registered (importing `modeling_mtgfe`) or through `auto_map` with
+        `trust_remote_code`. `mtgfe.processing` sits below the model package and cannot register them, so
+        `MTGFEProcessor.from_pretrained(folder)` in a process that imported only `mtgfe.processing` stopped
+        at a trust-remote-code prompt. The classes are known here: the image processor is
+        `MTGFEImageProcessor` and the tokenizer BERT WordPiece (`BertTokenizer`, what every MTGFE folder
+        saves). A sub-processor passed in is used as given (`ProcessorMixin` skips loading it).
         """
-        kwargs = dict(kwargs)
-        subfolder = kwargs.pop("subfolder", "")
-        image_processor = MTGFEImageProcessor.from_pretrained(
-            pretrained_model_name_or_path, subfolder=subfolder, **kwargs
-        )
-        tokenizer = cls._load_tokenizer_from_pretrained(
-            "tokenizer", pretrained_model_name_or_path, subfolder=subfolder, **kwargs
-        )
-        return [image_processor, tokenizer]
+        options = {k: kwargs[k] for k in ("subfolder", "revision", "cache_dir", "token", "local_files_only")
+                   if k in kwargs}
+        if kwargs.get("image_processor") is None:
+            kwargs["image_processor"] = MTGFEImageProcessor.from_pretrained(pretrained_model_name_or_path, **options)
+        if kwargs.get("tokenizer") is None:
+            kwargs["tokenizer"] = BertTokenizer.from_pretrained(pretrained_model_name_or_path, **options)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @staticmethod
     def _validate_text(text) -> list[str]:
