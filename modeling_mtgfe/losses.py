@@ -296,6 +296,7 @@ def multiview_infonce_loss(
 
 
 __all__ = [
+    "caption_overlap",
     "gather_for_itc",
     "itc_loss",
     "itc_world_size",

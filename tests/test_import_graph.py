@@ -1,14 +1,19 @@
-"""Import hygiene of the first-party packages (issue #12, "one clean house").
+"""Import hygiene of the first-party packages: the layer table of docs/LAYOUT.md, checked.
 
 Why these checks exist: import cycles between our own modules only "work" while every first-party
 import is hidden inside a function, which hides the dependency structure and turns a refactor into a
-run-time `ImportError` far from its cause. So, per source folder (a failure names the folder and file):
+run-time `ImportError` far from its cause; and a folder that imports upward stops saying what it is. So,
+per source folder (a failure names the folder and file):
 
 * no cycle in the graph of first-party imports (deferred ones included: hiding an edge in a
-  function does not remove the cycle);
+  function does not remove the cycle), between files and between folders (`LAYERS` nodes);
+* every import goes down the layer table `LAYERS` (or stays inside its folder); the command-line
+  modules (`*/cli.py`) and the demo form the top layer `entry`, whatever folder holds them;
 * first-party imports only at module level (not inside a function, method or class body), apart from
   `ALLOWED_DEFERRED` below;
-* no underscore-prefixed name imported from another first-party module (make it public or move it).
+* no underscore-prefixed name imported from another first-party module (make it public or move it),
+  and no training-private name imported from anywhere outside `training/` (tests and experiments too);
+* experiment scripts import only public API: names listed in the target module's `__all__`.
 
 Only the standard library is used (`ast`, `tomllib`), so the test reads the source without importing
 it. Folders and their import names come from pyproject's `package-dir`, so a new folder (e.g. `search/`
@@ -33,9 +38,23 @@ ROOT = Path(__file__).resolve().parents[1]
 # (file relative to the repository root, imported module): first-party imports that may stay deferred.
 # Keep it empty or tiny, each entry with its reason. Not seen by this AST check, on purpose and documented
 # where they live: `importlib` look-ups by name in `mtgfe.utils.entrypoints` (console scripts must set
-# OMP_WAIT_POLICY before the module holding `main` imports torch) and in `modeling_mtgfe.retrieval.__getattr__`
-# (deprecated names that moved to pipeline_mtgfe, which imports retrieval: a real cycle).
+# OMP_WAIT_POLICY before the module holding `main` imports torch).
 ALLOWED_DEFERRED: dict[tuple[str, str], str] = {}
+
+# Folder -> layer (docs/LAYOUT.md). A module may import modules of its own folder and of lower layers only;
+# equal layers do not import each other. `entry` is the command lines and the demo, in whichever folder.
+LAYERS = {
+    "utils": 0,          # torch-free helpers (I/O, validation, console-script launcher)
+    "processing": 1,     # image decoding, image processor, tokenizer, MTGFEProcessor (Hub remote code)
+    "modeling_mtgfe": 2,  # configs, models, losses, pipeline + scoring core (Hub remote code); registration
+    "data": 3,           # benchmark registry and annotations, split loading, synthetic scenes, image views
+    "search": 3,         # gallery index, scenes, reports: an application of the model, needs no dataset code
+    "hub_cards": 4,      # model/dataset cards, publishing, benchmark card facts
+    "evaluation": 5,     # metrics, retrieval evaluation, CV summary, the compositional benchmark
+    "training": 6,       # config, trainer, checkpointing, collate, perturbation
+    "entry": 7,          # */cli.py and training/demo.py: argument parsing and printing only
+}
+ENTRY_FILES = ("training/demo.py",)  # entry modules not named cli.py
 
 def package_dirs() -> dict[str, str]:
     """`{folder: import name}` from pyproject's `[tool.setuptools] package-dir`."""
@@ -176,6 +195,29 @@ def find_cycles(imports: dict[str, list[Import]]) -> list[list[str]]:
 CYCLES = find_cycles(ALL_IMPORTS)
 
 
+def node_of(module: str) -> str:
+    """The layer-table node of a module: `entry` for command lines and the demo, else its folder."""
+    path, folder = MODULES[module]
+    rel = str(path.relative_to(ROOT))
+    return "entry" if path.name == "cli.py" or rel in ENTRY_FILES else folder
+
+
+def folder_edges(imports: dict[str, list[Import]]) -> dict[tuple[str, str], list[Import]]:
+    """`{(node, node): imports}` between different layer-table nodes (type-only imports left out)."""
+    edges: dict[tuple[str, str], list[Import]] = {}
+    for module, imps in imports.items():
+        for i in imps:
+            if i.type_only or i.target not in MODULES:
+                continue
+            a, b = node_of(module), node_of(i.target)
+            if a != b:
+                edges.setdefault((a, b), []).append(i)
+    return edges
+
+
+FOLDER_EDGES = folder_edges(ALL_IMPORTS)
+
+
 def _folder_params():
     return [pytest.param(folder, id=folder) for folder in package_dirs()]
 
@@ -221,3 +263,77 @@ def test_checker_finds_a_cycle():
 
     assert find_cycles({"p.x": [edge("p.x", "p.y")], "p.y": [edge("p.y", "p.x")]}) == [["p.x", "p.y"]]
     assert find_cycles({"p.x": [edge("p.x", "p.y")], "p.y": [edge("p.y", "p.z")], "p.z": []}) == []
+
+
+def test_layer_table_covers_every_folder():
+    assert set(LAYERS) == set(package_dirs()) | {"entry"}, set(package_dirs()) ^ (set(LAYERS) - {"entry"})
+
+
+@pytest.mark.parametrize("folder", _folder_params())
+def test_imports_go_down_the_layers(folder):
+    bad = [f"{i.file}:{i.line}: {a} (layer {LAYERS[a]}) imports {i.target} of {b} (layer {LAYERS[b]})"
+           for (a, b), imps in FOLDER_EDGES.items() for i in imps
+           if MODULES[i.module][1] == folder and LAYERS[b] >= LAYERS[a]]
+    assert not bad, f"imports that do not go down the layer table from {folder}/:\n" + "\n".join(bad)
+
+
+def test_no_folder_level_cycles():
+    folder_imports = {node: [Import(node, node, b, (), 0, False, False) for (a, b) in FOLDER_EDGES if a == node]
+                      for node in LAYERS}
+    cycles = find_cycles(folder_imports)
+    assert not cycles, "folder-level import cycles: " + "; ".join(" -> ".join([*c, c[0]]) for c in cycles)
+
+
+def _source_files_outside_packages() -> list[Path]:
+    """Tests and experiment scripts: they import the package but are not part of it."""
+    return sorted([*(ROOT / "tests").rglob("*.py"), *(ROOT / "experiments").rglob("*.py")])
+
+
+def _from_imports(path: Path) -> Iterator[tuple[int, str, str]]:
+    """`(line, module, name)` of every absolute `from first_party import name` in a file."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module and _is_first_party(node.module):
+            for alias in node.names:
+                yield node.lineno, node.module, alias.name
+
+
+def test_no_training_private_names_outside_training():
+    """`training/` keeps its internals: nothing outside it, tests and experiments included, imports them."""
+    bad = []
+    for module, imps in ALL_IMPORTS.items():
+        if MODULES[module][1] != "training":
+            bad += [f"{i.file}:{i.line}: from {i.target} import {n}" for i in imps
+                    if i.target.startswith("mtgfe.training") for n in i.names if n.startswith("_")]
+    for path in _source_files_outside_packages():
+        bad += [f"{path.relative_to(ROOT)}:{line}: from {module} import {name}"
+                for line, module, name in _from_imports(path)
+                if module.startswith("mtgfe.training") and name.startswith("_")]
+    assert not bad, "training-private names imported outside training/:\n" + "\n".join(bad)
+
+
+def _public_names(module: str) -> set[str] | None:
+    """The module's `__all__` (a literal list/tuple), or None when it declares none."""
+    path, _ = MODULES[module]
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            return set(ast.literal_eval(node.value))
+    return None
+
+
+def test_experiment_scripts_use_public_api_only():
+    """Experiments import public names only: listed in the module's `__all__` where it declares one, else
+    without a leading underscore (or a submodule). A refactor of the package may change anything else, and
+    a study that reached into internals would silently stop reproducing."""
+    bad = []
+    for path in sorted((ROOT / "experiments").rglob("*.py")):
+        for line, module, name in _from_imports(path):
+            if f"{module}.{name}" in MODULES:
+                continue
+            if module not in MODULES:
+                bad.append(f"{path.relative_to(ROOT)}:{line}: {module} is not a module of the package")
+                continue
+            public = _public_names(module)
+            if (name not in public) if public is not None else name.startswith("_"):
+                bad.append(f"{path.relative_to(ROOT)}:{line}: from {module} import {name} (not in its __all__)")
+    assert not bad, "experiment scripts importing non-public names:\n" + "\n".join(bad)

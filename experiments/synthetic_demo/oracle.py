@@ -10,7 +10,7 @@ image -> text. Prints the share of captions that single out their scene and that
 """
 import json, re, sys, math
 from collections import Counter
-from mtgfe.training import synthetic as S
+from mtgfe.data import synthetic as S
 from mtgfe.data.loading import load_dataset_split
 split = sys.argv[1] if len(sys.argv) > 1 else "test"
 ds = load_dataset_split("synthetic", split, "images", max_images=150, synthetic_scenes=150, synthetic_seed=0, synthetic_size=64)
