@@ -124,7 +124,7 @@ class MTGFEConfig(PreTrainedConfig):
             gathered from every process, so the negatives (and cross-process positives) are those of the
             global batch; gradients match a single process on that batch (`losses.gather_for_itc`). ITM
             hard-negative mining, MLM and MVJRC stay per process. No effect on a single process; `False`:
-            per-process negatives only (the behaviour before issue #12 item 6).
+            per-process negatives only (the behaviour before cross-process gathering).
         mlm_probability (`float`, defaults to 0.15): share of maskable tokens masked for MLM.
         itm_random_negative_prob (`float`, defaults to 0.0): share of ITM negatives drawn uniformly instead of
             by ITC similarity. RS captions repeat within a class, so pure hard negatives are often false

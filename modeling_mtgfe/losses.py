@@ -87,7 +87,7 @@ def gather_for_itc(
     image_ids: torch.Tensor | None = None,
     group=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Gather the ITC embeddings and image ids of every process (docs/METHOD.md §3.1, issue #12 item 6).
+    """Gather the ITC embeddings and image ids of every process (docs/METHOD.md §3.1).
 
     Returns `(all_image, all_text, all_ids, offset)`: the `(N, D)` embeddings of all processes in rank
     order, their `(N,)` image ids, and where this process's rows start (rows `offset:offset + B_local`

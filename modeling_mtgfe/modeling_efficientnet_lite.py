@@ -8,8 +8,7 @@ There is no classifier. Pretrained ImageNet weights come from the lukemelas-styl
 
 This file travels as Hub remote code: it imports only torch/transformers and, with a single-dot relative import,
 its configuration file. The weight conversion lives in `convert_efficientnet_lite_checkpoint.py`, which is not
-remote code; its old names here (`load_efficientnet_lite_pth`, `convert_lukemelas_key`, ...) still resolve, with
-a `DeprecationWarning`.
+remote code.
 """
 
 

@@ -18,9 +18,7 @@ second kind: `MTGFEModel.forward` and `compute_itm_scores` already serve it.
 
 `get_image_features` / `get_text_features` return the L2-normalised filter embeddings (a tensor), as the
 filter stage and every caller outside retrieval use them; `get_image_retrieval_features` /
-`get_text_retrieval_features` return the `MTGFEImageFeatures` / `MTGFETextFeatures` that fusion needs. The
-old `output_tokens=True` flag still gives the latter, with a `DeprecationWarning` (published model cards
-show it).
+`get_text_retrieval_features` return the `MTGFEImageFeatures` / `MTGFETextFeatures` that fusion needs.
 
 This file travels as Hub remote code: it imports only third-party packages and single-dot siblings.
 """
@@ -28,7 +26,6 @@ This file travels as Hub remote code: it imports only third-party packages and s
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -222,15 +219,6 @@ class MTGFELayer(GradientCheckpointingLayer):
         return self.output(self.intermediate(hidden_states), hidden_states)
 
 
-def _warn_output_tokens(method: str, replacement: str) -> None:
-    warnings.warn(
-        f"{method}(..., output_tokens=True) is deprecated: {method} always returns the filter embeddings; "
-        f"call {replacement}(...) for the fusion inputs.",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-
-
 def _extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`(B, T)` 1/0 mask → additive `(B, 1, 1, T)` mask for eager and SDPA attention."""
     mask = attention_mask[:, None, None, :].to(dtype)
@@ -396,15 +384,8 @@ class MTGFEModel(MTGFEPreTrainedModel):
             pooled = (text_states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return F.normalize(self.text_proj(pooled), dim=-1)
 
-    def get_image_features(self, pixel_values: torch.Tensor, output_tokens: bool = False) -> torch.Tensor:
-        """L2-normalised filter embeddings `(B, embed_dim)` (the fusion tokens: `get_image_retrieval_features`).
-
-        `output_tokens=True` is deprecated (it made the return type depend on a flag); it still returns
-        `get_image_retrieval_features(pixel_values)`, with a warning, for code and model cards written before.
-        """
-        if output_tokens:
-            _warn_output_tokens("get_image_features", "get_image_retrieval_features")
-            return self.get_image_retrieval_features(pixel_values)
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """L2-normalised filter embeddings `(B, embed_dim)` (the fusion tokens: `get_image_retrieval_features`)."""
         global_vector, _ = self.encode_image(pixel_values)
         return self._image_embed(global_vector)
 
@@ -413,16 +394,8 @@ class MTGFEModel(MTGFEPreTrainedModel):
         global_vector, tokens = self.encode_image(pixel_values)
         return MTGFEImageFeatures(image_embeds=self._image_embed(global_vector), image_tokens=tokens)
 
-    def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, output_tokens: bool = False
-    ) -> torch.Tensor:
-        """L2-normalised filter embeddings `(B, embed_dim)` (the fusion inputs: `get_text_retrieval_features`).
-
-        `output_tokens=True` is deprecated, as in `get_image_features`.
-        """
-        if output_tokens:
-            _warn_output_tokens("get_text_features", "get_text_retrieval_features")
-            return self.get_text_retrieval_features(input_ids, attention_mask)
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """L2-normalised filter embeddings `(B, embed_dim)` (the fusion inputs: `get_text_retrieval_features`)."""
         return self.get_text_retrieval_features(input_ids, attention_mask).text_embeds
 
     def get_text_retrieval_features(
@@ -593,14 +566,14 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
         self.post_init()
 
     # Inference API delegates to the base model, so either class serves retrieval.
-    def get_image_features(self, pixel_values, output_tokens: bool = False) -> torch.Tensor:
-        return self.mtgfe.get_image_features(pixel_values, output_tokens=output_tokens)
+    def get_image_features(self, pixel_values) -> torch.Tensor:
+        return self.mtgfe.get_image_features(pixel_values)
 
     def get_image_retrieval_features(self, pixel_values) -> MTGFEImageFeatures:
         return self.mtgfe.get_image_retrieval_features(pixel_values)
 
-    def get_text_features(self, input_ids, attention_mask=None, output_tokens: bool = False) -> torch.Tensor:
-        return self.mtgfe.get_text_features(input_ids, attention_mask, output_tokens=output_tokens)
+    def get_text_features(self, input_ids, attention_mask=None) -> torch.Tensor:
+        return self.mtgfe.get_text_features(input_ids, attention_mask)
 
     def get_text_retrieval_features(self, input_ids, attention_mask=None) -> MTGFETextFeatures:
         return self.mtgfe.get_text_retrieval_features(input_ids, attention_mask)

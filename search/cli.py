@@ -327,7 +327,7 @@ def _typed_queries(queries: list[str], query_type: str | None, index_kind: str) 
     return queries
 
 
-# ----------------------------------------------------------------------------------------------- scenes (issue #13)
+# ----------------------------------------------------------------------------------------------- scenes
 # Kept apart from the image-folder code above: scene tiling, GeoJSON, NMS and quicklooks live in
 # `scene_index.py` / `scenes.py` / `geo.py`; these functions only wire them to the two commands.
 def _add_scene_arguments(parser: argparse.ArgumentParser) -> None:

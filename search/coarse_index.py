@@ -1,6 +1,6 @@
 """The coarse stage at archive scale: memory-mapped embeddings, FAISS IVF shortlist + exact re-scoring, tombstones.
 
-Why (issue #13 item 2, "a million tiles on a 24 GiB, 2-core box"):
+Why ("a million tiles on a 24 GiB, 2-core box"):
 
 * **Memory-mapped embeddings.** The manifest's shards hold the embeddings too, but concatenating them
   puts `N × embed_dim × 4` bytes in RAM (1 GB at 1M × 256). `embeddings.npy` (one C-order float32

@@ -534,7 +534,7 @@ class GalleryIndex:
             self._faiss = flat_ip_index(self.image_embeds)
         return None if self._faiss is None else (lambda queries, k: faiss_topk(self._faiss, queries, self.image_embeds, k))
 
-    # ------------------------------------------------------------------ archive scale (issue #13 item 2)
+    # ------------------------------------------------------------------ archive scale
     # Kept together, apart from the build/search code above: see `coarse_index` for the why.
     coarse_min_items: int = IVF_MIN_ITEMS
     coarse_options: dict = {}

@@ -1,4 +1,4 @@
-"""Where the images of an index build come from: a folder, a `datasets` split or a list (issue #12 split).
+"""Where the images of an index build come from: a folder, a `datasets` split or a list.
 
 `GalleryIndex.build` consumes *batch generators* `gen(start, batch_size)` that yield `(images, items,
 consumed)`: decoded images, their index items, and the source entries the batch used up (what a resumed

@@ -1,4 +1,4 @@
-"""Index GeoTIFF / COG scenes as tiles, and turn tile hits back into places (issue #13, part 1).
+"""Index GeoTIFF / COG scenes as tiles, and turn tile hits back into places.
 
 Why a separate module: the gallery index (`gallery_index.py`) knows image files; a scene archive is a
 stream of windows cut by [`mtgfe.search.scenes.iter_tiles`]. [`SceneSource`] adapts that stream to the

@@ -1,4 +1,4 @@
-"""Perturbation negatives for training (issue #14 deliverable 3): edited *train* captions.
+"""Perturbation negatives for training: edited *train* captions.
 
 A perturbation negative is a caption of the batch with one meaning-changing edit (count, colour,
 spatial relation, or a colour-binding swap), made with the benchmark's own edit rules
@@ -12,7 +12,7 @@ spatial relation, or a colour-binding swap), made with the benchmark's own edit 
 Where the negatives come from (`model.perturbation_source`):
 
 * ``edits`` (default): rule edits of the row's caption. Cheap and plentiful, but an edit is usually a
-  *rarer* sentence than its source, so a text-only model can learn to spot edits (issue #14's blind
+  *rarer* sentence than its source, so a text-only model can learn to spot edits (the blind
   check), and the ITM head does: trained on edits it scores "three planes" below "two planes" for every
   image (experiments/compositional/README.md).
 * ``pairs``: *swap quads* of real training data. A row (image A, caption a) whose caption has a

@@ -58,8 +58,6 @@ from mtgfe.evaluation import cv as cross_validation
 from mtgfe.evaluation.retrieval import evaluate_model
 from mtgfe.utils.io import atomic_write_json, atomic_write_text
 
-# Modules, not names, where names moved out of this file: `train.load_cv` etc. then stay deprecated
-# aliases (see `_MOVED`) instead of silently re-exported copies.
 from . import backbone_cache, checkpointing
 from .collate import CachedTrainCollator, EpochCaptionDataset, TrainCollator
 from .config import (

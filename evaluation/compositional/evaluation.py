@@ -1,4 +1,4 @@
-"""Compositional evaluation of a trained model (issue #14, deliverable 2): `mtgfe-eval --compositional`.
+"""Compositional evaluation of a trained model: `mtgfe-eval --compositional`.
 
 For each test source (UCM test, RSICD test) and pooled, per type and overall, three scorers:
 
@@ -7,7 +7,7 @@ For each test source (UCM test, RSICD test) and pooled, per type and overall, th
 * ``itm+itc``: ITM + alpha * cosine, alpha = the model's `retrieval_alpha` (the search default).
 
 Pairs view (Winoground): ``text`` = each image prefers its own caption (`group_scores`'
-``group_accuracy``, issue #14's item score), ``image`` = each caption prefers its own image, ``group``
+``group_accuracy``, the item score), ``image`` = each caption prefers its own image, ``group``
 = both. Single-edit view: ``accuracy`` = the true caption beats its edit for its image (chance 0.5).
 Every cell carries n and a seeded bootstrap 95% CI over items.
 

@@ -1,4 +1,4 @@
-"""A blind-proof compositional benchmark built from real remote-sensing captions (issue #14).
+"""A blind-proof compositional benchmark built from real remote-sensing captions.
 
 Two views of the same question: does a model see *within-class detail* (counts, colours, spatial
 relations, which attribute goes with which object) or does it read a caption as a bag of words?
@@ -207,7 +207,7 @@ def generate_pairs(source: str, data_dir=None, near: bool = True, require_images
 
 
 def raw_one_word_counts(source: str, data_dir=None, vocab: dict[str, Iterable[str]] | None = None) -> dict:
-    """Issue #14's sanity numbers: exact one-token differences between captions of different images,
+    """Sanity numbers: exact one-token differences between captions of different images,
     counted over caption *instances* (every image pair, repeats included), before any meaning filter.
 
     ``vocab`` maps a type to its word set (default: numbers plus vague quantifiers for count, all
@@ -455,7 +455,7 @@ def load_compositional(source: str, view: str = "pairs", data_dir=None, require_
 def group_scores(s_aa: float, s_ab: float, s_ba: float, s_bb: float) -> dict[str, bool]:
     """Winoground scores of one pair item from ``s_xy`` = score(image x, caption y).
 
-    ``group_accuracy`` (issue #14's item score; Winoground's *text score*): each image prefers its
+    ``group_accuracy`` (the item score; Winoground's *text score*): each image prefers its
     own caption. ``image_score``: each caption prefers its own image. ``both``: the two together
     (Winoground's *group score*). Ties fail. A text-only scorer has s_aa == s_ba and s_ab == s_bb,
     so ``group_accuracy`` needs s_a > s_b and s_b > s_a at once: it is never met.

@@ -1,4 +1,4 @@
-"""Synthetic minimal pairs: scenes that differ in exactly one attribute (issue #14, deliverable 5).
+"""Synthetic minimal pairs: scenes that differ in exactly one attribute.
 
 A PIPELINE CHECK, NOT A BENCHMARK. The procedural generator (`synthetic.py`) controls every count,
 colour and position, so binding is exact: for a base scene of the held-out *test* split (the same

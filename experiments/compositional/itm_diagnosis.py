@@ -1,4 +1,4 @@
-"""ITM diagnosis (issue #14): does the ITM loss fall below its prior on a small real UCM batch?
+"""ITM diagnosis: does the ITM loss fall below its prior on a small real UCM batch?
 
 32 UCM *train* images (evenly spaced, so ~all 21 classes), backbone tokens computed once (plain view +
 horizontal flip as the MVJRC second view), the stage-2 architecture of the default recipe (`small`

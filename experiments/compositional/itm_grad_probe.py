@@ -1,4 +1,4 @@
-"""Per-loss gradient norms on the shared fusion parameters at initialisation (ITM diagnosis, issue #14).
+"""Per-loss gradient norms on the shared fusion parameters at initialisation (ITM diagnosis).
 
 Same model and batch as itm_diagnosis.py; one forward/backward per loss, no update.
   OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 .venv/bin/python experiments/compositional/itm_grad_probe.py

@@ -1,4 +1,4 @@
-"""Does a trained model's ITM look at the image at all? (issue #14)
+"""Does a trained model's ITM look at the image at all?
 
 24 UCM *val* images (evenly spaced, so about one per class), the first caption of each; every caption is
 scored against every image by ITM. Reports the ITM logit's spread over images for a fixed caption (0 for a

@@ -1,4 +1,4 @@
-"""Archive-scale coarse stage: build time, disk, peak RAM of a search process, latency, coarse recall (#13 item 3).
+"""Archive-scale coarse stage: build time, disk, peak RAM of a search process, latency, coarse recall.
 
 What is real and what is synthetic (stated in the table too):
 

@@ -1,4 +1,4 @@
-"""Real pixels, known answers: does a class query put its top hits on tiles of that class? (issue #13 item 2)
+"""Real pixels, known answers: does a class query put its top hits on tiles of that class?
 
 A georeferenced mosaic (EPSG:32610, 0.3 m pixels) is laid out from UCM *test* images in a seeded grid
 (`mtgfe.search.mosaic.build_ucm_mosaic`), indexed by tiling it like any scene (`SceneSource` through

@@ -1,4 +1,4 @@
-"""How much does storing fusion tokens in float16 / bfloat16 change ITM scores and mR? (issue #13 item 2)
+"""How much does storing fusion tokens in float16 / bfloat16 change ITM scores and mR?
 
 Model: `--model DIR` (a saved MTGFE folder), else the `small` preset (EfficientNet-Lite0 + MiniLM-L6-sized 3+3), **random init** (torch seed 0, no
 pretrained weights loaded), so this measures numeric error of the token dtype, not retrieval quality.

@@ -1,4 +1,4 @@
-"""Synthetic minimal pairs on *development* scenes, for recipe choices (issue #14 item 5; a pipeline check).
+"""Synthetic minimal pairs on *development* scenes, for recipe choices (a pipeline check).
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python experiments/synthetic_demo/pairs_check.py MODEL_DIR [--seed 1] [--items 60]
 

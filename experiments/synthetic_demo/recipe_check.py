@@ -1,4 +1,4 @@
-"""Rank `make demo` recipe changes without looking at the demo's test gallery (issue #14 item 6).
+"""Rank `make demo` recipe changes without looking at the demo's test gallery.
 
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python experiments/synthetic_demo/recipe_check.py NAME [KEY=VALUE ...]
 

@@ -1,4 +1,4 @@
-"""`mtgfe-eval --compositional` (issue #14, deliverable 2) on a tiny random model and real UCM test items."""
+"""`mtgfe-eval --compositional` on a tiny random model and real UCM test items."""
 
 from __future__ import annotations
 

@@ -150,7 +150,7 @@ def saved_model(setup, tmp_path_factory):
     (["--cv-run", "/nonexistent/run"], "--cv-run /nonexistent/run"),
 ])
 def test_cli_input_errors_are_one_line_with_status_2(saved_model, capsys, argv, named):
-    """Issue #11 item 8: argument and input errors exit 2 with one line naming the flag, no traceback."""
+    """Argument and input errors exit 2 with one line naming the flag, no traceback."""
     with pytest.raises(SystemExit) as exit_info:  # argparse-level errors (--alpha nan) exit through SystemExit(2)
         raise SystemExit(main(["--model", str(saved_model), "--synthetic-size", "32", "--no-progress", *argv]))
     assert exit_info.value.code == 2

@@ -1,4 +1,4 @@
-"""ITC across processes (issue #12 item 6): 2 gloo processes on CPU match 1 process on the same global batch.
+"""ITC across processes: 2 gloo processes on CPU match 1 process on the same global batch.
 
 The global batch of 8 is split 4 + 4. Image ids repeat inside a process and across the two, so the
 cross-process positives are exercised. ITM mines its negatives on each process's local block, so the

@@ -175,7 +175,7 @@ def test_errors_name_the_problem(setup):
         coarse_topk(image_feats.embeds, torch.zeros(3, 5), k=1)
 
 
-# ------------------------------------------------------------------------------------ issue #12: one source of truth
+# ------------------------------------------------------------------------------------ one source of truth
 def test_pair_scoring_goes_through_the_models_itm_method(setup, monkeypatch):
     """score_pairs does not re-implement the ITM reduction: every fused batch is scored by compute_itm_scores."""
     model, _, _, image_feats, text_feats = setup
@@ -224,19 +224,3 @@ def test_model_features_have_one_return_type(setup):
     assert isinstance(text_embeds, torch.Tensor) and isinstance(text_features, MTGFETextFeatures)
     torch.testing.assert_close(embeds, features.image_embeds)
     torch.testing.assert_close(text_embeds, text_features.text_embeds)
-    # the pre-#12 flag still works (model cards show it), with a warning pointing at the new methods
-    with pytest.warns(DeprecationWarning, match="get_image_retrieval_features"), torch.no_grad():
-        old = model.get_image_features(pixel_values, output_tokens=True)
-    torch.testing.assert_close(old.image_tokens, features.image_tokens)
-    with pytest.warns(DeprecationWarning, match="get_text_retrieval_features"), torch.no_grad():
-        old_text = model.get_text_features(text["input_ids"], text["attention_mask"], output_tokens=True)
-    torch.testing.assert_close(old_text.text_states, text_features.text_states)
-
-
-def test_search_functions_moved_to_the_pipeline_module_keep_their_old_path():
-    import modeling_mtgfe.pipeline_mtgfe as pipeline_module
-    import modeling_mtgfe.retrieval as retrieval
-
-    for name in ("search_texts", "search_images", "SEARCH_SCORES"):
-        with pytest.warns(DeprecationWarning, match=f"pipeline_mtgfe.{name}"):
-            assert getattr(retrieval, name) is getattr(pipeline_module, name)

@@ -1,4 +1,4 @@
-"""Issue #11: one pixel budget for every decoder, and reduced decoding towards the resize target.
+"""One pixel budget for every decoder, and reduced decoding towards the resize target.
 
 The decompression-bomb files are real, valid images built cheaply (a few KB on disk, a few MB of RAM to
 write): decoding them whole would take hundreds of MB to GBs, so each test asserts the refusal comes from

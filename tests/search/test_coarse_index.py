@@ -1,4 +1,4 @@
-"""Archive-scale coarse stage (issue #13 item 2): IVF shortlist + exact re-scoring, mmap embeddings, delete.
+"""Archive-scale coarse stage: IVF shortlist + exact re-scoring, mmap embeddings, delete.
 
 FAISS is a test dependency (`make setup` installs faiss-cpu), so nothing here is skipped.
 """

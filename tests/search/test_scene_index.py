@@ -1,4 +1,4 @@
-"""Scenes in, places out, end to end (issue #13 item 1): `mtgfe-index --scenes` → `mtgfe-search --geojson --html`.
+"""Scenes in, places out, end to end: `mtgfe-index --scenes` → `mtgfe-search --geojson --html`.
 
 The UCM mosaic (real test images in a known grid, shared data folder) checks that footprints equal the
 layout cells; synthetic GeoTIFFs written here check errors, NMS and resume without the shared data.

@@ -1,4 +1,4 @@
-"""Scene tiling, footprints, GeoJSON, footprint NMS, quicklooks and the UCM mosaic (issue #13, parts 1-2).
+"""Scene tiling, footprints, GeoJSON, footprint NMS, quicklooks and the UCM mosaic.
 
 Real pixels come from UCM-Captions test images (the shared data folder); the odd cases (16-bit 4-band,
 no-data, un-georeferenced, corrupt, huge) are GeoTIFFs written here with rasterio.

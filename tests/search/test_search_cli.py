@@ -99,7 +99,7 @@ def test_cli_errors(setup, tmp_path, capsys):
     assert index_main(args) == 2 and "--resume" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------------------ issue #12: config defaults
+# ------------------------------------------------------------------------------------ config defaults
 def test_model_config_retrieval_defaults_reach_pipeline_index_and_cli(tmp_path, capsys):
     """One saved model with retrieval_k=5 / retrieval_score="itm": the pipeline, GalleryIndex.search and
     mtgfe-search all rank with those values when the caller names none."""
@@ -139,32 +139,6 @@ def test_model_config_retrieval_defaults_reach_pipeline_index_and_cli(tmp_path, 
     capsys.readouterr()
     assert search_main(["--index", str(tmp_path / "index"), "--model", str(folder), QUERY, "--top-k", "6"]) == 2
     assert "k=5 is smaller than top_k=6" in capsys.readouterr().err
-
-
-# ------------------------------------------------------------------------------------ issue #12: moved modules
-@pytest.mark.parametrize("name", ["gallery_index", "index_storage", "cli", "report_html"])
-def test_old_module_paths_warn_and_alias_the_new_modules(name):
-    import importlib
-    import sys
-
-    new = importlib.import_module(f"mtgfe.search.{name}")
-    sys.modules.pop(f"modeling_mtgfe.{name}", None)
-    with pytest.warns(DeprecationWarning, match=f"mtgfe.search.{name}"):
-        old = importlib.import_module(f"modeling_mtgfe.{name}")
-    assert old is new
-    assert getattr(old, "__all__", None) == getattr(new, "__all__", None)
-
-
-def test_old_entry_points_and_names_still_resolve():
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from mtgfe.search.cli import index_main as old_index_main, search_main as old_search_main
-        from mtgfe.search.gallery_index import GalleryIndex as OldGalleryIndex
-    from mtgfe.search import GalleryIndex
-
-    assert old_index_main is index_main and old_search_main is search_main and OldGalleryIndex is GalleryIndex
 
 
 def test_importing_the_library_leaves_the_environment_alone():

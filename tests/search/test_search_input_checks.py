@@ -1,4 +1,4 @@
-"""Issue #11, search side: model identity in the pipeline, argument ranges, up-front gallery checks,
+"""Search side: model identity in the pipeline, argument ranges, up-front gallery checks,
 output paths, skipped-file retries, all-unreadable folders, Ctrl-C, explicit query kinds, decode memory."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Sharded encoding (issue #13 item 4): 2 processes (torchrun, gloo on CPU) + `datasets` sharding, a killed
+"""Sharded encoding: 2 processes (torchrun, gloo on CPU) + `datasets` sharding, a killed
 worker's rerun, and the merge equal to encoding in one process, bit for bit."""
 
 from __future__ import annotations

@@ -247,7 +247,7 @@ def test_head_lr_also_applies_to_a_saved_model_in_model_pretrained(tmp_path):
     assert {g["lr"] for g in one_lr} == {1e-5}
 
 
-# ------------------------------------------------------------------------------------------ non-finite floats (#11 item 5)
+# ------------------------------------------------------------------------------------------ non-finite floats
 @pytest.mark.parametrize("override, key", [
     ("model.itm_weight=nan", "model.itm_weight"),
     ("model.mvjrc_weight=inf", "model.mvjrc_weight"),

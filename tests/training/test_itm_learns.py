@@ -1,4 +1,4 @@
-"""ITM must learn under the default recipe's settings (issue #14: ITM sat at its prior, 0.636).
+"""ITM must learn under the default recipe's settings (it once sat at its prior, 0.636).
 
 A small real batch: 16 UCM *train* images (evenly spaced, so distinct classes), their backbone tokens
 computed once by the offline EfficientNet-Lite0, one of the 5 captions per image drawn per step. The

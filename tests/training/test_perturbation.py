@@ -1,4 +1,4 @@
-"""Perturbation negatives (issue #14, deliverable 3): edited *train* captions as extra ITM / ITC negatives."""
+"""Perturbation negatives: edited *train* captions as extra ITM / ITC negatives."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fault injection, training half (issue #11): reused output folders, damaged checkpoint files, kill -9,
+"""Fault injection, training half: reused output folders, damaged checkpoint files, kill -9,
 Ctrl-C. Every fault ends in one of two ways: a result bit-identical to an uninterrupted run (with
 num_threads=1), or an error that names the damaged file / the conflicting run. Never a silent divergence.
 
