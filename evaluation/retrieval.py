@@ -45,7 +45,6 @@ from modeling_mtgfe.retrieval import (
 )
 from mtgfe.processing import MTGFEProcessor, load_image
 from mtgfe.utils.io import atomic_write_json
-from mtgfe.utils.validation import check_finite, finite_float_arg
 
 from mtgfe.data.loading import load_dataset_split
 from mtgfe.data.views import apply_colour

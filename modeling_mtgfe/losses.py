@@ -107,7 +107,7 @@ def gather_for_itc(
     single-process loss on the whole global batch), process r's backward gives its local embeddings
     d(sum_r' L_r')/de_r = W * dL/de_r, and DDP's *averaging* of parameter gradients over the W processes
     divides that factor back out: the W-process gradient equals the 1-process gradient of the same
-    global batch (tests/test_itc_gather.py checks it to ~1e-6). Do not rescale the loss by W, and do not
+    global batch (tests/modeling/test_itc_gather.py checks it to ~1e-6). Do not rescale the loss by W, and do not
     replace the gather with a no-grad one: gradients from the other processes' rows would be lost.
 
     Batches of different sizes are padded for the collective and trimmed after (one extra tiny

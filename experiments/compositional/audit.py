@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mtgfe.evaluation.compositional.generation import COMPOSITIONAL_VERSION, generate_items
 
-OUT = Path(__file__).resolve().parent / "compositional" / "audit_sample.md"
+OUT = Path(__file__).resolve().parent / "audit_sample.md"
 SEED = 14
 HEADER_END = "<!-- sample below is generated; verdicts above are by hand -->"
 

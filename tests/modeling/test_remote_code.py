@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import torch
 
 from modeling_mtgfe import MTGFEConfig, MTGFEForPreTraining
-from tests.helpers.isolated import BLOCK_PACKAGE, run_isolated
+from tests.helpers.isolated import run_isolated
 
 def save_tiny_checkpoint(folder):
     from mtgfe.processing import MTGFEImageProcessor, MTGFEProcessor, build_wordpiece_tokenizer

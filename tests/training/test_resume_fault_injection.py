@@ -4,7 +4,7 @@ num_threads=1), or an error that names the damaged file / the conflicting run. N
 
 One uninterrupted reference run (6 steps, checkpoints at 2, 4, 6) is shared by the module; each test
 works on a copy. The kill -9 tests run the CLI in a subprocess and are marked `slow`.
-The index half (gallery index files) is tests/test_fault_injection_index.py.
+The index half (gallery index files) is tests/search/test_index_fault_injection.py.
 """
 
 from __future__ import annotations
