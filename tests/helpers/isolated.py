@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+from tests.helpers.paths import REPO_ROOT
+
 # Installed first in the child process: any import of the package's own names fails there.
 BLOCK_PACKAGE = """
 import importlib.abc, sys
@@ -31,3 +33,19 @@ def run_isolated(code: str, tmp_path, timeout: int = 300) -> subprocess.Complete
     return subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+# Prepended to a fresh process's code: a trust-remote-code prompt fails the run instead of waiting for input.
+NO_PROMPT = """
+import builtins
+def _no_prompt(*args, **kwargs):
+    raise SystemExit("PROMPTED for trust_remote_code")
+builtins.input = _no_prompt
+"""
+
+
+def run_fresh(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `code` in a new interpreter from the repository root, with the package importable as installed."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", NO_PROMPT + textwrap.dedent(code)], cwd=REPO_ROOT, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)

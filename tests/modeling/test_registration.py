@@ -8,22 +8,10 @@ instead of waiting for an answer.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
 
-from tests.helpers.paths import REPO_ROOT
-
-NO_PROMPT = """
-import builtins
-def _no_prompt(*args, **kwargs):
-    raise SystemExit("PROMPTED for trust_remote_code")
-builtins.input = _no_prompt
-"""
+from tests.helpers.isolated import run_fresh
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +31,6 @@ def trained_folder(tmp_path_factory):
     save_pretrained_atomic(Accelerator(cpu=True), MTGFEForPreTraining(MTGFEConfig.from_preset("tiny")), processor,
                            folder)
     return folder
-
-
-def run_fresh(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", NO_PROMPT + textwrap.dedent(code)], cwd=REPO_ROOT, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 
 def test_processor_loads_after_importing_only_the_processing_package(trained_folder):

@@ -9,6 +9,7 @@ import torch
 from modeling_mtgfe import MTGFEConfig, MTGFEForPreTraining
 from tests.helpers.isolated import run_isolated
 
+
 def save_tiny_checkpoint(folder):
     from mtgfe.processing import MTGFEImageProcessor, MTGFEProcessor, build_wordpiece_tokenizer
 
