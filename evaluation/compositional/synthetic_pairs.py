@@ -33,9 +33,10 @@ from datasets import Dataset, Features, Image as ImageFeature, Value
 from PIL import Image, ImageOps
 
 from modeling_mtgfe.retrieval import encode_images, encode_texts, score_pairs
-
 from mtgfe.data.synthetic import (BACKGROUNDS, COLOURS, KINDS, NUMBER_WORDS, RELATION_WORDS, SPLIT_CODES, WATER_RGB,
-                        render_scene, sample_scene)
+                                  render_scene, sample_scene)
+
+from .generation import group_scores
 
 PAIR_TYPES = ("count", "colour", "spatial", "binding")
 SCORERS = ("filter", "itm", "itm+itc")
