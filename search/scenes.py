@@ -5,7 +5,7 @@ of thousands of pixels wide. [`iter_scene_tiles`] cuts a scene into model-sized 
 windowed reads — only one window is in memory at a time, so memory does not grow with scene size — and
 records each tile's footprint (pixel window, polygon in the scene CRS and in WGS84), so a text query's
 hits can be written as GeoJSON ([`mtgfe.search.geo.hits_to_geojson`]), de-duplicated across overlapping
-tiles ([`suppress_overlapping`]) and drawn on a quicklook ([`render_scene_quicklook`]).
+tiles ([`geo.suppress_overlapping`]) and drawn on a quicklook ([`render_scene_quicklook`]).
 
 Decisions (each documented where it is implemented):
 
@@ -29,7 +29,7 @@ Decisions (each documented where it is implemented):
 * **Un-georeferenced scenes** (no CRS): footprints are in pixel coordinates, `crs` is `None`,
   `georeferenced` is `False`, there is no WGS84 footprint, and a warning is logged once per scene.
 * **Errors** name the scene: [`SceneError`] for bad input (missing / corrupt / truncated file, tile
-  larger than the scene, zero stride), [`SceneCRSError`] for a CRS that cannot reach WGS84 (checked
+  larger than the scene, zero stride), [`geo.SceneCRSError`] for a CRS that cannot reach WGS84 (checked
   once when the scene is opened, not at some random tile).
 """
 
@@ -51,12 +51,9 @@ from mtgfe.processing.image_decoding import DEFAULT_BANDS, STRETCH_PERCENTILES, 
 from mtgfe.utils.io import atomic_path
 
 from .geo import (
-    SceneCRSError,
     SceneError,
-    box_iou,
     box_to_window,
     rasterio_errors,
-    suppress_overlapping,
     tile_geometry,
     tile_of,
     transform_points_to_wgs84,
@@ -405,7 +402,7 @@ def iter_scene_tiles(
     Raises:
         [`SceneReadError`]: missing / corrupt / truncated file (also while reading a window).
         [`SceneError`]: tile larger than the scene, non-positive tile size or stride, bad `bands`.
-        [`SceneCRSError`]: the scene CRS cannot be transformed to WGS84.
+        [`geo.SceneCRSError`]: the scene CRS cannot be transformed to WGS84.
     """
     where = _where(path)
     stride = tile_size if stride is None else stride
@@ -597,13 +594,10 @@ def render_scene_quicklook(
 __all__ = [
     "EDGE_MODES",
     "SCENE_EXTENSIONS",
-    "SceneCRSError",
-    "SceneError",
     "SceneReadError",
     "SceneTile",
     "TilingReport",
     "apply_stretch",
-    "box_iou",
     "iter_scene_tiles",
     "iter_tiles",
     "list_scenes",
@@ -613,6 +607,5 @@ __all__ = [
     "scene_stretch",
     "scene_windows",
     "select_bands",
-    "suppress_overlapping",
     "tile_offsets",
 ]

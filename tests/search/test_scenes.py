@@ -27,6 +27,7 @@ from mtgfe.search.geo import (  # noqa: E402
     box_iou,
     hits_to_geojson,
     signed_area,
+    suppress_overlapping,
     write_geojson,
 )
 from mtgfe.search.mosaic import (  # noqa: E402
@@ -44,7 +45,6 @@ from mtgfe.search.scenes import (  # noqa: E402
     list_scenes,
     render_scene_quicklook,
     scene_windows,
-    suppress_overlapping,
     tile_offsets,
 )
 
