@@ -169,24 +169,6 @@ def is_dataset(source) -> bool:
     return isinstance(source, Dataset)
 
 
-__all__ = [
-    "FAISS_MIN_GALLERY",
-    "IMAGE_EXTENSIONS",
-    "GalleryIndex",
-    "IndexCorruptError",
-    "IndexMismatchError",
-    "TokenStore",
-    "VERIFY_MODES",
-    "check_model",
-    "config_hash",
-    "decode_options",
-    "faiss_topk",
-    "list_image_files",
-    "model_identity",
-    "weights_fingerprint",
-]
-
-
 @dataclass
 class BuildSource:
     """What `GalleryIndex.build` needs to know about its source, whatever kind it is."""
@@ -226,3 +208,20 @@ def resolve_source(source, processor, captions, skip_unreadable: bool, skipped: 
         f"Cannot index a {type(source).__name__}: pass a folder, a datasets split (images view), a list of "
         "images/paths, or a list of captions."
     )
+
+
+__all__ = [
+    "BuildSource",
+    "ItemPaths",
+    "dataset_batches",
+    "dataset_items",
+    "decode_checked",
+    "decode_options",
+    "folder_batches",
+    "is_dataset",
+    "list_batches",
+    "list_image_files",
+    "looks_like_texts",
+    "resolve_source",
+    "retry_paths",
+]
