@@ -21,8 +21,7 @@ from modeling_mtgfe import MTGFEModel
 from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES
 from mtgfe.data.registry import BENCHMARKS, canonical_benchmark
 from mtgfe.processing import MTGFEProcessor
-from mtgfe.training.config import load_config
-from mtgfe.training.config_validation import ConfigError
+from mtgfe.training.config import ConfigError, load_config
 from mtgfe.training.splits import load_cv
 from mtgfe.utils.entrypoints import run_subcommand
 from mtgfe.utils.io import atomic_write_json

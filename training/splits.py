@@ -10,8 +10,7 @@ from __future__ import annotations
 from mtgfe.data.loading import load_dataset_split
 from mtgfe.evaluation.cv import CVData, cv_split
 
-from .config import TrainConfig
-from .config_validation import ConfigError
+from .config import ConfigError, TrainConfig
 
 
 def load_config_split(cfg: TrainConfig, split: str, view: str):
