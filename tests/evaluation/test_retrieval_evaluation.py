@@ -197,7 +197,7 @@ def test_two_processes_match_one(setup, tmp_path):
         one, two = tmp_path / "one.json", tmp_path / "two.json"
         assert main(args + mode + ["--output", str(one)]) == 0
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(_free_port()), "-m", "mtgfe.evaluation.retrieval", *args, *mode, "--output", str(two)]
+               str(_free_port()), "-m", "mtgfe.evaluation.cli", "eval", *args, *mode, "--output", str(two)]
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert two.is_file(), proc.stderr[-3000:]
         if proc.returncode != 0:  # tolerated only as the known SIGABRT-at-exit quirk (docs/HF_PITFALLS.md §7)
