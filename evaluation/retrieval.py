@@ -10,11 +10,11 @@ into the field's numbers with `mtgfe.evaluation.metrics`:
 * the headline numbers use the expected tie rule (docs/METHOD.md §6b); pessimistic, optimistic and argsort
   variants are reported beside them, because UCM/RSICD repeat captions and R@1 depends on tie order.
 
-Across processes (`accelerate launch -m mtgfe.evaluation.cli eval ...`): images are encoded in shards and gathered; every rank
-encodes the captions (cheap, and identical captions must share one encoding for exact ties); the
-re-rank queries (images for i2t, distinct captions for t2i) are split between ranks, each rank fuses
-the pairs of its queries, and the score rows are gathered. Memory is bounded by the retrieval
-module's chunking and by fusing candidate pairs in `batch_size` groups.
+Across processes (`accelerate launch -m mtgfe.evaluation.cli eval ...`): images are encoded in shards
+and gathered; every rank encodes the captions (cheap, and identical captions must share one encoding for
+exact ties); the re-rank queries (images for i2t, distinct captions for t2i) are split between ranks,
+each rank fuses the pairs of its queries, and the score rows are gathered. Memory is bounded by the
+retrieval module's chunking and by fusing candidate pairs in `batch_size` groups.
 """
 
 from __future__ import annotations
