@@ -475,14 +475,6 @@ def rank_candidates(
     return items
 
 
-def resolve_alpha(model, alpha: float | None) -> float:
-    """`alpha` if given, else `model.config.retrieval_alpha` (the trainer's `eval.alpha`), else 1.0."""
-    if alpha is not None:
-        return float(alpha)
-    value = getattr(getattr(model, "config", None), "retrieval_alpha", None)
-    return 1.0 if value is None else float(value)
-
-
 # Query-level search moved to pipeline_mtgfe.py (issue #12); the old names resolve lazily, with a warning
 # (importlib, not an import at the top: pipeline_mtgfe imports this module).
 _MOVED_TO_PIPELINE = ("SEARCH_SCORES", "search_images", "search_texts")
@@ -514,7 +506,6 @@ __all__ = [
     "progress_bar",
     "rank_candidates",
     "rerank",
-    "resolve_alpha",
     "score_candidates",
     "score_pairs",
 ]

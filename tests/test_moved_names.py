@@ -35,8 +35,6 @@ MOVED = [
     ("mtgfe.training.evaluation", "HEADLINE_RULE", "mtgfe.training.metrics", "HEADLINE_RULE"),
     ("mtgfe.training.evaluation", "_captions", "mtgfe.training.evaluation", "flatten_captions"),
     ("mtgfe.training.evaluation", "_image_sources", "mtgfe.training.evaluation", "dataset_image_sources"),
-    ("mtgfe.training.config", "MVJRC_VARIANTS", "modeling_mtgfe.configuration_mtgfe", "MVJRC_VARIANTS"),
-    ("mtgfe.training.config", "EVAL_SCORES", "modeling_mtgfe.configuration_mtgfe", "RETRIEVAL_SCORES"),
     ("mtgfe.training.data", "IMAGE_EXTENSIONS", "modeling_mtgfe.retrieval", "IMAGE_EXTENSIONS"),
     ("mtgfe.training.data", "BENCHMARKS", "mtgfe.training.benchmarks", "BENCHMARKS"),
     ("mtgfe.hub_cards.cards", "BENCHMARKS", "mtgfe.hub_cards.benchmarks", "BENCHMARKS"),

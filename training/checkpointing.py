@@ -19,7 +19,6 @@ A fresh run never starts in a folder holding another run's artefacts (`check_out
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging as std_logging
@@ -70,7 +69,7 @@ def _flatten(node, prefix: str = "") -> dict:
 def run_identity(cfg: TrainConfig) -> tuple[str, dict]:
     """`(run_id, fields)`: the dotted config fields that define the run (all but `RUN_IDENTITY_EXCLUDED`)
     and the first 16 hex digits of the sha256 of their canonical JSON."""
-    flat = _flatten(dataclasses.asdict(cfg))
+    flat = _flatten(cfg.to_dict())
     fields = {key: value for key, value in sorted(flat.items())
               if not any(key == ex or key.startswith(ex + ".") for ex in RUN_IDENTITY_EXCLUDED)}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]

@@ -35,7 +35,7 @@ from datasets import Image as ImageFeature
 
 from mtgfe.utils.io import atomic_write_json, read_json
 
-from .config_validation import ConfigError
+from .config_schema import ConfigError
 from .data import ImageRecord, build_dataset
 from .loading import load_config_split
 from .metrics import HEADLINE_RULE, RECALL_KEYS
