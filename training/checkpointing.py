@@ -136,11 +136,16 @@ def file_manifest(folder: Path) -> dict:
 
 def _unloadable_rng_state(path: Path) -> str | None:
     """Why `random_states_N.pkl` cannot restore the RNGs, or None. accelerate's `load_state` catches every
-    error here and logs at INFO, so a damaged file would resume silently with the wrong random streams."""
-    import torch
+    error here and logs at INFO, so a damaged file would resume silently with the wrong random streams.
+
+    Read exactly as `load_state` reads it: accelerate's `load`, i.e. `torch.load(weights_only=True)` with only
+    the numpy array/dtype constructors of the numpy RNG state allowed, so a file holding any other object
+    (code) is refused here, never unpickled.
+    """
+    from accelerate.utils import load
 
     try:
-        states = torch.load(path, weights_only=False)  # our own checkpoint; accelerate unpickles it the same way
+        states = load(path)
     except Exception as err:
         return f"cannot be loaded ({type(err).__name__}: {str(err)[:120]})"
     missing = [k for k in ("random_state", "numpy_random_seed", "torch_manual_seed") if k not in (states or {})]
