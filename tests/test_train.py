@@ -205,7 +205,7 @@ def test_freeze_and_unfreeze(tmp_path):
 
 def test_config_error_returns_2(tmp_path, capsys):
     assert run(tmp_path, "optim.lr=-1") == 2
-    assert "optim.lr=-1.0 must be > 0" in capsys.readouterr().err
+    assert "optim.lr=-1 must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "metrics.jsonl").exists()
 
 

@@ -100,6 +100,7 @@ def _allowed_range(loc: Sequence, ctx: Mapping) -> str:
         for key in ("gt", "ge", "lt", "le"):
             if getattr(item, key, None) is not None:
                 bounds[key] = getattr(item, key)
+    bounds = {key: int(v) if isinstance(v, float) and v.is_integer() else v for key, v in bounds.items()}  # 0, not 0.0
     low = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
     high = (bounds["le"], "]") if "le" in bounds else (bounds["lt"], ")") if "lt" in bounds else None
     if low and high:
@@ -151,7 +152,7 @@ def _suggest(path: str) -> str:
     return f"; did you mean {' or '.join(repr(n) for n in names)}?" if names else ""
 
 
-def validate(data: Mapping, source: str = "<config>") -> TrainConfig:
+def _validated(data: Mapping, source: str) -> TrainConfig:
     """`TrainConfig` from a plain mapping, or a `ConfigError` listing every problem (dotted keys)."""
     try:
         return TrainConfig.model_validate(data)
@@ -198,7 +199,7 @@ def config_from_dict(data: Mapping | None, overrides: Sequence[str] | None = Non
     raw = json.loads(json.dumps(dict(data or {})))  # deep copy; also rejects non-JSON values early
     for key, value in parse_overrides(overrides):
         _set_dotted(raw, key, value)
-    return validate(raw, source)
+    return _validated(raw, source)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] | None = None) -> TrainConfig:
@@ -280,6 +281,5 @@ __all__ = [
     "load_config",
     "resolve_config_path",
     "parse_overrides",
-    "validate",
     "warmup_steps",
 ]

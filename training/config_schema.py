@@ -23,6 +23,7 @@ import difflib
 import importlib.util
 import math
 import os
+import typing
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 
@@ -77,6 +78,17 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, coerce_numbers_to_str=True,
                               use_attribute_docstrings=True, validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value, info):
+        """Lax mode would read `true` as 1 in a number field; a weight or a step count is never a yes/no."""
+        if isinstance(value, bool):
+            annotation = cls.model_fields[info.field_name].annotation
+            kinds = {annotation, *typing.get_args(annotation)}
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError("is a boolean, not a number")
+        return value
 
 
 # ------------------------------------------------------------------------------------------ model
