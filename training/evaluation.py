@@ -37,7 +37,6 @@ import modeling_mtgfe  # noqa: F401  (registers the Auto classes)
 from modeling_mtgfe import MTGFEModel
 from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES, resolve_retrieval_settings
 from modeling_mtgfe.retrieval import (
-    SCORES,
     Candidates,
     ImageFeatures,
     coarse_topk,
@@ -218,12 +217,8 @@ def evaluate_model(
         filter_only, score = True, "itm"  # the report says score "itc" for filter-only, as before
     if filter_only and not alpha_given:
         alpha = 0.0  # no fused score to mix: the report's alpha stays 0, as before
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     if score == "itm" and alpha != 0.0:
         raise ValueError(f"alpha={alpha} only applies to score='itm+itc'")
-    if not exhaustive and not filter_only and (k is None or k < 1):
-        raise ValueError(f"k must be >= 1 for filtered evaluation, got {k!r} (use exhaustive=True for all pairs)")
     was_training = model.training
     model.eval()
     rank = accelerator.process_index if accelerator is not None else 0
