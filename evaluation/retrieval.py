@@ -32,15 +32,13 @@ from transformers.utils import logging
 
 import modeling_mtgfe  # noqa: F401  (registers the Auto classes)
 from modeling_mtgfe import MTGFEModel
-from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES
+from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES, resolve_retrieval_settings
 from modeling_mtgfe.retrieval import (
-    SCORES,
     Candidates,
     ImageFeatures,
     coarse_topk,
     encode_images,
     encode_texts,
-    resolve_alpha,
     score_candidates,
 )
 from mtgfe.processing import MTGFEProcessor, load_image
@@ -176,7 +174,7 @@ def evaluate_model(
         alpha: weight of the cosine with `itm+itc`; None: `config.retrieval_alpha` (None there: 1.0).
             With `itm` it must be None or 0.
         Defaults come from the model config so that `mtgfe-eval`, the search CLI and the pipeline score a
-        saved model the same way, the way its training run selected it (`retrieval_defaults`).
+        saved model the same way, the way its training run selected it (`resolve_retrieval_settings`).
         filter_only: rank by the filter cosine alone (no fusion).
         batch_size: images per encoding batch; `rerank_batch_size`: pairs per fusion batch.
         accelerator: an `accelerate.Accelerator` to spread the work over its processes (all ranks must
@@ -198,17 +196,13 @@ def evaluate_model(
     if accelerator is not None:
         model = accelerator.unwrap_model(model)
     alpha_given = alpha is not None
-    k, score, alpha = retrieval_defaults(model, k, score, alpha)
+    k, score, alpha = resolve_retrieval_settings(getattr(model, "config", None), k, score, alpha)
     if score == "filter":
         filter_only, score = True, "itm"  # the report says score "itc" for filter-only, as before
     if filter_only and not alpha_given:
         alpha = 0.0  # no fused score to mix: the report's alpha stays 0, as before
-    if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     if score == "itm" and alpha != 0.0:
         raise ValueError(f"alpha={alpha} only applies to score='itm+itc'")
-    if not exhaustive and not filter_only and (k is None or k < 1):
-        raise ValueError(f"k must be >= 1 for filtered evaluation, got {k!r} (use exhaustive=True for all pairs)")
     was_training = model.training
     model.eval()
     rank = accelerator.process_index if accelerator is not None else 0
@@ -317,23 +311,6 @@ def evaluate_model(
     return report
 
 
-def retrieval_defaults(model, k: int | None = None, score: str | None = None, alpha: float | None = None):
-    """`(k, score, alpha)` with each None filled from the model config (`retrieval_k`, `retrieval_score`,
-    `retrieval_alpha`), which the trainer writes from the run's `eval` section.
-
-    `alpha` is 0.0 for the `itm` score (no cosine term) and, for `itm+itc`, `resolve_alpha`'s rule
-    (the config's value, else 1.0): the same rule the search CLI and the pipeline use.
-    """
-    config = getattr(model, "config", None)
-    if k is None:
-        k = getattr(config, "retrieval_k", None) or 16
-    if score is None:
-        score = getattr(config, "retrieval_score", None) or "itm+itc"
-    if score not in RETRIEVAL_SCORES:
-        raise ValueError(f"score must be one of {RETRIEVAL_SCORES}, got {score!r}")
-    if alpha is None:
-        alpha = resolve_alpha(model, None) if score == "itm+itc" else 0.0
-    return k, score, float(alpha)
 
 
 def format_table(report: dict) -> str:

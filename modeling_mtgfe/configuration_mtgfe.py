@@ -27,6 +27,21 @@ MVJRC_VARIANTS = ("simsiam", "infonce")
 # model ranks the same way everywhere.
 RETRIEVAL_SCORES = ("itm+itc", "itm", "filter")
 
+# Loss weights and task switches: the fields a training recipe sets (`model.<name>` in a training config).
+# Declared once: the type and default are the class attributes of `MTGFEConfig` below, the allowed values
+# are here (`ge`/`le`: closed bounds, `choices`: allowed strings). `MTGFEConfig` checks them at construction
+# and the training config builds its schema for them from this table, so the two never disagree.
+TASK_FIELDS: dict[str, dict] = {
+    "itc_weight": {"ge": 0.0},
+    "itm_weight": {"ge": 0.0},
+    "mlm_weight": {"ge": 0.0},
+    "mvjrc_weight": {"ge": 0.0},
+    "mvjrc_variant": {"choices": MVJRC_VARIANTS},
+    "itm_random_negative_prob": {"ge": 0.0, "le": 1.0},
+    "itm_perturbation_negatives": {"ge": 0.0, "le": 8.0},
+    "itc_perturbation_negatives": {"ge": 0.0, "le": 8.0},
+}
+
 # Vision model types whose first output token is a [CLS] token (ALBEF reads the image [CLS]).
 _CLS_VISION_TYPES = {"vit", "deit", "dinov2", "clip_vision_model", "siglip_vision_model", "beit", "vit_mae"}
 
@@ -223,10 +238,8 @@ class MTGFEConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive int.")
-        for name in ("itc_weight", "itm_weight", "mlm_weight", "mvjrc_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name}={value!r} must be a number >= 0 (0 switches the task off).")
+        for name, allowed in TASK_FIELDS.items():
+            _check_task_field(name, getattr(self, name), allowed)
         if not isinstance(self.itc_gather, bool):
             raise ValueError(f"itc_gather={self.itc_gather!r} must be a bool (True: ITC negatives from every process).")
         if not 0.0 < self.temperature <= 1.0:
@@ -235,18 +248,7 @@ class MTGFEConfig(PreTrainedConfig):
             raise ValueError(f"mvjrc_temperature={self.mvjrc_temperature!r} must be in (0, 1].")
         if not 0.0 < self.mlm_probability < 1.0:
             raise ValueError(f"mlm_probability={self.mlm_probability!r} must be in (0, 1).")
-        if not 0.0 <= self.itm_random_negative_prob <= 1.0:
-            raise ValueError(f"itm_random_negative_prob={self.itm_random_negative_prob!r} must be in [0, 1].")
-        for name in ("itm_perturbation_negatives", "itc_perturbation_negatives"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 8.0:
-                raise ValueError(f"{name}={value!r} must be a number in [0, 8] (negatives per positive; 0 = off).")
-        if self.retrieval_alpha is not None and (not isinstance(self.retrieval_alpha, (int, float)) or self.retrieval_alpha < 0):
-            raise ValueError(f"retrieval_alpha={self.retrieval_alpha!r} must be a number >= 0 (or None: 1.0).")
-        if isinstance(self.retrieval_k, bool) or not isinstance(self.retrieval_k, int) or self.retrieval_k < 1:
-            raise ValueError(f"retrieval_k={self.retrieval_k!r} must be an int >= 1.")
-        if self.retrieval_score not in RETRIEVAL_SCORES:
-            raise ValueError(f"retrieval_score={self.retrieval_score!r}; allowed: {RETRIEVAL_SCORES}.")
+        check_retrieval_settings(self.retrieval_k, self.retrieval_score, self.retrieval_alpha, prefix="retrieval_")
         overlap = self.itm_near_duplicate_overlap
         if overlap is not None and (not isinstance(overlap, (int, float)) or not 0.0 < overlap <= 1.0):
             raise ValueError(f"itm_near_duplicate_overlap={overlap!r} must be in (0, 1] (or None: identical captions only).")
@@ -254,8 +256,6 @@ class MTGFEConfig(PreTrainedConfig):
             raise ValueError(f"image_pooling={self.image_pooling!r}; allowed: {IMAGE_POOLINGS}.")
         if self.text_pooling not in TEXT_POOLINGS:
             raise ValueError(f"text_pooling={self.text_pooling!r}; allowed: {TEXT_POOLINGS}.")
-        if self.mvjrc_variant not in MVJRC_VARIANTS:
-            raise ValueError(f"mvjrc_variant={self.mvjrc_variant!r}; allowed: {MVJRC_VARIANTS}.")
         for name in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value < text.vocab_size:
@@ -315,4 +315,54 @@ class MTGFEConfig(PreTrainedConfig):
         return cls(**kwargs)
 
 
-__all__ = ["MTGFEConfig", "PRESETS"]
+def _check_task_field(name: str, value, allowed: dict) -> None:
+    """One `TASK_FIELDS` entry: a string among `choices`, or a real number within `ge`/`le` (bools refused)."""
+    if "choices" in allowed:
+        if value not in allowed["choices"]:
+            raise ValueError(f"{name}={value!r}; allowed: {allowed['choices']}.")
+        return
+    low, high = allowed.get("ge"), allowed.get("le")
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or (low is not None and value < low)
+            or (high is not None and value > high)):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name}={value!r} must be a number {bounds} (0 switches it off).")
+
+
+# ----------------------------------------------------------------------------------------------- retrieval settings
+def check_retrieval_settings(k, score, alpha, prefix: str = "") -> None:
+    """Raise a ValueError naming the argument unless `k` is an int >= 1, `score` one of `RETRIEVAL_SCORES` and
+    `alpha` None or a finite real >= 0 (NaN passes every comparison, so finiteness is checked first; bools and
+    strings such as "nan" are refused before any `float()`). `prefix` names the fields (`retrieval_` in the
+    model config)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"{prefix}k must be a positive integer, got {k!r}.")
+    if score not in RETRIEVAL_SCORES:
+        raise ValueError(f"{prefix}score must be one of {RETRIEVAL_SCORES}, got {score!r}.")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                              or not math.isfinite(alpha) or alpha < 0):
+        raise ValueError(f"{prefix}alpha must be a finite number >= 0 (or None: 1.0), got {alpha!r}.")
+
+
+def resolve_retrieval_settings(config, k: int | None = None, score: str | None = None,
+                               alpha: float | None = None) -> tuple[int, str, float]:
+    """`(k, score, alpha)` for a search or an evaluation: what the caller gave, else the model config's
+    `retrieval_k` / `retrieval_score` / `retrieval_alpha`, validated (`check_retrieval_settings`).
+
+    The one place these defaults are resolved, so a saved model ranks the same way in the pipeline,
+    `GalleryIndex.search`, `mtgfe-search` and `mtgfe-eval` (the trainer writes the settings its run was
+    selected with). A config without the fields (foreign or older, or `None`) gets `MTGFEConfig`'s defaults.
+    `alpha` left `None`: the config's `retrieval_alpha` (None there: 1.0) for `itm+itc`, and 0.0 for the
+    scores without a cosine term (`itm`, `filter`), where it has no effect.
+    """
+    if k is None:
+        k = getattr(config, "retrieval_k", None) or MTGFEConfig.retrieval_k
+    if score is None:
+        score = getattr(config, "retrieval_score", None) or MTGFEConfig.retrieval_score
+    if alpha is None and score == "itm+itc":
+        alpha = getattr(config, "retrieval_alpha", None)
+        alpha = 1.0 if alpha is None else alpha
+    check_retrieval_settings(k, score, alpha)
+    return k, score, 0.0 if alpha is None else float(alpha)
+
+
+__all__ = ["MTGFEConfig", "PRESETS", "TASK_FIELDS", "check_retrieval_settings", "resolve_retrieval_settings"]

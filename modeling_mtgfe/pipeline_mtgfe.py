@@ -25,7 +25,6 @@ single-dot siblings; the gallery index module is not shipped and is only duck-ty
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, Pipeline
 
-from .configuration_mtgfe import RETRIEVAL_SCORES, MTGFEConfig
+from .configuration_mtgfe import RETRIEVAL_SCORES, resolve_retrieval_settings
 from .retrieval import (
     IMAGE_EXTENSIONS,
     Candidates,
@@ -55,60 +54,28 @@ SEARCH_SCORES = RETRIEVAL_SCORES  # every way the model config names to rank a s
 
 
 # ----------------------------------------------------------------------------------------------- query-level search
-def resolve_search_defaults(model, k: int | None, score: str | None, alpha: float | None) -> tuple[int, str, float]:
-    """Fill what the caller left `None` from the model config: `retrieval_k`, `retrieval_score`, `retrieval_alpha`.
-
-    Why the config: one saved model then ranks the same way in the pipeline, `GalleryIndex.search` and
-    `mtgfe-search` (the trainer writes its tuned `eval.alpha` there). A config without the fields (a
-    foreign or older one) gets `MTGFEConfig`'s defaults; `retrieval_alpha=None` means 1.0.
-    """
-    config = getattr(model, "config", None)
-    if k is None:
-        k = getattr(config, "retrieval_k", None) or MTGFEConfig.retrieval_k
-    if score is None:
-        score = getattr(config, "retrieval_score", None) or MTGFEConfig.retrieval_score
-    if alpha is None:
-        alpha = getattr(config, "retrieval_alpha", None)
-    if alpha is not None:
-        _check_alpha(alpha)  # before float(): "nan" strings, bools and NaN never reach the scores
-    return k, score, 1.0 if alpha is None else float(alpha)
-
-
-def _check_alpha(alpha) -> None:
-    """`alpha` must be a finite real >= 0 (NaN passes every comparison, so it is named explicitly).
-
-    Inline twin of `mtgfe.utils.validation.check_finite(name, value, low=0)`: remote code cannot import it.
-    """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha!r}.")
-
-
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
 
 
-def check_search_args(k: int | None, top_k: int, score: str, alpha: float | None = None,
-                      batch_size: int | None = None) -> None:
-    """Validate search arguments before any model work (shared by the pipeline and the search functions).
+def resolve_search_args(model, k: int | None, top_k: int, score: str | None, alpha: float | None,
+                        batch_size: int | None = None) -> tuple[int, str, float]:
+    """`(k, score, alpha)` resolved from the model config (`resolve_retrieval_settings`, which also checks
+    them) and the rest of a search's arguments checked: before any model work, once per entry point.
 
-    `alpha` (when given) must be finite and >= 0; `batch_size` (when given) a positive integer.
+    `top_k` must be a positive integer no larger than `k`; `batch_size` (when given) a positive integer.
     """
-    if alpha is not None:
-        _check_alpha(alpha)
+    k, score, alpha = resolve_retrieval_settings(getattr(model, "config", None), k, score, alpha)
     if batch_size is not None:
         _check_positive_int("batch_size", batch_size)
-    if score not in SEARCH_SCORES:
-        raise ValueError(f"score must be one of {SEARCH_SCORES}, got {score!r}.")
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
-    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
-        raise ValueError(f"k must be a positive integer, got {k!r}.")
-    if k is not None and k < top_k:
+    _check_positive_int("top_k", top_k)
+    if k < top_k:
         raise ValueError(
             f"k={k} is smaller than top_k={top_k}: the re-ranker can only return the k filter candidates it "
             "scores. Raise k (or lower top_k)."
         )
+    return k, score, alpha
 
 
 def _hits(ranked: list[tuple[int, float, float]], top_k: int) -> list[dict[str, Any]]:
@@ -143,11 +110,10 @@ def search_texts(
 
     `score="filter"` ranks by the filter cosine alone (no fusion); `"itm"` / `"itm+itc"` re-rank the `k`
     filter candidates (whole tie groups) with the ITM head (`k >=` gallery size: every image). `k`, `score`
-    and `alpha` left `None` come from the model config (`resolve_search_defaults`). `coarse_fn(query_embeds,
+    and `alpha` left `None` come from the model config (`resolve_retrieval_settings`). `coarse_fn(query_embeds,
     k)` replaces the exact torch coarse stage (e.g. FAISS). Identical queries are encoded and scored once.
     """
-    k, score, alpha = resolve_search_defaults(model, k, score, alpha)
-    check_search_args(k, top_k, score, alpha, batch_size)
+    k, score, alpha = resolve_search_args(model, k, top_k, score, alpha, batch_size)
     if len(image_feats) == 0:
         raise ValueError("The gallery is empty: nothing to search.")
     text_feats = encode_texts(model, processor, queries, keep_states=score != "filter")
@@ -180,8 +146,7 @@ def search_images(
 
     `k`, `score` and `alpha` left `None` come from the model config, as in `search_texts`.
     """
-    k, score, alpha = resolve_search_defaults(model, k, score, alpha)
-    check_search_args(k, top_k, score, alpha, batch_size)
+    k, score, alpha = resolve_search_args(model, k, top_k, score, alpha, batch_size)
     if len(text_feats) == 0:
         raise ValueError("There are no candidate texts to search.")
     image_feats = encode_images(model, processor, query_images, keep_tokens=score != "filter", progress=False)
@@ -383,8 +348,6 @@ class MTGFERetrievalPipeline(Pipeline):
         for name, value in (("fusion_batch_size", fusion_batch_size), ("image_batch_size", image_batch_size)):
             if value is not None:
                 _check_positive_int(name, value)
-        if alpha is not None:
-            _check_alpha(alpha)
         pre, fwd, post = {}, {}, {}
         for name, value, target in (
             ("gallery", gallery, pre), ("candidates", candidates, pre), ("image_batch_size", image_batch_size, pre),
@@ -404,11 +367,10 @@ class MTGFERetrievalPipeline(Pipeline):
         post = {**self._postprocess_params, **post}
         single = not isinstance(inputs, (list, tuple))
         queries = [inputs] if single else list(inputs)
-        # Defaults from the model config, resolved once here so invalid values fail before any encoding.
-        fwd["k"], fwd["score"], fwd["alpha"] = resolve_search_defaults(
-            self.model, fwd.get("k"), fwd.get("score"), fwd.get("alpha")
+        # Defaults from the model config, resolved and checked once here so invalid values fail before any encoding.
+        fwd["k"], fwd["score"], fwd["alpha"] = resolve_search_args(
+            self.model, fwd.get("k"), fwd.get("top_k", 5), fwd.get("score"), fwd.get("alpha")
         )
-        check_search_args(fwd["k"], fwd.get("top_k", 5), fwd["score"], fwd["alpha"])
         model_inputs = self.preprocess(queries, **pre)
         with torch.no_grad():
             outputs = self._forward(model_inputs, **fwd)
@@ -526,11 +488,9 @@ class MTGFERetrievalPipeline(Pipeline):
         if callable(check):
             check(self.model)
 
-    def _forward(self, model_inputs, top_k: int = 5, k: int | None = None, score: str | None = None, alpha=None,
+    def _forward(self, model_inputs, *, k: int, score: str, alpha: float, top_k: int = 5,
                  fusion_batch_size: int = 256):
-        # k / score / alpha left None come from the model config (`__call__` already did this; `_forward` may
-        # also be driven directly by transformers' Pipeline machinery).
-        k, score, alpha = resolve_search_defaults(self.model, k, score, alpha)
+        # k / score / alpha arrive resolved from the model config by `__call__` (the entry point).
         if model_inputs["mode"] == "text":
             gallery = model_inputs["gallery"]
             tokens = gallery.image_tokens
@@ -597,9 +557,8 @@ __all__ = [
     "TASK",
     "EncodedGallery",
     "MTGFERetrievalPipeline",
-    "check_search_args",
     "register_pipeline",
-    "resolve_search_defaults",
+    "resolve_search_args",
     "save_for_pipeline",
     "search_images",
     "search_texts",

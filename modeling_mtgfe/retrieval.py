@@ -475,12 +475,6 @@ def rank_candidates(
     return items
 
 
-def resolve_alpha(model, alpha: float | None) -> float:
-    """`alpha` if given, else `model.config.retrieval_alpha` (the trainer's `eval.alpha`), else 1.0."""
-    if alpha is not None:
-        return float(alpha)
-    value = getattr(getattr(model, "config", None), "retrieval_alpha", None)
-    return 1.0 if value is None else float(value)
 
 
 __all__ = [
@@ -498,7 +492,6 @@ __all__ = [
     "progress_bar",
     "rank_candidates",
     "rerank",
-    "resolve_alpha",
     "score_candidates",
     "score_pairs",
 ]

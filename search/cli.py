@@ -23,8 +23,7 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 import modeling_mtgfe  # noqa: F401 - importing the package registers the Auto classes
-from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES
-from modeling_mtgfe.pipeline_mtgfe import resolve_search_defaults
+from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES, resolve_retrieval_settings
 from modeling_mtgfe.retrieval import IMAGE_EXTENSIONS
 from mtgfe.utils.entrypoints import run_subcommand
 from mtgfe.utils.io import FileFormatError, atomic_write_json, atomic_write_text, read_json
@@ -270,7 +269,7 @@ def search_main(argv: list[str] | None = None) -> int:
         model, processor = load_model_and_processor(args.model, args.processor)
         index = GalleryIndex.load(args.index, model=model, processor=processor, verify=args.verify_index)
         queries = _typed_queries(list(args.queries), args.query_type, index.kind)
-        k, score, alpha = resolve_search_defaults(model, args.k, args.score, args.alpha)
+        k, score, alpha = resolve_retrieval_settings(model.config, args.k, args.score, args.alpha)
         hits = index.search(queries, k=k, top_k=args.top_k, score=score, alpha=alpha)
         results: list[dict[str, Any]] = [{"query": q, "hits": h} for q, h in zip(args.queries, hits)]
         results = _apply_nms(results, args)

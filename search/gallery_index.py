@@ -47,7 +47,7 @@ from modeling_mtgfe.retrieval import (
     encode_texts,
     progress_bar,
 )
-from modeling_mtgfe.pipeline_mtgfe import check_search_args, resolve_search_defaults, search_images, search_texts
+from modeling_mtgfe.pipeline_mtgfe import resolve_search_args, search_images, search_texts
 from mtgfe.processing.image_decoding import ImageDecodeError, load_image
 from mtgfe.utils.io import atomic_write_text, read_json
 
@@ -615,8 +615,7 @@ class GalleryIndex:
         model config (`retrieval_k`, `retrieval_score`, `retrieval_alpha`), like the pipeline's.
         """
         model, processor = self._require_model(model, processor)
-        k, score, alpha = resolve_search_defaults(model, k, score, alpha)
-        check_search_args(k, top_k, score, alpha, batch_size)  # NaN / negative alpha, k < 1, ... before any work
+        k, score, alpha = resolve_search_args(model, k, top_k, score, alpha, batch_size)  # NaN alpha, k < 1, ... before any work
         single = isinstance(query_texts, str) or not isinstance(query_texts, (list, tuple))
         queries = [query_texts] if single else list(query_texts)
         if len(self) == 0:

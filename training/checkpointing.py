@@ -19,7 +19,6 @@ A fresh run never starts in a folder holding another run's artefacts (`check_out
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging as std_logging
@@ -70,7 +69,7 @@ def _flatten(node, prefix: str = "") -> dict:
 def run_identity(cfg: TrainConfig) -> tuple[str, dict]:
     """`(run_id, fields)`: the dotted config fields that define the run (all but `RUN_IDENTITY_EXCLUDED`)
     and the first 16 hex digits of the sha256 of their canonical JSON."""
-    flat = _flatten(dataclasses.asdict(cfg))
+    flat = _flatten(cfg.to_dict())
     fields = {key: value for key, value in sorted(flat.items())
               if not any(key == ex or key.startswith(ex + ".") for ex in RUN_IDENTITY_EXCLUDED)}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
@@ -137,11 +136,16 @@ def file_manifest(folder: Path) -> dict:
 
 def _unloadable_rng_state(path: Path) -> str | None:
     """Why `random_states_N.pkl` cannot restore the RNGs, or None. accelerate's `load_state` catches every
-    error here and logs at INFO, so a damaged file would resume silently with the wrong random streams."""
-    import torch
+    error here and logs at INFO, so a damaged file would resume silently with the wrong random streams.
+
+    Read exactly as `load_state` reads it: accelerate's `load`, i.e. `torch.load(weights_only=True)` with only
+    the numpy array/dtype constructors of the numpy RNG state allowed, so a file holding any other object
+    (code) is refused here, never unpickled.
+    """
+    from accelerate.utils import load
 
     try:
-        states = torch.load(path, weights_only=False)  # our own checkpoint; accelerate unpickles it the same way
+        states = load(path)
     except Exception as err:
         return f"cannot be loaded ({type(err).__name__}: {str(err)[:120]})"
     missing = [k for k in ("random_state", "numpy_random_seed", "torch_manual_seed") if k not in (states or {})]

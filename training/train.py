@@ -52,7 +52,7 @@ from transformers import AutoTokenizer
 from transformers.utils import logging
 
 from modeling_mtgfe import MTGFEForPreTraining
-from modeling_mtgfe.configuration_mtgfe import PRESETS, MTGFEConfig
+from modeling_mtgfe.configuration_mtgfe import PRESETS, TASK_FIELDS, MTGFEConfig
 from mtgfe.processing import MTGFEImageProcessor, MTGFEProcessor, build_wordpiece_tokenizer, load_default_tokenizer
 from mtgfe.evaluation import cv as cross_validation
 from mtgfe.evaluation.retrieval import evaluate_model
@@ -61,7 +61,6 @@ from mtgfe.utils.io import atomic_write_json, atomic_write_text
 from . import backbone_cache, checkpointing
 from .collate import CachedTrainCollator, EpochCaptionDataset, TrainCollator
 from .config import (
-    MODEL_TASK_FIELDS,
     ConfigError,
     TrainConfig,
     build_view_transforms,
@@ -120,11 +119,10 @@ def build_processor(cfg: TrainConfig, tokenizer):
 
 # ------------------------------------------------------------------------------------------ model
 def model_config_overrides(cfg: TrainConfig, tokenizer) -> dict:
-    """MTGFEConfig keyword overrides: task weights and switches (`MODEL_TASK_FIELDS`, copied by name, so
-    the trainer's config and the model's never disagree on what a field means), extra fields, the
-    tokenizer's special ids."""
+    """MTGFEConfig keyword overrides: task weights and switches (the model config's `TASK_FIELDS`, from
+    which the `model` section of the training config is built), extra fields, the tokenizer's special ids."""
     m = cfg.model
-    overrides: dict[str, Any] = {name: getattr(m, name) for name in MODEL_TASK_FIELDS}
+    overrides: dict[str, Any] = {name: getattr(m, name) for name in TASK_FIELDS}
     overrides.update({
         "pad_token_id": tokenizer.pad_token_id, "cls_token_id": tokenizer.cls_token_id,
         "sep_token_id": tokenizer.sep_token_id, "mask_token_id": tokenizer.mask_token_id,

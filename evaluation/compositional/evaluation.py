@@ -29,7 +29,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from modeling_mtgfe.retrieval import coarse_topk, encode_images, encode_texts, resolve_alpha, score_pairs
+from modeling_mtgfe.configuration_mtgfe import resolve_retrieval_settings
+from modeling_mtgfe.retrieval import coarse_topk, encode_images, encode_texts, score_pairs
 
 from mtgfe.data.loading import load_dataset_split
 
@@ -89,8 +90,7 @@ def score_source(model, processor, source: str, data_dir=None, k: int | None = N
         return {"items": items, "pair_scores": {}, "retrieval": None}
     text_feats = encode_texts(model, processor, texts, keep_states=True)
     text_row = {t: int(text_feats.inverse[i]) for i, t in enumerate(texts)}
-    alpha = resolve_alpha(model, alpha)
-    k = int(k if k is not None else getattr(model.config, "retrieval_k", 16))
+    k, _, alpha = resolve_retrieval_settings(model.config, k, "itm+itc", alpha)  # alpha of the itm+itc scorer
 
     # all (image, text) pairs the items need, scored once
     needed = set()

@@ -39,7 +39,7 @@ def test_cv_config_from_yaml_and_overrides():
 @pytest.mark.parametrize("overrides, message", [
     (["data.cv.folds=1"], r"data\.cv\.folds=1 must be >= 2"),
     (["data.cv.folds=3", "data.cv.fold=3"], r"data\.cv\.fold=3 must be in \[0, 2\]"),
-    (["data.cv.folds=3", "data.cv.fold=-1"], r"data\.cv\.fold=-1 must be in \[0, 2\]"),
+    (["data.cv.folds=3", "data.cv.fold=-1"], r"data\.cv\.fold=-1 must be >= 0"),
     (["data.cv.fold=1"], r"data\.cv\.fold=1 is set but data\.cv\.folds is null"),
     (["data.cv.folds=2", "data.val_split=test"], r"data\.cv pools two distinct non-test splits.*'test'"),
     (["data.cv.folds=2", "data.val_split=train"], r"data\.cv pools two distinct"),

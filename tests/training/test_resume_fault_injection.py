@@ -183,6 +183,32 @@ def test_a_truncated_rng_state_without_a_manifest_is_still_caught(reference, tmp
     assert "random_states_0.pkl cannot be loaded" in err and "allow_inexact_resume" in err
 
 
+class _RunsCodeWhenUnpickled:
+    """A pickle payload that would call `exec` if unpickled with `weights_only=False`."""
+
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('UNPICKLED').write_text('code ran')",))
+
+
+def test_an_rng_state_holding_code_is_refused_without_unpickling_it(reference, tmp_path, tokenizer_dir, capsys,
+                                                                    monkeypatch):
+    """The RNG state is read as accelerate's `load_state` reads it (`weights_only=True`): an object that
+    is not a tensor, array or plain container is refused, and its code never runs."""
+    import torch
+
+    out = copy_run(reference, tmp_path, keep_up_to=4)
+    state_file = out / "checkpoint-4" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["files"]  # no manifest: the pre-check's own load is what stands between the file and a resume
+    state_file.write_text(json.dumps(state))
+    torch.save({"random_state": _RunsCodeWhenUnpickled()}, out / "checkpoint-4" / "random_states_0.pkl")
+    monkeypatch.chdir(tmp_path)
+    assert main(args(out, tokenizer_dir, "checkpoint.resume_from=latest")) == 2
+    err = capsys.readouterr().err
+    assert "random_states_0.pkl cannot be loaded" in err
+    assert not (tmp_path / "UNPICKLED").exists()
+
+
 def test_damaged_log_and_config_copy_do_not_change_the_resumed_result(reference, tmp_path, tokenizer_dir):
     """metrics.jsonl (a kill mid-append leaves half a line) and train_config.yaml are records, not state:
     the resume drops the broken line / rewrites the copy, and ends bit-identical."""

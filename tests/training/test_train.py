@@ -166,7 +166,7 @@ def test_freeze_and_unfreeze(tmp_path):
 
 def test_config_error_returns_2(tmp_path, capsys):
     assert run(tmp_path, "optim.lr=-1") == 2
-    assert "optim.lr=-1.0 must be > 0" in capsys.readouterr().err
+    assert "optim.lr=-1 must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
@@ -195,13 +195,14 @@ def test_eval_alpha_of_an_itm_itc_recipe_becomes_the_models_search_alpha(tmp_pat
     """eval.score=itm+itc: the saved model carries eval.alpha as config.retrieval_alpha, which the
     pipeline / GalleryIndex / mtgfe-search use when the caller gives no alpha."""
     from modeling_mtgfe import MTGFEModel
-    from modeling_mtgfe.retrieval import resolve_alpha
+    from modeling_mtgfe.configuration_mtgfe import resolve_retrieval_settings
 
     out = tmp_path / "run"
     assert run(out, "max_steps=1", "eval.every=0", "eval.score=itm+itc", "eval.alpha=3.5") == 0
     model = MTGFEModel.from_pretrained(out / "final")
     assert model.config.retrieval_alpha == 3.5
-    assert resolve_alpha(model, None) == 3.5 and resolve_alpha(model, 0.0) == 0.0
+    assert resolve_retrieval_settings(model.config, score="itm+itc") == (model.config.retrieval_k, "itm+itc", 3.5)
+    assert resolve_retrieval_settings(model.config, score="itm+itc", alpha=0.0)[2] == 0.0
 
 
 def test_the_default_recipe_is_the_shipped_two_stage_ucm_recipe(capsys):
