@@ -180,6 +180,8 @@ class ProbeModel(MTGFEModel):
             self.pos_table = nn.Parameter(torch.randn(grid * grid, hidden) * 0.1)
         if readout == "cls_mean":
             self.itm_head_words = nn.Linear(2 * hidden, 2)
+        elif readout == "cls_mean_mlp":  # a nonlinear readout (PyTorch default init), like the oracle's MLP
+            self.itm_head_words = nn.Sequential(nn.Linear(2 * hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, 2))
 
     def encode_image(self, pixel_values=None, vision_hidden_states=None):
         global_vector, tokens = super().encode_image(pixel_values, vision_hidden_states)
@@ -301,6 +303,11 @@ def train(args) -> dict:
     captions += [it[k] for it in ev["items"] for k in ("caption", "negative")]  # vocabulary only (tiny world)
     tokenizer = build_wordpiece_tokenizer(captions, vocab_size=1000, model_max_length=40)
     model = build_model(args, tokenizer)
+    if args.init_std:
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and name.startswith(("text_encoder", "fusion_encoder")):
+                nn.init.normal_(module.weight, 0.0, args.init_std)
+                nn.init.zeros_(module.bias)
     model.train()
     grid = args.px // 4 // (2 ** (args.stages - 1))
     captured = {}
@@ -494,7 +501,9 @@ def main():
     p.add_argument("--px", type=int, default=64)
     p.add_argument("--stages", type=int, default=3, choices=(2, 3))
     p.add_argument("--pos", default="none", choices=("none", "sine", "learned", "sine_keys", "learned_keys"))
-    p.add_argument("--readout", default="cls", choices=("cls", "cls_mean"))
+    p.add_argument("--readout", default="cls", choices=("cls", "cls_mean", "cls_mean_mlp"))
+    p.add_argument("--init-std", type=float, default=0.0,
+                   help="re-initialise the text/fusion Linear layers with this std (BERT's is 0.02)")
     p.add_argument("--fusion-layers", type=int, default=2)
     p.add_argument("--types", default="spatial,binding,colour,count")
     p.add_argument("--eval-types", default="count,colour,spatial,binding")
