@@ -391,7 +391,7 @@ def train(args) -> dict:
             if terms:
                 losses["ground"] = torch.stack(terms).mean()
         quad_weight = args.quad_weight if step >= args.quad_start else 0.0
-        weights = {"quad": quad_weight, "ground": args.ground_weight}
+        weights = {"quad": quad_weight, "ground": args.ground_weight if step >= args.quad_start else 0.0}
         loss = sum(weights.get(k, 1.0) * v for k, v in losses.items())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -517,7 +517,8 @@ def main():
     p.add_argument("--quad-weight", type=float, default=1.0)
     p.add_argument("--quad-only", action="store_true")
     p.add_argument("--quad-start", type=int, default=0,
-                   help="quad loss weight 0 before this step: the fine-tuning protocol (twins after training without)")
+                   help="quad (and grounding) loss weight 0 before this step: the fine-tuning protocol (twins after "
+                        "training without them)")
     p.add_argument("--curriculum-steps", type=int, default=0)
     p.add_argument("--ground-weight", type=float, default=0.0,
                    help="auxiliary grounding loss: -log of fusion layer 0 attention mass on the named group's cells")
