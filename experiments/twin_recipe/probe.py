@@ -17,7 +17,7 @@ and the fusion lr (`--fusion-lr`). `--oracle` trains a structured classifier ins
 no text encoder) to check that the pixels at this resolution and grid hold the answer.
 
 Training data: train-split scenes of generator seed 0 (their twins built by
-`synthetic_compositional._edit`). Held-out evaluation: `generate_pairs` on the test split of generator
+`evaluation.compositional.synthetic_pairs.edit_scene`). Held-out evaluation: `generate_pairs` on the test split of generator
 seed 1, Winoground text / image / group per type with the ITM score alone. Output: one JSON line per run
 appended to `--out` (config, loss curve every `--log-every` steps, held-out scores, CPU-seconds per step).
 
@@ -44,9 +44,9 @@ import torch.nn.functional as F  # noqa: E402
 from modeling_mtgfe import MTGFEConfig, MTGFEModel  # noqa: E402
 from modeling_mtgfe.losses import itc_loss  # noqa: E402
 from mtgfe.processing.tokenization_mtgfe import build_wordpiece_tokenizer  # noqa: E402
-from mtgfe.training.compositional import group_scores  # noqa: E402
-from mtgfe.training.synthetic import SPLIT_CODES, KINDS, describe_scene, render_scene, sample_scene  # noqa: E402
-from mtgfe.training.synthetic_compositional import _edit, _mirror, _phrase, generate_pairs, render  # noqa: E402
+from mtgfe.evaluation.compositional.generation import group_scores  # noqa: E402
+from mtgfe.data.synthetic import SPLIT_CODES, KINDS, describe_scene, render_scene, sample_scene  # noqa: E402
+from mtgfe.evaluation.compositional.synthetic_pairs import edit_scene, generate_pairs, group_phrase, mirror_scene, render  # noqa: E402
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -67,20 +67,20 @@ def _side_edit(scene: dict, rng: np.random.Generator):
         return None
     g, axis, side = options[int(rng.integers(len(options)))]
     other = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}[side]
-    twin = _mirror(scene, axis)  # graph coordinates mirrored; `render` draws the exact pixel mirror of the base
-    return twin, f"{_phrase(g)} on the {side} side", f"{_phrase(g)} on the {other} side"
+    twin = mirror_scene(scene, axis)  # graph coordinates mirrored; `render` draws the exact pixel mirror of the base
+    return twin, f"{group_phrase(g)} on the {side} side", f"{group_phrase(g)} on the {other} side"
 
 
 def _edit_any(scene, typ, rng):
-    return _side_edit(scene, rng) if typ == "side" else _edit(scene, typ, rng)
+    return _side_edit(scene, rng) if typ == "side" else edit_scene(scene, typ, rng)
 
 
 def _spatial_roles(scene: dict, caption: str):
     """(subject group, object group, relation) of a spatial twin caption, for the oracle."""
     for i, gi in enumerate(scene["groups"]):
         for j, gj in enumerate(scene["groups"]):
-            if i != j and caption.startswith(_phrase(gi) + " ") and caption.endswith(" " + _phrase(gj)):
-                middle = caption[len(_phrase(gi)) + 1: len(caption) - len(_phrase(gj)) - 1]
+            if i != j and caption.startswith(group_phrase(gi) + " ") and caption.endswith(" " + group_phrase(gj)):
+                middle = caption[len(group_phrase(gi)) + 1: len(caption) - len(group_phrase(gj)) - 1]
                 return gi, gj, middle
     raise ValueError(f"cannot parse {caption!r}")
 
@@ -89,7 +89,7 @@ def grounding_targets(scene: dict, caption: str, tokenizer, grid: int) -> list[t
     """(token index, grid cells of its group's objects) for every token of each group phrase in ``caption``:
     the generator knows where every named group is, so cross-attention can be told where to look."""
     out = []
-    phrases = [_phrase(g) for g in scene["groups"]]
+    phrases = [group_phrase(g) for g in scene["groups"]]
     for g, ph in zip(scene["groups"], phrases):
         if phrases.count(ph) != 1 or caption.count(ph) != 1:
             continue
