@@ -13,7 +13,7 @@ Images are path-backed and decoded lazily by `datasets`; no pixel is read at loa
 image file is checked to exist before the dataset is built (from one directory listing per folder,
 so 50k rows cost a few ``listdir`` calls), and a missing file is an error, never a dropped row.
 
-Annotation layouts (see ``shared/data/README.md``), one parser each:
+Annotation layouts (the data folder's own README describes them), one parser each:
 
 * ``karpathy``: ``{"images": [{"filename", "split", "sentences": [{"raw"}]}]}`` (UCM, Sydney);
 * ``coco``: ``{"images": [{"id", "file_name"}], "annotations": [{"image_id", "caption"}]}``
@@ -423,10 +423,30 @@ def build_dataset(
 # --------------------------------------------------------------------------------------------
 
 
-def default_data_dir() -> Path:
-    """``$MTGFE_DATA_DIR``, else the ``shared/data`` folder beside the repository checkout."""
+class DataDirNotSetError(FileNotFoundError):
+    """No benchmark data folder was given: neither an explicit ``data_dir`` nor ``$MTGFE_DATA_DIR``.
+
+    A `FileNotFoundError`, so the command lines that report a missing data folder as a one-line input
+    error (exit status 2) report this one the same way.
+    """
+
+
+def resolve_data_dir(data_dir: PathLike | None = None) -> Path:
+    """The benchmark data folder: ``data_dir`` when given, else ``$MTGFE_DATA_DIR``, else an error.
+
+    Why no fallback beyond the two: a folder guessed relative to this source file only exists in one
+    source-checkout layout; in an installed wheel it points into site-packages, and the guess turns a
+    missing setting into a puzzling "file not found" deep inside a loader. The error names both ways to
+    set the folder instead. An empty string counts as not set (``MTGFE_DATA_DIR=`` in a shell).
+    """
+    if data_dir is not None and str(data_dir) != "":
+        return Path(data_dir)
     env = os.environ.get(DATA_DIR_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    if env:
+        return Path(env)
+    raise DataDirNotSetError(
+        f"no benchmark data folder is set: pass data_dir= (--data-dir on the command lines, data.data_dir "
+        f"in a training config) or set the {DATA_DIR_ENV} environment variable")
 
 
 def _rsicd_derived_train(bench: benchmarks.BenchmarkLayout, root: Path) -> tuple[list[ImageRecord], str]:
@@ -460,7 +480,8 @@ def load_rs_benchmark(
 
     Args:
         name: ``"ucm"``, ``"sydney"``, ``"rsicd"`` or ``"rsitmd"``.
-        data_dir: folder laid out like ``shared/data`` (default: `default_data_dir`).
+        data_dir: the benchmark data folder (layout in `registry`); default ``$MTGFE_DATA_DIR``,
+            and an error naming both when neither is set (`resolve_data_dir`).
         split: ``"train"``, ``"val"`` or ``"test"`` (what the layout provides).
         view: ``"captions"`` (one row per caption) or ``"images"`` (one row per image).
         layout: ``None``/``"retrieval"`` for the retrieval convention (module docstring), or
@@ -478,8 +499,8 @@ def load_rs_benchmark(
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(benchmarks.BENCHMARKS)}")
     _check_choice("view", view, VIEWS)
     bench = benchmarks.BENCHMARKS[key]
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
     needs_root = annotation_file is None or (require_images and image_dir is None)
+    root = resolve_data_dir(data_dir) if needs_root else None  # only annotation_file and image_dir are read
     if needs_root and not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist; pass data_dir= or set ${DATA_DIR_ENV}")
     if layout is not None:

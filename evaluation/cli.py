@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cv-run", default=None, metavar="DIR",
                         help="instead of --dataset/--split: the held-out fold of this cross-validation training run "
                              "(its train_config.yaml with data.cv), e.g. to score a fold model filter-only")
-    parser.add_argument("--data-dir", default=None, help="benchmark data folder (default: $MTGFE_DATA_DIR or shared/data)")
+    parser.add_argument("--data-dir", default=None, help="benchmark data folder (default: $MTGFE_DATA_DIR; one of the two is needed for a benchmark)")
     parser.add_argument("--image-dir", default=None, help="folder of the images, if not the dataset default")
     parser.add_argument("--data-file", default=None, help="JSONL/CSV caption file for --dataset jsonl")
     parser.add_argument("--split", default="test")

@@ -1,7 +1,7 @@
 """Print the UCM / RSICD result tables of experiments/README.md from the JSON files in experiments/.
 
     python experiments/make_tables.py                                        # every table, markdown
-    python experiments/make_tables.py --update experiments/README.md README.md   # refresh the tables in place
+    python experiments/make_tables.py --update experiments/README.md   # refresh the tables in place
 
 Every number comes from an `mtgfe-eval` report (`<run>_test_*.json`), a run summary written by
 `collect_run.py` (`<run>_train.json`: train wall time, end-of-run val report) or an `mtgfe-cv`

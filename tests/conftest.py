@@ -13,6 +13,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The library finds benchmark data only through an explicit data_dir or $MTGFE_DATA_DIR (it guesses no
+# folder); tests run in a checkout with the data beside it, so they name it here, for subprocesses too.
+if "MTGFE_DATA_DIR" not in os.environ and shared_data_dir().is_dir():
+    os.environ["MTGFE_DATA_DIR"] = str(shared_data_dir())
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:

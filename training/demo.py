@@ -1,7 +1,7 @@
 """`make demo`: the main job end to end — train, index held-out images, search by text, report.
 
     python -m mtgfe.training.demo                                  # built-in synthetic scenes (default)
-    python -m mtgfe.training.demo --data ucm --data-dir ../shared/data
+    python -m mtgfe.training.demo --data ucm --data-dir DATA_DIR      # or set $MTGFE_DATA_DIR
 
 Steps (each one a library call that the CLIs use too):
 1. train a model with the project's own trainer (`synthetic_demo` config, or the two-stage `ucm_fusion`
@@ -78,7 +78,7 @@ MIN_HIT_MATCH = 0.6  # ... and on the fraction of re-ranked top-5 hits whose sce
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtgfe-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="synthetic", choices=sorted(DEMO_CONFIGS))
-    parser.add_argument("--data-dir", default=None, help="benchmark root for real data (default: $MTGFE_DATA_DIR or ../shared/data)")
+    parser.add_argument("--data-dir", default=None, help="benchmark data folder for real data (default: $MTGFE_DATA_DIR; one of the two is needed)")
     parser.add_argument("--output", default="demo_out", help="folder for the model, index, JSON and HTML")
     parser.add_argument("--gallery-size", type=int, default=150, help="held-out images to index (synthetic: scenes)")
     parser.add_argument("--k", type=int, default=16, help="filter candidates re-ranked by the fusion encoder")

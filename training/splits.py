@@ -7,6 +7,7 @@ Why a module of its own: the data loaders (`mtgfe.data.loading`) and the fold cu
 
 from __future__ import annotations
 
+from mtgfe.data.annotations import DataDirNotSetError
 from mtgfe.data.loading import load_dataset_split
 from mtgfe.evaluation.cv import CVData, cv_split
 
@@ -24,10 +25,13 @@ def load_config_split(cfg: TrainConfig, split: str, view: str):
     train = split == d.train_split
     scenes = d.synthetic.train_scenes if train else d.synthetic.val_scenes
     # Placeless focus captions are a training-data choice: held-out splits keep the generator's captions.
-    return load_dataset_split(d.dataset, split, view, data_dir=d.data_dir, image_dir=d.image_dir,
-                              synthetic_scenes=scenes, synthetic_seed=d.synthetic.seed,
-                              synthetic_size=d.synthetic.render_size,
-                              synthetic_placeless_focus=d.synthetic.train_placeless_focus if train else 0.0)
+    try:
+        return load_dataset_split(d.dataset, split, view, data_dir=d.data_dir, image_dir=d.image_dir,
+                                  synthetic_scenes=scenes, synthetic_seed=d.synthetic.seed,
+                                  synthetic_size=d.synthetic.render_size,
+                                  synthetic_placeless_focus=d.synthetic.train_placeless_focus if train else 0.0)
+    except DataDirNotSetError as error:  # a missing setting of the run: reported like any config error (exit 2)
+        raise ConfigError(f"data.data_dir: {error}") from None
 
 
 def load_cv(cfg: TrainConfig) -> CVData:

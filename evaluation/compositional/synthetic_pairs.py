@@ -50,7 +50,7 @@ def _noun(kind: str, count: int) -> str:
     return singular if count == 1 else plural
 
 
-def _phrase(group: dict, colour: str | None = None, count: int | None = None) -> str:
+def group_phrase(group: dict, colour: str | None = None, count: int | None = None) -> str:
     count = group["count"] if count is None else count
     return f"{NUMBER_WORDS[count]} {colour or group['colour']} {_noun(group['kind'], count)}"
 
@@ -79,7 +79,7 @@ def _relation_of(a: dict, b: dict) -> str | None:
     return None
 
 
-def _mirror(scene: dict, axis: str) -> dict:
+def mirror_scene(scene: dict, axis: str) -> dict:
     """The scene graph mirrored left-right (``axis="x"``) or top-bottom (``"y"``); `render` flips the pixels."""
     twin = json.loads(json.dumps(scene))
     key = axis
@@ -103,7 +103,7 @@ def _mirror(scene: dict, axis: str) -> dict:
     return twin
 
 
-def _edit(scene: dict, typ: str, rng: np.random.Generator):
+def edit_scene(scene: dict, typ: str, rng: np.random.Generator):
     """(twin scene, caption of the base, caption of the twin) or None when ``scene`` has no such edit."""
     groups, ground = scene["groups"], _ground(scene)
     twin = json.loads(json.dumps(scene))
@@ -115,14 +115,14 @@ def _edit(scene: dict, typ: str, rng: np.random.Generator):
         new = int(rng.integers(1, groups[i]["count"]))
         twin["groups"][i]["count"], twin["groups"][i]["objects"] = new, twin["groups"][i]["objects"][:new]
         _centroid(twin["groups"][i])
-        return twin, f"{_phrase(groups[i])} on the {ground}", f"{_phrase(groups[i], count=new)} on the {ground}"
+        return twin, f"{group_phrase(groups[i])} on the {ground}", f"{group_phrase(groups[i], count=new)} on the {ground}"
     if typ == "colour":
         options = [(i, c) for i, g in enumerate(groups) for c in _contrasting(g["kind"], scene) if c != g["colour"]]
         if not options:
             return None
         i, colour = options[int(rng.integers(len(options)))]
         twin["groups"][i]["colour"] = colour
-        return twin, f"{_phrase(groups[i])} on the {ground}", f"{_phrase(groups[i], colour=colour)} on the {ground}"
+        return twin, f"{group_phrase(groups[i])} on the {ground}", f"{group_phrase(groups[i], colour=colour)} on the {ground}"
     if typ == "spatial":
         options = [(i, j, r) for i in range(len(groups)) for j in range(len(groups))
                    if i != j and (r := _relation_of(groups[i], groups[j]))]
@@ -130,8 +130,8 @@ def _edit(scene: dict, typ: str, rng: np.random.Generator):
             return None
         i, j, relation = options[int(rng.integers(len(options)))]
         flipped, axis = _MIRROR[relation]
-        twin = _mirror(scene, axis)
-        left, right = _phrase(groups[i]), _phrase(groups[j])
+        twin = mirror_scene(scene, axis)
+        left, right = group_phrase(groups[i]), group_phrase(groups[j])
         return (twin, f"{left} {RELATION_WORDS[relation][0]} {right}",
                 f"{left} {RELATION_WORDS[flipped][0]} {right}")
     if typ == "binding":
@@ -144,8 +144,8 @@ def _edit(scene: dict, typ: str, rng: np.random.Generator):
         i, j = options[int(rng.integers(len(options)))]
         a, b = groups[i], groups[j]
         twin["groups"][i]["colour"], twin["groups"][j]["colour"] = b["colour"], a["colour"]
-        return (twin, f"{_phrase(a)} and {_phrase(b)}",
-                f"{_phrase(a, colour=b['colour'])} and {_phrase(b, colour=a['colour'])}")
+        return (twin, f"{group_phrase(a)} and {group_phrase(b)}",
+                f"{group_phrase(a, colour=b['colour'])} and {group_phrase(b, colour=a['colour'])}")
     raise ValueError(f"unknown pair type {typ!r}; allowed: {PAIR_TYPES}")
 
 
@@ -153,7 +153,7 @@ def render(scene: dict, image_size: int) -> Image.Image:
     """`synthetic.render_scene`, with a mirrored twin drawn as the exact pixel mirror of its base."""
     if "mirrored" not in scene:
         return render_scene(scene, image_size)
-    base = render_scene(_mirror(scene, scene["mirrored"]), image_size)
+    base = render_scene(mirror_scene(scene, scene["mirrored"]), image_size)
     return ImageOps.mirror(base) if scene["mirrored"] == "x" else ImageOps.flip(base)
 
 
@@ -174,7 +174,7 @@ def generate_pairs(num_items: int = 40, seed: int = 0, types=PAIR_TYPES, max_sce
             if counts[typ] >= num_items:
                 continue
             rng = np.random.default_rng([seed, SPLIT_CODES["test"], index, 101 + code])
-            edit = _edit(scene, typ, rng)
+            edit = edit_scene(scene, typ, rng)
             if edit is None:
                 continue
             twin, caption_base, caption_twin = edit
@@ -259,5 +259,5 @@ def format_pairs_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["NOTE", "PAIR_TYPES", "SCORERS", "evaluate_minimal_pairs", "format_pairs_table", "generate_pairs",
+__all__ = ["NOTE", "PAIR_TYPES", "SCORERS", "edit_scene", "group_phrase", "mirror_scene", "evaluate_minimal_pairs", "format_pairs_table", "generate_pairs",
            "load_synthetic_pairs", "pair_scores", "render"]

@@ -13,15 +13,14 @@ from mtgfe.data.annotations import (
     AnnotationFormatError,
     ImageLocator,
     dataset_features,
-    default_data_dir,
     load_caption_file,
     load_rs_benchmark,
     normalize_caption,
 )
-from tests.helpers.paths import REPO_ROOT
+from tests.helpers.paths import shared_data_dir
 
 
-DATA = default_data_dir()
+DATA = shared_data_dir()
 pytestmark = pytest.mark.skipif(not (DATA / "MANIFEST.json").is_file(), reason=f"no benchmark data at {DATA}")
 
 
@@ -275,12 +274,3 @@ def test_load_caption_file_jsonl_and_csv(tmp_path):
     (tmp_path / "nocap.jsonl").write_text(json.dumps({"image": "img/a.png"}))
     with pytest.raises(AnnotationFormatError, match=r"nocap.jsonl:1.*'captions'"):
         load_caption_file(tmp_path / "nocap.jsonl")
-
-
-def test_data_dir_from_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv("MTGFE_DATA_DIR", str(tmp_path))
-    assert default_data_dir() == tmp_path
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-        load_rs_benchmark("ucm", split="test")
-    monkeypatch.delenv("MTGFE_DATA_DIR")
-    assert default_data_dir() == REPO_ROOT.parent / "shared" / "data"

@@ -11,7 +11,7 @@ from PIL import ImageOps
 
 from mtgfe.data.synthetic import SPLIT_CODES, sample_scene
 from mtgfe.data.synthetic import RELATION_WORDS
-from mtgfe.evaluation.compositional.synthetic_pairs import (PAIR_TYPES, SCORERS, _ground, _phrase, _relation_of,
+from mtgfe.evaluation.compositional.synthetic_pairs import (PAIR_TYPES, SCORERS, _ground, group_phrase, _relation_of,
                                                     evaluate_minimal_pairs, format_pairs_table, generate_pairs,
                                                     load_synthetic_pairs, render)
 
@@ -58,7 +58,7 @@ def test_scenes_differ_in_exactly_the_named_attribute(items):
 def test_captions_describe_their_own_scene(items):
     for it in items:
         for scene, caption in ((it["scene"], it["caption"]), (it["scene_b"], it["negative"])):
-            phrases = [_phrase(g) for g in scene["groups"]]
+            phrases = [group_phrase(g) for g in scene["groups"]]
             if it["type"] in ("count", "colour"):
                 assert caption == f"{caption.split(' on the ')[0]} on the {_ground(scene)}"
                 assert caption.split(" on the ")[0] in phrases
@@ -66,9 +66,9 @@ def test_captions_describe_their_own_scene(items):
                 first, second = caption.split(" and ")
                 assert first in phrases and second in phrases
             else:  # "<group i> <relation> <group j>" and that relation holds between the centroids
-                pairs = [(gi, gj, caption[len(_phrase(gi)) + 1: -len(_phrase(gj)) - 1])
+                pairs = [(gi, gj, caption[len(group_phrase(gi)) + 1: -len(group_phrase(gj)) - 1])
                          for gi in scene["groups"] for gj in scene["groups"]
-                         if gi is not gj and caption.startswith(_phrase(gi) + " ") and caption.endswith(" " + _phrase(gj))]
+                         if gi is not gj and caption.startswith(group_phrase(gi) + " ") and caption.endswith(" " + group_phrase(gj))]
                 assert pairs, caption
                 gi, gj, words = pairs[0]
                 assert words == RELATION_WORDS[_relation_of(gi, gj)][0]
