@@ -1,11 +1,7 @@
 #!/bin/bash
 # First sweep of levers, one probe at a time on one thread (results appended to runs.jsonl).
-set -u
-cd "$(dirname "$0")/../.."
-export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
-P="experiments/twin_recipe/probe.py"
+source "$(dirname "$0")/common.sh"
 COMMON="--batch 16 --steps 800 --max-cpu-s 330 --eval-every 400"
-run() { name=$1; shift; echo "=== $name $(date -u +%H:%M:%S)"; .venv/bin/python $P --name "$name" "$@" 2>&1 | grep --line-buffered -v -i warn; }
 run oracle_spatial_64px_4x4 --oracle --batch 32 --steps 400 --max-cpu-s 150
 run scratch_nopos $COMMON --pos none
 run scratch_sine $COMMON --pos sine

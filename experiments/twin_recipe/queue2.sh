@@ -1,14 +1,8 @@
 #!/bin/bash
 # Second sweep: all cheap levers together first (sine positions, [CLS]+mean-words readout, grounding loss,
 # one-group side twins in the mix), then ablations. One probe at a time, one thread.
-set -u
-cd "$(dirname "$0")/../.."
-export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1
-while [ -n "${WAIT_PID:-}" ] && kill -0 "$WAIT_PID" 2>/dev/null; do sleep 5; done
-P="experiments/twin_recipe/probe.py"
+source "$(dirname "$0")/common.sh"
 COMMON="--batch 16 --steps 800 --max-cpu-s 330 --eval-every 400 --eval-types count,colour,spatial,binding,side"
-ALL="side,spatial,binding,colour,count"
-run() { name=$1; shift; echo "=== $name $(date -u +%H:%M:%S)"; .venv/bin/python $P --name "$name" "$@" 2>&1 | grep --line-buffered -v -i "warn\|detach\|opt.step"; }
 run scratch_sine_clsmean_ground_side $COMMON --pos sine --readout cls_mean --ground-weight 1 --types $ALL
 run scratch_sine_clsmean_side $COMMON --pos sine --readout cls_mean --types $ALL
 run scratch_sine_clsmean $COMMON --pos sine --readout cls_mean
