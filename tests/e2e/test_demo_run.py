@@ -27,7 +27,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert all(len(r["columns"]["filter"]) == len(r["columns"]["re-ranked"]) == 3 for r in out["results"])
     summary = json.loads((tmp_path / "summary.json").read_text())
     # the automatic checks are computed (a 6-step model is not expected to pass them; the full demo is)
-    assert set(summary["checks"]) == {"held-out mR >= 30", "re-ranked top-3 kind+colour match >= 0.6"}
+    assert set(summary["checks"]) == {"held-out mR >= 30", "re-ranked top-3 kind+colour match >= 0.6",
+                                     "spatial minimal pairs ITM group >= 60"}
     for column in ("filter", "re-ranked"):
         match = summary["hit_match"][column]
         assert 0 <= match["count"] <= match["colour"] <= match["kind"] <= 1
