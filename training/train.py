@@ -79,10 +79,10 @@ logger = logging.get_logger(__name__)
 
 # Parameters that start fresh on top of pretrained backbones (from_vision_text_pretrained): they get
 # optim.head_lr. Everything else (vision backbone, BERT embeddings and layers) is "pretrained".
-NEW_PARAMETER_PATTERNS = ("crossattention", "vision_token_proj", "vision_proj", "text_proj", "itm_head",
+NEW_PARAMETER_PATTERNS = ("crossattention", "vision_token_proj", "image_position", "vision_proj", "text_proj", "itm_head",
                           "mlm_head", "mvjrc_head")
 # Parameters that never get weight decay besides biases/norms (ndim < 2) and nn.Embedding tables.
-NO_DECAY_NAMES = ("temp", "cls_token", "mask_token", "position_embeddings")
+NO_DECAY_NAMES = ("temp", "cls_token", "mask_token", "position_embeddings", "row_embeddings", "column_embeddings")
 LOSS_NAMES = ("loss", "loss_itc", "loss_itm", "loss_mlm", "loss_mvjrc")
 
 # Names that moved out of this module in the split of issue #12; still importable from here, with a
