@@ -125,6 +125,21 @@ class FreezeConfig:
 
 
 @dataclass
+class TwinsConfig:
+    """Rendered twins of the synthetic *training* scenes as balanced swap quads (`synthetic_twins`).
+
+    `types`: any of count, colour, spatial, binding, near (empty: off). `per_scene`: distinct twins per
+    scene and type. `seed`: the twins' own draw (which group, which colour), apart from the scenes' seed.
+    They enter batches through `model.perturbation_source: twins`, at the rate of
+    `model.itm_perturbation_negatives` (ITM) / `model.itc_perturbation_negatives` (NegCLIP ITC columns).
+    """
+
+    types: list[str] = field(default_factory=list)
+    per_scene: int = 1
+    seed: int = 0
+
+
+@dataclass
 class SyntheticConfig:
     """Size of the procedural dataset (`mtgfe.training.synthetic`); `None` = its default split size.
 
@@ -137,6 +152,7 @@ class SyntheticConfig:
     seed: int = 0
     render_size: int = 128
     train_placeless_focus: float = 0.0
+    twins: TwinsConfig = field(default_factory=TwinsConfig)
 
 
 @dataclass
@@ -581,6 +597,7 @@ __all__ = [
     "OptimConfig",
     "ScheduleConfig",
     "SyntheticConfig",
+    "TwinsConfig",
     "TrainConfig",
     "ViewsConfig",
     "build_view_transforms",

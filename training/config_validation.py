@@ -24,6 +24,7 @@ from mtgfe.utils.validation import check_finite
 from . import benchmarks, views
 from .metrics import RECALL_KEYS
 from .perturbation import PERTURBATION_SOURCES
+from .synthetic_twins import TWIN_TYPES
 
 
 if TYPE_CHECKING:  # annotations only: config.py imports this module, never the other way round
@@ -199,6 +200,7 @@ def validate(cfg: TrainConfig, source: str = "<config>") -> None:
         _fail(source, f"data.synthetic.render_size={syn.render_size} must be >= 16")
     if not 0.0 <= syn.train_placeless_focus <= 1.0:
         _fail(source, f"data.synthetic.train_placeless_focus={syn.train_placeless_focus} must be a probability in [0, 1]")
+    _validate_twins(cfg, source)
     cv = d.cv
     if cv.folds is not None:
         if cv.folds < 2:
@@ -377,6 +379,49 @@ def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
 def _close(key: str, choices, prefix: str) -> str:
     close = difflib.get_close_matches(str(key), list(choices), n=3, cutoff=0.6)
     return f"; did you mean {' or '.join(repr(prefix + c) for c in close)}?" if close else ""
+
+
+def _validate_twins(cfg: "TrainConfig", source: str) -> None:
+    """`data.synthetic.twins` and `model.perturbation_source: twins` go together, on synthetic data, and with
+    no view that mirrors or rotates an image: twins teach left/right and above/below, and a flipped image
+    with an unflipped caption ("cars to the left of a building") is a wrong label, so flips are refused."""
+    d, m, t = cfg.data, cfg.model, cfg.data.synthetic.twins
+    unknown = [x for x in t.types if x not in TWIN_TYPES]
+    if unknown:
+        _fail(source, f"data.synthetic.twins.types has unknown type(s) {unknown}; allowed: {list(TWIN_TYPES)}")
+    if len(set(t.types)) != len(t.types):
+        _fail(source, f"data.synthetic.twins.types={t.types} repeats a type")
+    if isinstance(t.per_scene, bool) or t.per_scene < 1:
+        _fail(source, f"data.synthetic.twins.per_scene={t.per_scene} must be >= 1 (twins per scene and type)")
+    if (m.perturbation_source == "twins") != bool(t.types):
+        _fail(source, "rendered twins need both data.synthetic.twins.types (which twins) and model.perturbation_source="
+                      f"twins (how they enter batches); got types={t.types}, perturbation_source={m.perturbation_source!r}")
+    if not t.types:
+        return
+    if d.dataset != "synthetic":
+        _fail(source, f"data.synthetic.twins are rendered synthetic scenes: they need data.dataset=synthetic, got {d.dataset!r}")
+    if m.itm_perturbation_negatives <= 0 and m.itc_perturbation_negatives <= 0:
+        _fail(source, "data.synthetic.twins need model.itm_perturbation_negatives > 0 (ITM) and/or "
+                      "model.itc_perturbation_negatives > 0 (NegCLIP ITC columns): the rate at which a row starts a quad")
+    if d.cv.folds is not None:
+        _fail(source, "data.synthetic.twins with data.cv: a fold's validation scenes would be twinned for training; "
+                      "use the plain train/val split")
+    base = cfg.views.base
+    cached = d.backbone_cache.enabled
+    if cfg.views.augment and not cached and base.get("hflip", True):
+        _fail(source, "data.synthetic.twins: views.base flips images left/right (hflip, on by default), which "
+                      "turns 'left of' captions false; set views.base.hflip=false (or views.augment=false)")
+    mvjrc_views = (m.mvjrc_weight > 0) or (cached and cfg.views.augment)
+    if mvjrc_views:
+        flips = {k: cfg.views.mvjrc.get(k, default) for k, default in
+                 (("rot90_p", 1.0), ("hflip_p", 0.5), ("vflip_p", 0.5), ("affine_p", 0.0))}
+        on = sorted(k for k, v in flips.items() if v)
+        # skip_geometric_for_direction_words is no way out: its word list has no "above" / "below"
+        if on:
+            _fail(source, f"data.synthetic.twins: the views.mvjrc policy (used for "
+                          f"{'cached views' if cached else 'the second MVJRC view'}) mirrors or rotates images "
+                          f"({', '.join(on)} > 0), which turns left/right and above/below captions false; set "
+                          f"{', '.join(f'views.mvjrc.{k}=0' for k in on)}")
 
 
 def _mtgfe_config_fields() -> set[str]:
