@@ -30,6 +30,7 @@ This file travels as Hub remote code: it imports only third-party packages and s
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from dataclasses import dataclass
@@ -225,6 +226,12 @@ class MTGFELayer(GradientCheckpointingLayer):
         return self.output(self.intermediate(hidden_states), hidden_states)
 
 
+@functools.lru_cache(maxsize=32)
+def _cached_sine_grid(rows: int, cols: int, dim: int) -> torch.Tensor:
+    """`sine_position_grid` computed once per grid shape (every forward of a model asks for the same one)."""
+    return sine_position_grid(rows, cols, dim)
+
+
 def sine_position_grid(rows: int, cols: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """Fixed 2D sine/cosine positions `(rows * cols, dim)` in row-major order (DETR's, normalised).
 
@@ -305,7 +312,7 @@ class MTGFEImagePositionEmbedding(nn.Module):
         if self.kind == "learned":
             positions = self._learned(rows, cols)
         else:
-            positions = sine_position_grid(rows, cols, self.hidden_size).to(tokens.device)
+            positions = _cached_sine_grid(rows, cols, self.hidden_size).to(tokens.device)
         return tokens + positions.to(tokens.dtype)[None]
 
 
