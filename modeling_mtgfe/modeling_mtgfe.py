@@ -264,7 +264,9 @@ class MTGFEImagePositionEmbedding(nn.Module):
     are then the one image format everything downstream already uses. The cross-attention K/V computed once
     per image (`image_key_values`), the tokens a gallery index stores and re-ranks with, and `fuse` all stay
     as they were; DETR's keys-only variant would need the grid beside every stored token set and another K
-    path. The positions are applied in the model, after the backbone, so a frozen backbone's cached tokens
+    path. Measured on the synthetic demo recipe (600 steps, one seed), keys-only was no better: val mR 65.6
+    against 65.7 for sine once (66.5 without positions), ITM colour minimal pairs 35 against 50. The
+    positions are applied in the model, after the backbone, so a frozen backbone's cached tokens
     (`backbone_hidden_states`, the training cache) stay position-free and valid for any setting.
 
     `sine`: fixed, any grid size. `learned`: row and column tables of `config.image_position_grid` entries
