@@ -26,6 +26,10 @@ MVJRC_VARIANTS = ("simsiam", "infonce")
 # the defaults from the model config (`retrieval_k`, `retrieval_score`, `retrieval_alpha`), so one saved
 # model ranks the same way everywhere.
 RETRIEVAL_SCORES = ("itm+itc", "itm", "filter")
+# 2D positions added once to the projected grid tokens of a backbone whose tokens carry none (CNN feature
+# maps): `none` (today's behaviour, the class default so configs saved without the field load unchanged),
+# `sine` (fixed 2D sine/cosine, any grid size) or `learned` (row + column tables, ClipBERT).
+IMAGE_POSITION_EMBEDDINGS = ("none", "sine", "learned")
 
 # Loss weights and task switches: the fields a training recipe sets (`model.<name>` in a training config).
 # Declared once: the type and default are the class attributes of `MTGFEConfig` below, the allowed values
@@ -81,6 +85,7 @@ PRESETS: dict[str, dict] = {
         ),
         fusion_layer=3,
         mvjrc_hidden_dim=1024,
+        image_position_embedding="sine",  # a CNN grid: its tokens carry no positions of their own
     ),
     # Tests: a few hundred thousand parameters besides the embedding table.
     "tiny": dict(
@@ -152,6 +157,17 @@ class MTGFEConfig(PreTrainedConfig):
             made by the trainer's collator and passed to `forward` as `perturbed_*`). 0: off, identical to before.
         itc_perturbation_negatives (`float`, defaults to 0.0): the same edited captions used as extra ITC text
             columns, negatives for their own image only (NegCLIP-style). 0: off.
+        image_position_embedding (`str`, defaults to `"none"`): 2D positions of the grid tokens, one of
+            `IMAGE_POSITION_EMBEDDINGS`. A convolutional backbone's flattened feature map carries no position, and
+            cross-attention is invariant to the order of its keys, so without positions the fusion layers cannot
+            tell left from right. `sine`: fixed 2D sine/cosine (DETR's, normalised to the grid, so any grid size
+            works); `learned`: learned row and column tables (ClipBERT), of `image_position_grid` rows and
+            columns, linearly interpolated to another grid. They are added once to the projected tokens (see
+            `MTGFEModel.encode_image`). `none` for backbones that carry their own positions (ViT family), and the
+            default, so a config saved before the field existed loads with the behaviour it was trained with.
+        image_position_grid (`list[int]`, *optional*): `[rows, cols]` of the learned tables (required by
+            `learned`, e.g. `[4, 4]` for 64 px through a stride-16 ResNet, `[8, 8]` for EfficientNet-Lite0 at
+            256 px); ignored otherwise.
         retrieval_k (`int`, defaults to 16): filter candidates per query that the fusion encoder re-ranks.
         retrieval_score (`str`, defaults to `"itm+itc"`): how the shortlist is ranked, one of
             `RETRIEVAL_SCORES`: `itm+itc` (ITM + alpha * filter cosine), `itm` (ITM alone) or `filter`.
@@ -192,6 +208,8 @@ class MTGFEConfig(PreTrainedConfig):
     itm_near_duplicate_overlap: float | None = None
     itm_perturbation_negatives: float = 0.0
     itc_perturbation_negatives: float = 0.0
+    image_position_embedding: str = "none"
+    image_position_grid: list[int] | None = None
     retrieval_k: int = 16
     retrieval_score: str = "itm+itc"
     retrieval_alpha: float | None = None
@@ -254,12 +272,41 @@ class MTGFEConfig(PreTrainedConfig):
             raise ValueError(f"itm_near_duplicate_overlap={overlap!r} must be in (0, 1] (or None: identical captions only).")
         if self.image_pooling not in IMAGE_POOLINGS:
             raise ValueError(f"image_pooling={self.image_pooling!r}; allowed: {IMAGE_POOLINGS}.")
+        self._validate_image_positions()
         if self.text_pooling not in TEXT_POOLINGS:
             raise ValueError(f"text_pooling={self.text_pooling!r}; allowed: {TEXT_POOLINGS}.")
         for name in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 <= value < text.vocab_size:
                 raise ValueError(f"{name}={value!r} must be a token id in [0, {text.vocab_size}).")
+
+    def _validate_image_positions(self) -> None:
+        kind = self.image_position_embedding
+        if kind not in IMAGE_POSITION_EMBEDDINGS:
+            raise ValueError(f"image_position_embedding={kind!r}; allowed: {IMAGE_POSITION_EMBEDDINGS}.")
+        model_type = getattr(self.vision_config, "model_type", "")
+        if kind != "none" and model_type in _CLS_VISION_TYPES:
+            raise ValueError(
+                f"image_position_embedding={kind!r} is for grid backbones whose tokens carry no position; "
+                f"vision_config.model_type={model_type!r} adds its own position embeddings: use 'none'."
+            )
+        if kind == "sine" and self.text_config.hidden_size % 4:
+            raise ValueError(
+                f"image_position_embedding='sine' needs text_config.hidden_size divisible by 4 (sin and cos of "
+                f"rows and columns); got {self.text_config.hidden_size}."
+            )
+        grid = self.image_position_grid
+        if isinstance(grid, tuple):
+            grid = self.image_position_grid = list(grid)
+        if grid is not None and not (
+            isinstance(grid, list) and len(grid) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in grid)
+        ):
+            raise ValueError(f"image_position_grid={grid!r} must be [rows, cols], two ints >= 1 (or None).")
+        if kind == "learned" and grid is None:
+            raise ValueError(
+                "image_position_embedding='learned' needs image_position_grid=[rows, cols], the size of its "
+                "row/column tables (the backbone's feature-map size at the training resolution)."
+            )
 
     # ------------------------------------------------------------------ derived values
     @property
@@ -365,4 +412,4 @@ def resolve_retrieval_settings(config, k: int | None = None, score: str | None =
     return k, score, 0.0 if alpha is None else float(alpha)
 
 
-__all__ = ["MTGFEConfig", "PRESETS", "TASK_FIELDS", "check_retrieval_settings", "resolve_retrieval_settings"]
+__all__ = ["IMAGE_POSITION_EMBEDDINGS", "MTGFEConfig", "PRESETS", "TASK_FIELDS", "check_retrieval_settings", "resolve_retrieval_settings"]

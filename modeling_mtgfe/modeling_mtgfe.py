@@ -25,6 +25,7 @@ This file travels as Hub remote code: it imports only third-party packages and s
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +220,107 @@ class MTGFELayer(GradientCheckpointingLayer):
         return self.output(self.intermediate(hidden_states), hidden_states)
 
 
+@functools.lru_cache(maxsize=32)
+def _cached_sine_grid(rows: int, cols: int, dim: int) -> torch.Tensor:
+    """`sine_position_grid` computed once per grid shape (every forward of a model asks for the same one)."""
+    return sine_position_grid(rows, cols, dim)
+
+
+def sine_position_grid(rows: int, cols: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2D sine/cosine positions `(rows * cols, dim)` in row-major order (DETR's, normalised).
+
+    The first half of `dim` encodes the row, the second the column, each as sin/cos of the cell centre at
+    geometric frequencies. Centres are normalised to the grid ((i + 0.5) / rows * 2 pi), so the same place of
+    an image gets the same code at any grid size: a model trained at 64 px keeps its positions at 96 px.
+    """
+    if dim % 4:
+        raise ValueError(f"sine image positions need a width divisible by 4; got {dim}.")
+    quarter = dim // 4
+    freq = temperature ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
+
+    def axis(n: int) -> torch.Tensor:
+        angle = ((torch.arange(n, dtype=torch.float64) + 0.5) / n * 2 * torch.pi)[:, None] * freq
+        return torch.cat([angle.sin(), angle.cos()], dim=-1)  # (n, dim / 2)
+
+    row, col = axis(rows), axis(cols)
+    grid = torch.cat([row[:, None].expand(rows, cols, -1), col[None].expand(rows, cols, -1)], dim=-1)
+    return grid.reshape(rows * cols, dim).float()
+
+
+class MTGFEImagePositionEmbedding(nn.Module):
+    """2D positions added once to the projected grid tokens (`config.image_position_embedding`).
+
+    Why: a convolutional backbone's feature map, flattened to tokens, carries no position, and cross-attention
+    is invariant to the order of its keys; without positions, shuffling an image's grid tokens leaves ITM
+    unchanged, so the fusion layers cannot read "left of" or "which object is red" from where things are.
+
+    Why once, on the tokens (ClipBERT), and not on the keys of every fusion layer (DETR): the positioned tokens
+    are then the one image format everything downstream already uses. The cross-attention K/V computed once
+    per image (`image_key_values`), the tokens a gallery index stores and re-ranks with, and `fuse` all stay
+    as they were; DETR's keys-only variant would need the grid beside every stored token set and another K
+    path. Measured on the synthetic demo recipe (600 steps, one seed), keys-only was no better: val mR 65.6
+    against 65.7 for sine once (66.5 without positions), ITM colour minimal pairs 35 against 50. The
+    positions are applied in the model, after the backbone, so a frozen backbone's cached tokens
+    (`backbone_hidden_states`, the training cache) stay position-free and valid for any setting.
+
+    `sine`: fixed, any grid size. `learned`: row and column tables of `config.image_position_grid` entries
+    (ClipBERT), linearly interpolated when the feature map has another size.
+    """
+
+    def __init__(self, config: MTGFEConfig):
+        super().__init__()
+        self.kind = config.image_position_embedding
+        self.hidden_size = config.text_config.hidden_size
+        self.configured_grid = tuple(config.image_position_grid) if config.image_position_grid else None
+        if self.kind == "learned":
+            rows, cols = self.configured_grid
+            self.row_embeddings = nn.Parameter(torch.zeros(rows, self.hidden_size))
+            self.column_embeddings = nn.Parameter(torch.zeros(cols, self.hidden_size))
+
+    def grid_of(self, num_tokens: int, grid: tuple[int, int] | None = None) -> tuple[int, int]:
+        """The `(rows, cols)` of `num_tokens` tokens: `grid` when given, else the configured grid or a square."""
+        if grid is not None:
+            rows, cols = int(grid[0]), int(grid[1])
+            if rows * cols != num_tokens:
+                raise ValueError(f"image_grid_size={(rows, cols)} does not match the {num_tokens} image tokens.")
+            return rows, cols
+        if self.configured_grid is not None and self.configured_grid[0] * self.configured_grid[1] == num_tokens:
+            return self.configured_grid
+        side = int(round(num_tokens**0.5))
+        if side * side != num_tokens:
+            raise ValueError(
+                f"{num_tokens} image tokens do not form a square grid: pass image_grid_size=(rows, cols) with "
+                "vision_hidden_states (image_position_embedding needs the feature map's shape)."
+            )
+        return side, side
+
+    def _learned(self, rows: int, cols: int) -> torch.Tensor:
+        def resize(table: torch.Tensor, n: int) -> torch.Tensor:
+            if table.shape[0] == n:
+                return table
+            return F.interpolate(table.t()[None], size=n, mode="linear", align_corners=True)[0].t()
+
+        row, col = resize(self.row_embeddings, rows), resize(self.column_embeddings, cols)
+        return (row[:, None] + col[None]).reshape(rows * cols, -1)
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int] | None = None) -> torch.Tensor:
+        rows, cols = self.grid_of(tokens.shape[1], grid)
+        if self.kind == "learned":
+            positions = self._learned(rows, cols)
+        else:
+            positions = _cached_sine_grid(rows, cols, self.hidden_size).to(tokens.device)
+        return tokens + positions.to(tokens.dtype)[None]
+
+
+def _warn_output_tokens(method: str, replacement: str) -> None:
+    warnings.warn(
+        f"{method}(..., output_tokens=True) is deprecated: {method} always returns the filter embeddings; "
+        f"call {replacement}(...) for the fusion inputs.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+
+
 def _extended_attention_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """`(B, T)` 1/0 mask → additive `(B, 1, 1, T)` mask for eager and SDPA attention."""
     mask = attention_mask[:, None, None, :].to(dtype)
@@ -278,6 +380,10 @@ class MTGFEPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, MTGFEModel):
             init.constant_(module.temp, self.config.temperature)
+        elif isinstance(module, MTGFEImagePositionEmbedding) and module.kind == "learned":
+            std = self.config.text_config.initializer_range  # as BERT's own position embeddings
+            init.normal_(module.row_embeddings, std=std)
+            init.normal_(module.column_embeddings, std=std)
         elif isinstance(module, BertEmbeddings):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
             init.zeros_(module.token_type_ids)
@@ -319,6 +425,10 @@ class MTGFEModel(MTGFEPreTrainedModel):
         self.vision_model = _build_vision_model(config)
         vision_width = config.vision_hidden_size
         self.vision_token_proj = nn.Linear(vision_width, hidden) if vision_width != hidden else nn.Identity()
+        # No module at all for `none`: a model saved without positions has the same state dict as before.
+        self.image_position = (
+            MTGFEImagePositionEmbedding(config) if config.image_position_embedding != "none" else None
+        )
         self.embeddings = BertEmbeddings(text_config)
         self.text_encoder = nn.ModuleList(
             [MTGFELayer(text_config, has_cross_attention=False) for _ in range(config.fusion_layer)]
@@ -339,29 +449,46 @@ class MTGFEModel(MTGFEPreTrainedModel):
         With a frozen backbone these can be computed once per (image, view) and passed back later as
         `vision_hidden_states`, which is what makes CPU training of the rest of the model cheap.
         """
+        return self._backbone_tokens(pixel_values)[0]
+
+    def _backbone_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int] | None]:
+        """Backbone tokens `(B, T, D_vision)` and the `(rows, cols)` of a convolutional feature map (else None)."""
         if pixel_values.dim() != 4:
             raise ValueError(f"pixel_values must be (batch, channels, height, width); got shape {tuple(pixel_values.shape)}.")
         hidden = self.vision_model(pixel_values=pixel_values).last_hidden_state
+        grid = None
         if hidden.dim() == 4:  # convolutional backbones: (B, C, H, W) → (B, H*W, C)
+            grid = (hidden.shape[2], hidden.shape[3])
             hidden = hidden.flatten(2).transpose(1, 2)
-        return hidden
+        return hidden, grid
 
     def encode_image(
-        self, pixel_values: torch.Tensor | None = None, vision_hidden_states: torch.Tensor | None = None
+        self,
+        pixel_values: torch.Tensor | None = None,
+        vision_hidden_states: torch.Tensor | None = None,
+        image_grid_size: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the global image vector `(B, D_vision)` (for the filter) and tokens `(B, T, H)` (for fusion).
 
-        Give `pixel_values`, or precomputed `vision_hidden_states` from `backbone_hidden_states`.
+        Give `pixel_values`, or precomputed `vision_hidden_states` from `backbone_hidden_states`. The fusion
+        tokens carry the 2D positions of `config.image_position_embedding` (added after the projection, see
+        `MTGFEImagePositionEmbedding`); the grid comes from the feature map, or for `vision_hidden_states`
+        from `image_grid_size` (default: the configured grid, or a square).
         """
+        grid = image_grid_size
         if vision_hidden_states is None:
             if pixel_values is None:
                 raise ValueError("encode_image needs pixel_values or vision_hidden_states.")
-            hidden = self.backbone_hidden_states(pixel_values)
+            hidden, map_grid = self._backbone_tokens(pixel_values)
+            grid = grid or map_grid
         else:
             hidden = vision_hidden_states
         pooling = self.config.resolved_image_pooling
         global_vector = hidden[:, 0] if pooling == "cls" else hidden.mean(1)
-        return global_vector, self.vision_token_proj(hidden)
+        tokens = self.vision_token_proj(hidden)
+        if self.image_position is not None:
+            tokens = self.image_position(tokens, grid)
+        return global_vector, tokens
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Text-only layers: `(B, T)` ids → `(B, T, H)` states."""
@@ -886,10 +1013,12 @@ def minilm_l6_path() -> Path:
 __all__ = [
     "MTGFEForPreTraining",
     "MTGFEImageFeatures",
+    "MTGFEImagePositionEmbedding",
     "MTGFEModel",
     "MTGFEModelOutput",
     "MTGFEOutput",
     "MTGFEPreTrainedModel",
     "MTGFETextFeatures",
     "minilm_l6_path",
+    "sine_position_grid",
 ]

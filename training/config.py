@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .config_schema import (
+    TwinsConfig,
     BENCHMARK_DATASETS,
     CACHE_DTYPES,
     DATASETS,
@@ -273,6 +274,7 @@ __all__ = [
     "ScheduleConfig",
     "SyntheticConfig",
     "TOKENIZER_CHOICES",
+    "TwinsConfig",
     "TrainConfig",
     "ViewsConfig",
     "build_view_transforms",

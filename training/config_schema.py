@@ -35,6 +35,8 @@ from mtgfe.data import registry as benchmarks
 from mtgfe.data import views
 from mtgfe.evaluation.metrics import RECALL_KEYS
 
+from mtgfe.evaluation.compositional.synthetic_pairs import EDIT_TYPES
+
 from .perturbation import PERTURBATION_SOURCES
 
 
@@ -176,6 +178,21 @@ class FreezeConfig(Section):
 
 
 # ------------------------------------------------------------------------------------------ data
+class TwinsConfig(Section):
+    """Rendered twins of the synthetic *training* scenes as balanced swap quads (`training.synthetic_twins`).
+
+    They enter batches through `model.perturbation_source: twins`, at the rate of
+    `model.itm_perturbation_negatives` (ITM) / `model.itc_perturbation_negatives` (NegCLIP ITC columns).
+    """
+
+    types: list[Literal[EDIT_TYPES]] = Field(default_factory=list)  # type: ignore[valid-type]
+    """Which attribute a twin changes, any of count, colour, spatial, binding, near (empty: off)."""
+    per_scene: int = Field(1, ge=1)
+    """Distinct twins per scene and type."""
+    seed: int = 0
+    """The twins' own draw (which group, which colour), apart from the scenes' seed."""
+
+
 class SyntheticConfig(Section):
     """Size of the procedural dataset (`mtgfe.data.synthetic`)."""
 
@@ -190,6 +207,8 @@ class SyntheticConfig(Section):
     train_placeless_focus: float = Field(0.0, ge=0.0, le=1.0)
     """Probability that a one-group training caption leaves out its ground or water ("a yellow car parked",
     `synthetic.describe_scene`); the validation split keeps the generator's captions."""
+    twins: TwinsConfig = Field(default_factory=TwinsConfig)
+    """Rendered training twins (off unless `types` is set)."""
 
 
 class BackboneCacheConfig(Section):
@@ -628,8 +647,44 @@ def _evaluation(cfg: TrainConfig) -> Iterator[str]:
         yield f"eval.alpha={e.alpha} only applies to eval.score='itm+itc'"
 
 
+def _twins(cfg: TrainConfig) -> Iterator[str]:
+    """`data.synthetic.twins` and `model.perturbation_source: twins` go together, on synthetic data, and with
+    no view that mirrors or rotates an image: twins teach left/right and above/below, and a flipped image
+    with an unflipped caption ("cars to the left of a building") is a wrong label, so flips are refused."""
+    d, m, t = cfg.data, cfg.model, cfg.data.synthetic.twins
+    if len(set(t.types)) != len(t.types):
+        yield f"data.synthetic.twins.types={t.types} repeats a type"
+    if (m.perturbation_source == "twins") != bool(t.types):
+        yield ("rendered twins need both data.synthetic.twins.types (which twins) and model.perturbation_source="
+               f"twins (how they enter batches); got types={t.types}, perturbation_source={m.perturbation_source!r}")
+    if not t.types:
+        return
+    if d.dataset != "synthetic":
+        yield f"data.synthetic.twins are rendered synthetic scenes: they need data.dataset=synthetic, got {d.dataset!r}"
+    if m.itm_perturbation_negatives <= 0 and m.itc_perturbation_negatives <= 0:
+        yield ("data.synthetic.twins need model.itm_perturbation_negatives > 0 (ITM) and/or "
+               "model.itc_perturbation_negatives > 0 (NegCLIP ITC columns): the rate at which a row starts a quad")
+    if d.cv.folds is not None:
+        yield ("data.synthetic.twins with data.cv: a fold's validation scenes would be twinned for training; "
+               "use the plain train/val split")
+    cached = d.backbone_cache.enabled
+    if cfg.views.augment and not cached and cfg.views.base.get("hflip", True):
+        yield ("data.synthetic.twins: views.base flips images left/right (hflip, on by default), which "
+               "turns 'left of' captions false; set views.base.hflip=false (or views.augment=false)")
+    if (m.mvjrc_weight > 0) or (cached and cfg.views.augment):
+        flips = {k: cfg.views.mvjrc.get(k, default) for k, default in
+                 (("rot90_p", 1.0), ("hflip_p", 0.5), ("vflip_p", 0.5), ("affine_p", 0.0))}
+        on = sorted(k for k, v in flips.items() if v)
+        # skip_geometric_for_direction_words is no way out: its word list has no "above" / "below"
+        if on:
+            yield (f"data.synthetic.twins: the views.mvjrc policy (used for "
+                   f"{'cached views' if cached else 'the second MVJRC view'}) mirrors or rotates images "
+                   f"({', '.join(on)} > 0), which turns left/right and above/below captions false; set "
+                   f"{', '.join(f'views.mvjrc.{k}=0' for k in on)}")
+
+
 CROSS_FIELD_RULES = (_free_mappings_are_finite, _model_source, _tasks, _data, _freezing_and_cache, _views,
-                     _run_length_and_schedule, _evaluation)
+                     _run_length_and_schedule, _evaluation, _twins)
 
 
 # ------------------------------------------------------------------------------------------ helpers of the trainer

@@ -11,7 +11,7 @@ Steps (each one a library call that the CLIs use too):
    kept side by side (synthetic: queries the generator can draw, each hit checked against its scene
    graph for kind / colour / count);
 4. evaluate the held-out split filtered (top-k) and exhaustively and print R@K / mR side by side;
-   synthetic also scores held-out minimal pairs (`synthetic_compositional`: count, colour, spatial,
+   synthetic also scores held-out minimal pairs (`evaluation.compositional.synthetic_pairs`: count, colour, spatial,
    binding) with the filter, ITM and ITM + alpha * ITC;
 5. write `results.html` (both top-k lists per query, the tables) and `summary.json` (the numbers and the
    demo's pass/fail checks: held-out mR >= 30, the example queries' re-ranked hits match, and ITM alone

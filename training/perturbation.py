@@ -23,6 +23,11 @@ Where the negatives come from (`model.perturbation_source`):
   score cancels exactly, quad by quad: the only way to rank the quad right is to read the images.
   Rows without a partner get nothing. The batch grows by the partner rows (about 7 of 32 on UCM).
 * ``pairs+edits``: swap quads, and rule edits for the rows without a partner.
+* ``twins``: swap quads of *rendered* twins (synthetic data only, `synthetic_twins`): a row of training scene
+  A brings the two rows (A, a) and (A', a') of one of A's twin quads, where A' is a rendering of A with one
+  attribute changed and a / a' the captions true for A / A'; the negatives are (A, a') and (A', a). The
+  same balance as ``pairs``, but every scene can start a quad and the partner image differs from A in
+  exactly the named attribute. The batch grows by two rows per quad.
 
 Leakage guard: a `CaptionPerturber` is built from the training split's captions and refuses to edit
 any caption that is not one of them (`ValueError`), so a test or validation caption can never be the
@@ -48,7 +53,7 @@ from mtgfe.evaluation.compositional.generation import caption_pairs
 from .collate import sample_rng
 
 PERTURB_TYPES = ("count", "colour", "spatial", "binding")
-PERTURBATION_SOURCES = ("edits", "pairs", "pairs+edits")
+PERTURBATION_SOURCES = ("edits", "pairs", "pairs+edits", "twins")
 _PERTURB = 5  # purpose id of the seed stream (collate.py uses 0-4)
 _NUMBER_FOR = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 _COLOUR_CHOICES = tuple(sorted({R.colour_class(c) for c in R.COLOURS}))
@@ -135,6 +140,7 @@ class PartnerIndex:
 # Epoch positions of partner rows brought into a batch: past any real position, so their random draws
 # (cache slots, views) never coincide with an ordinary row's.
 PARTNER_INDEX_OFFSET = 1 << 40
+TWIN_INDEX_OFFSET = 2 << 40  # twin rows (source ``twins``): past the partner rows' positions too
 
 
 class CaptionPerturber:
@@ -150,10 +156,11 @@ class CaptionPerturber:
         source: where negatives come from, one of `PERTURBATION_SOURCES`.
         dataset: the training split (rows with `image_id`, `caption`, `caption_id` and, for collators that
             decode images, `image`); needed by the ``pairs`` sources, which fetch partner rows from it.
+        twins: `synthetic_twins.TwinQuads` of the training scenes; needed by (and only by) the ``twins`` source.
     """
 
     def __init__(self, train_captions: Iterable[str], rate: float, seed: int = 0,
-                 types: Sequence[str] = PERTURB_TYPES, source: str = "edits", dataset=None):
+                 types: Sequence[str] = PERTURB_TYPES, source: str = "edits", dataset=None, twins=None):
         if rate < 0:
             raise ValueError(f"rate must be >= 0, got {rate}")
         if source not in PERTURBATION_SOURCES:
@@ -168,7 +175,11 @@ class CaptionPerturber:
         self.source = source
         self.dataset = dataset
         self.partners = None
-        if source != "edits":
+        self.twins = twins
+        if (source == "twins") != (twins is not None):
+            raise ValueError("rendered twins (twins=...) go with perturbation source 'twins', and only with it; "
+                             f"got source {source!r} and twins={'given' if twins is not None else None}")
+        if source in ("pairs", "pairs+edits"):
             if dataset is None:
                 raise ValueError(f"perturbation source {source!r} needs the training dataset (partner rows come from it)")
             self.partners = PartnerIndex(dataset["image_id"], dataset["caption"])
@@ -194,11 +205,21 @@ class CaptionPerturber:
         """`(rows + partner rows, [(batch row, negative caption), ...])`.
 
         ``edits``: no new rows. ``pairs``: each row that starts a swap quad appends its partner row (B, b)
-        and adds the negatives (A, b) and (B, a). Pure function of (seed, epoch, index) per row."""
+        and adds the negatives (A, b) and (B, a). ``twins``: each row that starts a quad appends (A, a) and
+        (A', a') and adds the negatives (A, a') and (A', a). Pure function of (seed, epoch, index) per row."""
         originals, rows = list(rows), list(rows)  # partner rows go after the originals, never expanded themselves
         negatives: list[tuple[int, str]] = []
         for i, row in enumerate(originals):
             rng = sample_rng(self.seed, row["epoch"], row["index"], _PERTURB)
+            if self.source == "twins":
+                quads = self.twins.quads_of.get(int(row["image_id"]), ())
+                if quads and rng.random() < min(self.rate, 1.0):
+                    q = quads[int(rng.integers(len(quads)))]
+                    first = len(rows)
+                    for k, twin_row in enumerate(self.twins.quad(q)):
+                        rows.append({**twin_row, "epoch": row["epoch"], "index": TWIN_INDEX_OFFSET + 2 * q + k})
+                    negatives += [(first, rows[first + 1]["caption"]), (first + 1, rows[first]["caption"])]
+                continue
             if self.source != "edits":
                 cands = self.partners.candidates(row["caption"], row["image_id"])
                 if cands and rng.random() < min(self.rate, 1.0):
@@ -227,4 +248,4 @@ class CaptionPerturber:
                 "perturbed_rows": torch.tensor([owner for owner, _ in negatives], dtype=torch.long)}
 
 
-__all__ = ["CaptionPerturber", "PartnerIndex", "PERTURB_TYPES", "PERTURBATION_SOURCES", "edit_caption"]
+__all__ = ["CaptionPerturber", "PartnerIndex", "PERTURB_TYPES", "PERTURBATION_SOURCES", "TWIN_INDEX_OFFSET", "edit_caption"]

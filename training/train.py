@@ -45,6 +45,7 @@ from typing import Any, Sequence
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.utils import gather_object, set_seed
+from datasets import concatenate_datasets
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -69,16 +70,17 @@ from .config import (
 )
 from .perturbation import CaptionPerturber
 from .splits import load_config_split, load_cv
+from .synthetic_twins import TwinQuads, load_twin_rows
 
 
 logger = logging.get_logger(__name__)
 
 # Parameters that start fresh on top of pretrained backbones (from_vision_text_pretrained): they get
 # optim.head_lr. Everything else (vision backbone, BERT embeddings and layers) is "pretrained".
-NEW_PARAMETER_PATTERNS = ("crossattention", "vision_token_proj", "vision_proj", "text_proj", "itm_head",
+NEW_PARAMETER_PATTERNS = ("crossattention", "vision_token_proj", "image_position", "vision_proj", "text_proj", "itm_head",
                           "mlm_head", "mvjrc_head")
 # Parameters that never get weight decay besides biases/norms (ndim < 2) and nn.Embedding tables.
-NO_DECAY_NAMES = ("temp", "cls_token", "mask_token", "position_embeddings")
+NO_DECAY_NAMES = ("temp", "cls_token", "mask_token", "position_embeddings", "row_embeddings", "column_embeddings")
 LOSS_NAMES = ("loss", "loss_itc", "loss_itm", "loss_mlm", "loss_mvjrc")
 
 
@@ -278,30 +280,54 @@ def load_run_data(cfg: TrainConfig, accelerator, output_dir: Path):
     return train_rows, val_set, val_name, cv
 
 
-def build_perturber(cfg: TrainConfig, train_set) -> CaptionPerturber | None:
+def load_twins(cfg: TrainConfig, train_rows):
+    """The rendered twin quads of the synthetic training scenes (`data.synthetic.twins`), or None when off.
+
+    Built from the training rows themselves (scene i = image i of the train split), so no validation or test
+    scene can be the source of a twin."""
+    t, syn = cfg.data.synthetic.twins, cfg.data.synthetic
+    if not t.types:
+        return None
+    rows = load_twin_rows(train_rows, t.types, per_scene=t.per_scene, seed=syn.seed, twin_seed=t.seed,
+                          image_size=syn.render_size)
+    logger.info("twins: %d quads of types %s from %d training scenes", len(rows) // 2, t.types,
+                len(set(train_rows["image_id"])))
+    return rows
+
+
+def build_perturber(cfg: TrainConfig, train_set, twin_rows=None) -> CaptionPerturber | None:
     """Edited-caption negatives (`model.itm/itc_perturbation_negatives`) from the *training* captions only.
 
     ITM and ITC levers share one generator with the same rate and seed: a run with either lever at rate r
-    sees exactly the same edited captions, so the two are compared on the same data and budget."""
+    sees exactly the same edited captions, so the two are compared on the same data and budget.
+    `twin_rows` (`load_twins`): the quads of `perturbation_source: twins`."""
     m = cfg.model
     rate = max(m.itm_perturbation_negatives if m.itm_weight > 0 else 0.0,
                m.itc_perturbation_negatives if m.itc_weight > 0 else 0.0)
     if rate <= 0:
         return None
     dataset = getattr(train_set, "dataset", train_set)
+    twins = None
+    if m.perturbation_source == "twins":
+        if twin_rows is None:
+            raise ConfigError("model.perturbation_source=twins needs data.synthetic.twins.types (rendered twins)")
+        if cfg.data.backbone_cache.enabled:  # the collator reads tokens by image id: skip decoding the images
+            twin_rows = twin_rows.select_columns([c for c in twin_rows.column_names if c != "image"])
+        twins = TwinQuads(twin_rows)
     perturber = CaptionPerturber(dataset["caption"], rate=rate, seed=cfg.seed, source=m.perturbation_source,
-                                 dataset=dataset if m.perturbation_source != "edits" else None)
+                                 dataset=dataset if m.perturbation_source in ("pairs", "pairs+edits") else None,
+                                 twins=twins)
     if perturber.partners is not None:
         logger.info("swap quads: %d of %d training images have a partner caption",
                     perturber.partners.images_with_partners(), len(set(dataset["image_id"])))
     return perturber
 
 
-def build_train_loader(cfg: TrainConfig, train_set, processor, views_pair, accelerator):
+def build_train_loader(cfg: TrainConfig, train_set, processor, views_pair, accelerator, twin_rows=None):
     """`(collator, prepared DataLoader)`. The loader has its *own* generator: without one, creating the
     resumed iterator consumes the global RNG and the run diverges at the first resumed step (docs/HF_PITFALLS.md §7).
     With the backbone cache the collator gets its cache once the model exists (`train`)."""
-    perturber = build_perturber(cfg, train_set)
+    perturber = build_perturber(cfg, train_set, twin_rows)
     if cfg.data.backbone_cache.enabled:
         collator = CachedTrainCollator(processor, cfg.seed, None, augment=cfg.views.augment,
                                        mvjrc=cfg.model.mvjrc_weight > 0, max_length=cfg.data.max_length,
@@ -317,7 +343,8 @@ def build_train_loader(cfg: TrainConfig, train_set, processor, views_pair, accel
         num_workers=cfg.data.num_workers,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    if perturber is not None and perturber.partners is not None and accelerator.num_processes > 1:
+    quads = perturber is not None and (perturber.partners is not None or perturber.twins is not None)
+    if quads and accelerator.num_processes > 1:
         # partner rows make batch sizes differ across processes, which the cross-process ITC gather cannot take
         raise ConfigError(f"model.perturbation_source={cfg.model.perturbation_source} runs on one process only "
                           f"(got {accelerator.num_processes}); use perturbation_source=edits for multi-process runs")
@@ -449,13 +476,14 @@ def train(cfg: TrainConfig) -> dict:
 
     # ---- data (annotations only so far: images decode lazily), tokenizer, loader, data-dependent checks
     train_rows, val_set, val_name, cv = load_run_data(cfg, accelerator, output_dir)
+    twin_rows = load_twins(cfg, train_rows)
     cache_cfg = cfg.data.backbone_cache
     train_set = EpochCaptionDataset(train_rows, cfg.data.captions_per_image, seed=cfg.seed,
                                     load_images=not cache_cfg.enabled)
     views_pair = build_view_transforms(cfg)
     tokenizer = build_tokenizer(cfg, train_rows["caption"], accelerator, resume_dir)
     processor = build_processor(cfg, tokenizer)
-    collator, train_dl = build_train_loader(cfg, train_set, processor, views_pair, accelerator)
+    collator, train_dl = build_train_loader(cfg, train_set, processor, views_pair, accelerator, twin_rows)
     batches_per_epoch = len(train_dl)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
@@ -476,8 +504,11 @@ def train(cfg: TrainConfig) -> dict:
     for param in frozen:
         param.requires_grad_(drop_grads)
     if cache_cfg.enabled:
+        pool_rows = cv.pool if cv is not None else None
+        if twin_rows is not None:  # twin images need their own cache rows (they are looked up by image id)
+            pool_rows = concatenate_datasets([d.select_columns(["image", "image_id"]) for d in (train_rows, twin_rows)])
         collator.cache = backbone_cache.load_or_build_backbone_cache(cfg, model, processor, train_rows, accelerator,
-                                                      pool_rows=cv.pool if cv is not None else None)
+                                                      pool_rows=pool_rows)
         collator.dtype = next(model.parameters()).dtype
     optimizer = build_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)

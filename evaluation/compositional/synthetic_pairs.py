@@ -39,6 +39,10 @@ from mtgfe.data.synthetic import (BACKGROUNDS, COLOURS, KINDS, NUMBER_WORDS, REL
 from .generation import group_scores
 
 PAIR_TYPES = ("count", "colour", "spatial", "binding")
+# Edits `edit_scene` can make: the held-out pair types, plus ``near`` (one group moved from beside another to
+# far from it, or back), which the rendered training twins (`synthetic_twins`) use.
+EDIT_TYPES = (*PAIR_TYPES, "near")
+NEAR_DISTANCE, FAR_DISTANCE = 0.22, 0.45  # centroid distances (image fractions) of "next to" / "far from"
 SCORERS = ("filter", "itm", "itm+itc")
 SOURCE = "synthetic_test"
 NOTE = "synthetic minimal pairs on held-out test scenes: a pipeline check, not a benchmark"
@@ -103,7 +107,69 @@ def mirror_scene(scene: dict, axis: str) -> dict:
     return twin
 
 
-def edit_scene(scene: dict, typ: str, rng: np.random.Generator):
+def _near_edit(scene: dict, rng: np.random.Generator):
+    """Move one group from beside another to far from it, or from far to beside: the relation twin.
+
+    Only groups placed freely (``cluster`` / ``row`` on land) of scenes without water move (so no move can
+    put an object into a river or the sea); a move keeps the objects' shapes and is accepted only inside the
+    image margins and without overlap, as the generator places groups.
+    """
+    if scene["water"] is not None:
+        return None
+    groups = scene["groups"]
+    movable = [i for i, g in enumerate(groups) if g["layout"] in ("cluster", "row") and not KINDS[g["kind"]].on_water
+               and not any(r[1] == "around" and r[2] == i for r in scene["relations"])]
+    options = []
+    for i in movable:
+        for j in range(len(groups)):
+            if i == j:
+                continue
+            d = float(np.hypot(groups[i]["cx"] - groups[j]["cx"], groups[i]["cy"] - groups[j]["cy"]))
+            if d <= NEAR_DISTANCE or d >= FAR_DISTANCE:
+                options.append((i, j, d <= NEAR_DISTANCE))
+    if not options:
+        return None
+    for k in rng.permutation(len(options)):
+        i, j, was_near = options[int(k)]
+        twin = _moved(scene, i, j, to_near=not was_near, rng=rng)
+        if twin is None:
+            continue
+        words = ("next to", "far from") if was_near else ("far from", "next to")
+        left, right = group_phrase(groups[i]), group_phrase(groups[j])
+        return twin, f"{left} {words[0]} {right}", f"{left} {words[1]} {right}"
+    return None
+
+
+def _moved(scene: dict, i: int, j: int, to_near: bool, rng: np.random.Generator) -> dict | None:
+    """`scene` with group i translated next to (or far from) group j, or None when no valid spot is found."""
+    group, other = scene["groups"][i], scene["groups"][j]
+    objects = np.array([[o["x"], o["y"]] for o in group["objects"]])
+    sizes = np.array([o["size"] for o in group["objects"]])
+    rest = np.array([[o["x"], o["y"], o["size"]] for k, g in enumerate(scene["groups"]) if k != i
+                     for o in g["objects"]]).reshape(-1, 3)
+    for _ in range(60):
+        angle = rng.uniform(0, 2 * np.pi)
+        radius = rng.uniform(0.12, NEAR_DISTANCE - 0.02) if to_near else rng.uniform(FAR_DISTANCE + 0.05, 0.9)
+        centre = np.array([other["cx"], other["cy"]]) + radius * np.array([np.cos(angle), np.sin(angle)])
+        xy = objects - objects.mean(0) + centre
+        margin = sizes / 2 + 0.02
+        if np.any(xy < margin[:, None]) or np.any(xy > 1 - margin[:, None]):
+            continue
+        gaps = np.sqrt(((xy[:, None] - rest[None, :, :2]) ** 2).sum(-1))
+        if len(rest) and np.any(gaps < (sizes[:, None] + rest[None, :, 2]) * 0.5):
+            continue
+        twin = json.loads(json.dumps(scene))
+        for obj, (x, y) in zip(twin["groups"][i]["objects"], xy):
+            obj["x"], obj["y"] = round(float(x), 4), round(float(y), 4)
+        _centroid(twin["groups"][i])
+        g = twin["groups"][i]
+        d = float(np.hypot(g["cx"] - other["cx"], g["cy"] - other["cy"]))
+        if (d <= NEAR_DISTANCE) if to_near else (d >= FAR_DISTANCE):
+            return twin
+    return None
+
+
+def _edit(scene: dict, typ: str, rng: np.random.Generator):
     """(twin scene, caption of the base, caption of the twin) or None when ``scene`` has no such edit."""
     groups, ground = scene["groups"], _ground(scene)
     twin = json.loads(json.dumps(scene))
@@ -146,7 +212,15 @@ def edit_scene(scene: dict, typ: str, rng: np.random.Generator):
         twin["groups"][i]["colour"], twin["groups"][j]["colour"] = b["colour"], a["colour"]
         return (twin, f"{group_phrase(a)} and {group_phrase(b)}",
                 f"{group_phrase(a, colour=b['colour'])} and {group_phrase(b, colour=a['colour'])}")
-    raise ValueError(f"unknown pair type {typ!r}; allowed: {PAIR_TYPES}")
+    if typ == "near":
+        return _near_edit(scene, rng)
+    raise ValueError(f"unknown pair type {typ!r}; allowed: {EDIT_TYPES}")
+
+
+def edit_scene(scene: dict, typ: str, rng: np.random.Generator):
+    """(twin scene, caption true for `scene`, caption true for the twin), or None when `scene` has no such
+    edit. `typ`: one of `EDIT_TYPES`. The twin differs from `scene` in that one attribute only."""
+    return _edit(scene, typ, rng)
 
 
 def render(scene: dict, image_size: int) -> Image.Image:
@@ -189,7 +263,8 @@ def generate_pairs(num_items: int = 40, seed: int = 0, types=PAIR_TYPES, max_sce
     return items
 
 
-def _png(scene: dict, image_size: int) -> bytes:
+def render_png(scene: dict, image_size: int) -> bytes:
+    """`render` as PNG bytes (fast compression: datasets embed them)."""
     buffer = io.BytesIO()
     render(scene, image_size).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
@@ -204,8 +279,8 @@ def load_synthetic_pairs(num_items: int = 40, seed: int = 0, image_size: int = 6
                          **{k: Value("string") for k in ("caption", "negative", "type", "source", "item_id",
                                                          "scene", "scene_b")}})
     columns = {
-        "image": [{"bytes": _png(it["scene"], image_size), "path": f"{it['item_id']}_a.png"} for it in items],
-        "image_b": [{"bytes": _png(it["scene_b"], image_size), "path": f"{it['item_id']}_b.png"} for it in items],
+        "image": [{"bytes": render_png(it["scene"], image_size), "path": f"{it['item_id']}_a.png"} for it in items],
+        "image_b": [{"bytes": render_png(it["scene_b"], image_size), "path": f"{it['item_id']}_b.png"} for it in items],
         **{k: [it[k] for it in items] for k in ("caption", "negative", "type", "source", "item_id")},
         "scene": [json.dumps(it["scene"], sort_keys=True) for it in items],
         "scene_b": [json.dumps(it["scene_b"], sort_keys=True) for it in items],
@@ -259,5 +334,5 @@ def format_pairs_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["NOTE", "PAIR_TYPES", "SCORERS", "edit_scene", "group_phrase", "mirror_scene", "evaluate_minimal_pairs", "format_pairs_table", "generate_pairs",
-           "load_synthetic_pairs", "pair_scores", "render"]
+__all__ = ["EDIT_TYPES", "NOTE", "PAIR_TYPES", "SCORERS", "edit_scene", "group_phrase", "mirror_scene", "evaluate_minimal_pairs", "format_pairs_table", "generate_pairs",
+           "load_synthetic_pairs", "pair_scores", "render", "render_png"]
