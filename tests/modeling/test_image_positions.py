@@ -141,11 +141,11 @@ def test_a_model_with_positions_saves_and_reloads(tmp_path, kind):
 
 def test_learned_positions_are_new_parameters_without_decay():
     """They start fresh on pretrained backbones (head_lr) and, like every position table, get no decay."""
-    from mtgfe.training.config import TrainConfig
+    from mtgfe.training.config import load_config
     from mtgfe.training.train import param_groups
 
     model = MTGFEForPreTraining(resnet_config("learned"))
-    cfg = TrainConfig()
+    cfg = load_config("synthetic_tiny", ["optim.head_lr=1e-3"])
     cfg.model.init = object()  # param_groups only asks whether the backbones are pretrained
     groups = {g["group"]: {id(p) for p in g["params"]} for g in param_groups(model, cfg)}
     table = model.mtgfe.image_position.row_embeddings
@@ -189,7 +189,7 @@ def test_convolutional_presets_and_recipes_turn_positions_on():
 def test_positions_load_through_remote_code_without_the_package(tmp_path, kind):
     """The position module lives in the modeling file that travels with a saved folder: a process that cannot
     import the package loads it with trust_remote_code and gets the same ITM logits."""
-    from test_remote_code import run_isolated
+    from tests.helpers.isolated import run_isolated
 
     model = model_of(resnet_config(kind))
     folder = tmp_path / "ckpt"

@@ -192,7 +192,7 @@ def test_config_turns_twins_on_only_with_safe_views():
                                        "data.backbone_cache.enabled=true", "model.mvjrc_weight=0",
                                        "views.mvjrc={hflip_p: 0, vflip_p: 0}"])
     assert load_config("synthetic_tiny", [*TWINS[:-1], "model.mvjrc_weight=0"])  # no MVJRC view, no mvjrc flips
-    with pytest.raises(ConfigError, match="unknown type"):
+    with pytest.raises(ConfigError, match=r"twins.types\[0\]=.rotation. is not one of"):
         load_config("synthetic_tiny", [*TWINS, "data.synthetic.twins.types=[rotation]"])
     with pytest.raises(ConfigError, match="perturbation_source=twins"):
         load_config("synthetic_tiny", [*TWINS, "model.perturbation_source=pairs"])
