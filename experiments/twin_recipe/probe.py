@@ -100,10 +100,16 @@ def grounding_targets(scene: dict, caption: str, tokenizer, grid: int) -> list[t
     return out
 
 
+def load_cached(key: Path) -> dict:
+    """A rendered set saved by this script: tensors, dicts, lists, strings and numbers only, so it loads with
+    `weights_only=True` (no code in a cache file can run); a file holding anything else is refused."""
+    return torch.load(key, weights_only=True)
+
+
 def build_train(n: int, px: int, types: tuple[str, ...], seed: int = 0) -> dict:
     key = CACHE / f"train_v2_n{n}_px{px}_s{seed}_{'-'.join(types)}.pt"
     if key.exists():
-        return torch.load(key, weights_only=False)
+        return load_cached(key)
     images, scenes = [], []
     for i in range(n):
         rng = np.random.default_rng([seed, SPLIT_CODES["train"], i])
@@ -128,7 +134,7 @@ def build_train(n: int, px: int, types: tuple[str, ...], seed: int = 0) -> dict:
 def build_eval(n: int, px: int, types: tuple[str, ...], seed: int = 1) -> dict:
     key = CACHE / f"eval_n{n}_px{px}_s{seed}_{'-'.join(types)}.pt"
     if key.exists():
-        return torch.load(key, weights_only=False)
+        return load_cached(key)
     items = generate_pairs(num_items=n, seed=seed, types=tuple(t for t in types if t != "side"))
     if "side" in types:  # the curriculum type, on the same held-out scenes
         count = 0
