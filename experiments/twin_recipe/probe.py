@@ -265,32 +265,94 @@ def tokenize(tokenizer, texts):
     return enc["input_ids"], enc["attention_mask"]
 
 
+ISSUE_TYPES = ("count", "colour", "spatial", "binding")  # "overall" averages these; "side" is the probe's curriculum
+ALPHAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+
 @torch.no_grad()
-def evaluate(model, tokenizer, ev, batch=64) -> dict:
+def pair_scores(model, tokenizer, ev, with_itm: bool = True, batch: int = 64) -> dict[str, np.ndarray]:
+    """Per item the 2 x 2 matrix s[x][y] = score(image x, caption y), x, y in (a, b): "itc" is the filter's
+    cosine (the dual encoder's score), "itm" the fusion encoder's match logit difference."""
     model.eval()
     items = ev["items"]
-    scores = []
+    out = {"itc": [], "itm": []}
     for start in range(0, len(items), batch):
         chunk = items[start: start + batch]
         n = len(chunk)
         pix = pixels(ev["images"][2 * start: 2 * start + 2 * n])  # a0 b0 a1 b1 ...
-        _, tokens = model.encode_image(pix)
+        global_vec, tokens = model.encode_image(pix)
         ids, mask = tokenize(tokenizer, [t for it in chunk for t in (it["caption"], it["negative"])])
         states = model.encode_text(ids, mask)
-        item = torch.arange(n)
-        img = (2 * item[:, None, None] + torch.tensor([0, 1])[None, :, None]).expand(n, 2, 2).reshape(-1)
-        txt = (2 * item[:, None, None] + torch.tensor([0, 1])[None, None, :]).expand(n, 2, 2).reshape(-1)
-        logits = model.itm_logits(tokens, states, mask, img, txt)
-        s = (logits[:, 1] - logits[:, 0]).view(n, 2, 2)
-        scores.extend(s.tolist())
+        img_emb = model._image_embed(global_vec).view(n, 2, -1)
+        txt_emb = model._text_embed(states, mask).view(n, 2, -1)
+        out["itc"].append(torch.einsum("nxd,nyd->nxy", img_emb, txt_emb).numpy())
+        if with_itm:
+            item = torch.arange(n)
+            img = (2 * item[:, None, None] + torch.tensor([0, 1])[None, :, None]).expand(n, 2, 2).reshape(-1)
+            txt = (2 * item[:, None, None] + torch.tensor([0, 1])[None, None, :]).expand(n, 2, 2).reshape(-1)
+            logits = model.itm_logits(tokens, states, mask, img, txt)
+            out["itm"].append((logits[:, 1] - logits[:, 0]).view(n, 2, 2).numpy())
     model.train()
-    report = {}
-    for typ in dict.fromkeys(it["type"] for it in items):
-        rows = [group_scores(s[0][0], s[0][1], s[1][0], s[1][1]) for s, it in zip(scores, items) if it["type"] == typ]
-        report[typ] = {"text": round(100 * np.mean([r["group_accuracy"] for r in rows]), 1),
-                       "image": round(100 * np.mean([r["image_score"] for r in rows]), 1),
-                       "group": round(100 * np.mean([r["both"] for r in rows]), 1), "n": len(rows)}
-    return report
+    return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
+def _outcomes(s: np.ndarray) -> np.ndarray:
+    """(N, 3) booleans text / image / group per item (Winoground; ties fail), from (N, 2, 2) scores."""
+    rows = [group_scores(float(m[0, 0]), float(m[0, 1]), float(m[1, 0]), float(m[1, 1])) for m in s]
+    return np.array([[r["group_accuracy"], r["image_score"], r["both"]] for r in rows], dtype=float)
+
+
+def report(s: np.ndarray, items: list[dict], boot: int = 0, seed: int = 0) -> dict:
+    """Text / image / group % per type and "overall" (the mean group over ISSUE_TYPES), with a 95 % percentile
+    bootstrap CI on every group score when ``boot`` > 0 (items resampled within each type)."""
+    outcome = _outcomes(s)
+    types = np.array([it["type"] for it in items])
+    out = {}
+    for typ in dict.fromkeys(types.tolist()):
+        o = outcome[types == typ]
+        out[typ] = {"text": round(100 * o[:, 0].mean(), 1), "image": round(100 * o[:, 1].mean(), 1),
+                    "group": round(100 * o[:, 2].mean(), 1), "n": len(o)}
+    present = [t for t in ISSUE_TYPES if t in out]
+    if present:
+        out["overall"] = {"group": round(float(np.mean([out[t]["group"] for t in present])), 1), "types": present}
+    if boot:
+        rng = np.random.default_rng(seed)
+        draws = {t: [] for t in out}
+        for _ in range(boot):
+            per = {}
+            for typ in out:
+                if typ == "overall":
+                    continue
+                g = outcome[types == typ, 2]
+                per[typ] = 100 * g[rng.integers(len(g), size=len(g))].mean()
+                draws[typ].append(per[typ])
+            if present:
+                draws["overall"].append(np.mean([per[t] for t in present]))
+        for typ, values in draws.items():
+            out[typ]["group_ci95"] = [round(float(np.percentile(values, 2.5)), 1),
+                                      round(float(np.percentile(values, 97.5)), 1)]
+    return out
+
+
+def evaluate(model, tokenizer, ev, batch=64) -> dict:
+    """Held-out ITM report (the probe's mid-run check)."""
+    return report(pair_scores(model, tokenizer, ev, batch=batch)["itm"], ev["items"])
+
+
+def final_evaluation(model, tokenizer, ev, val, arm: str, boot: int = 1000) -> dict:
+    """The study's scores on the held-out pairs: the filter (ITC) for every arm; for fusion arms also ITM alone
+    and ITM + alpha * ITC, alpha chosen on the *val* pairs (another generator seed) by their overall group."""
+    with_itm = arm == "fusion"
+    test_s = pair_scores(model, tokenizer, ev, with_itm)
+    out = {"itc": report(test_s["itc"], ev["items"], boot)}
+    if with_itm:
+        val_s = pair_scores(model, tokenizer, val, True)
+        sweep = {a: report(val_s["itm"] + a * val_s["itc"], val["items"])["overall"]["group"] for a in ALPHAS}
+        alpha = max(ALPHAS, key=lambda a: (sweep[a], -a))  # ties: the smaller alpha
+        out["itm"] = report(test_s["itm"], ev["items"], boot)
+        out["itm+itc"] = report(test_s["itm"] + alpha * test_s["itc"], ev["items"], boot)
+        out["alpha"], out["val_alpha_sweep"] = alpha, {str(a): g for a, g in sweep.items()}
+    return out
 
 
 def hard_negatives(sim: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -304,9 +366,11 @@ def train(args) -> dict:
     types = tuple(args.types.split(","))
     data = build_train(args.train_scenes, args.px, types)
     ev = build_eval(args.eval_items, args.px, tuple(args.eval_types.split(",")))
+    val = build_eval(args.val_items, args.px, tuple(args.eval_types.split(",")), seed=2) if args.val_items else None
     rows = data["rows"]
     captions = [c for r in rows for c in r["captions"]] + [c for r in rows for t in r["twins"].values() for c in t[1:3]]
     captions += [it[k] for it in ev["items"] for k in ("caption", "negative")]  # vocabulary only (tiny world)
+    fusion = args.arm == "fusion"
     tokenizer = build_wordpiece_tokenizer(captions, vocab_size=1000, model_max_length=40)
     model = build_model(args, tokenizer)
     if args.init_std:
@@ -356,12 +420,13 @@ def train(args) -> dict:
             chosen.append(avail[int(rng.integers(len(avail)))])
         base_idx = torch.tensor([r["image"] for r in batch])
         twin_idx = torch.tensor([r["twins"][t][0] for r, t in zip(batch, chosen)])
-        pix = pixels(data["images"][torch.cat([base_idx, twin_idx])])
+        # the plain dual encoder never sees the twins: it encodes the base images only
+        pix = pixels(data["images"][torch.cat([base_idx, twin_idx]) if args.arm != "dual" else base_idx])
         global_vec, tokens = model.encode_image(pix)
         reg = [r["captions"][int(rng.integers(5))] for r in batch]
         cap_a = [r["twins"][t][1] for r, t in zip(batch, chosen)]
         cap_b = [r["twins"][t][2] for r, t in zip(batch, chosen)]
-        ids, mask = tokenize(tokenizer, reg + cap_a + cap_b)
+        ids, mask = tokenize(tokenizer, reg + cap_a + cap_b if args.arm != "dual" else reg)
         states = model.encode_text(ids, mask)
         losses = {}
         ar = torch.arange(B)
@@ -370,32 +435,42 @@ def train(args) -> dict:
             txt_emb = model._text_embed(states[:B], mask[:B])
             sim = img_emb @ txt_emb.t() * model.logit_scale
             losses["itc"] = itc_loss(sim, torch.eye(B, dtype=torch.bool))
+        if args.arm == "negclip":
+            # NegCLIP with twins: images [A; A'] against captions [a; a'] in one contrastive matrix, so every
+            # twin caption is a hard negative column for its base image and vice versa
+            twin_img = model._image_embed(global_vec)
+            twin_txt = model._text_embed(states[B:], mask[B:])
+            sim_twins = twin_img @ twin_txt.t() * model.logit_scale
+            losses["itc_twins"] = itc_loss(sim_twins, torch.eye(2 * B, dtype=torch.bool))
+        if fusion and not args.quad_only:
             neg_txt, neg_img = hard_negatives(sim, gen), hard_negatives(sim.t(), gen)
             img = torch.cat([ar, ar, neg_img])
             txt = torch.cat([ar, neg_txt, ar])
             lab = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long()
             losses["itm"] = F.cross_entropy(model.itm_logits(tokens, states, mask, img, txt), lab)
-        # balanced swap quads: A = base image (row ar), A' = twin (row B + ar); a = text B + ar, a' = 2B + ar
-        img = torch.cat([ar, B + ar, ar, B + ar])
-        txt = torch.cat([B + ar, 2 * B + ar, 2 * B + ar, B + ar])
-        lab = torch.cat([torch.ones(2 * B), torch.zeros(2 * B)]).long()
-        captured["on"] = True
-        per = F.cross_entropy(model.itm_logits(tokens, states, mask, img, txt), lab, reduction="none")
-        captured.pop("on")
-        losses["quad"] = per.mean()
-        if args.ground_weight:
-            # fusion layer 0 cross-attention of the positive pairs (rows 0 .. 2B-1 of the quad), heads averaged
-            q = cross0._heads(cross0.query(captured["h"][: 2 * B]))
-            probs = torch.softmax(q @ captured["kv"][0][: 2 * B].transpose(-1, -2) * cross0.scaling, -1).mean(1)
-            terms = []
-            pairs = [(r["scene"], r["twins"][t][1]) for r, t in zip(batch, chosen)]
-            pairs += [(r["twins"][t][3], r["twins"][t][2]) for r, t in zip(batch, chosen)]
-            for p_i, (scene, caption) in enumerate(pairs):
-                for token, cells in grounding_targets(scene, caption, tokenizer, grid):
-                    if token < probs.shape[1]:
-                        terms.append(-torch.log(probs[p_i, token, cells].sum() + 1e-6))
-            if terms:
-                losses["ground"] = torch.stack(terms).mean()
+        per = None
+        if fusion:
+            # balanced swap quads: A = base image (row ar), A' = twin (row B + ar); a = text B + ar, a' = 2B + ar
+            img = torch.cat([ar, B + ar, ar, B + ar])
+            txt = torch.cat([B + ar, 2 * B + ar, 2 * B + ar, B + ar])
+            lab = torch.cat([torch.ones(2 * B), torch.zeros(2 * B)]).long()
+            captured["on"] = True
+            per = F.cross_entropy(model.itm_logits(tokens, states, mask, img, txt), lab, reduction="none")
+            captured.pop("on")
+            losses["quad"] = per.mean()
+            if args.ground_weight:
+                # fusion layer 0 cross-attention of the positive pairs (rows 0 .. 2B-1 of the quad), heads averaged
+                q = cross0._heads(cross0.query(captured["h"][: 2 * B]))
+                probs = torch.softmax(q @ captured["kv"][0][: 2 * B].transpose(-1, -2) * cross0.scaling, -1).mean(1)
+                terms = []
+                pairs = [(r["scene"], r["twins"][t][1]) for r, t in zip(batch, chosen)]
+                pairs += [(r["twins"][t][3], r["twins"][t][2]) for r, t in zip(batch, chosen)]
+                for p_i, (scene, caption) in enumerate(pairs):
+                    for token, cells in grounding_targets(scene, caption, tokenizer, grid):
+                        if token < probs.shape[1]:
+                            terms.append(-torch.log(probs[p_i, token, cells].sum() + 1e-6))
+                if terms:
+                    losses["ground"] = torch.stack(terms).mean()
         quad_weight = args.quad_weight if step >= args.quad_start else 0.0
         weights = {"quad": quad_weight, "ground": args.ground_weight if step >= args.quad_start else 0.0}
         loss = sum(weights.get(k, 1.0) * v for k, v in losses.items())
@@ -403,15 +478,15 @@ def train(args) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        per_item = per.view(4, B).mean(0).detach()
         for k, v in losses.items():
             window.setdefault(k, []).append(float(v.detach()))
-        for t, v in zip(chosen, per_item.tolist()):
-            window.setdefault(f"quad_{t}", []).append(v)
+        if per is not None:
+            for t, v in zip(chosen, per.view(4, B).mean(0).detach().tolist()):
+                window.setdefault(f"quad_{t}", []).append(v)
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
             rec = {"step": step + 1, **{k: round(float(np.mean(v)), 4) for k, v in window.items()},
                    "cpu_s": round(time.process_time() - t0, 1)}
-            if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 != args.steps:
+            if fusion and args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 != args.steps:
                 rec["eval"] = evaluate(model, tokenizer, ev)
             curve.append(rec)
             window = {}
@@ -419,9 +494,13 @@ def train(args) -> dict:
             if args.max_cpu_s and time.process_time() - t0 > args.max_cpu_s:
                 break
     cpu = time.process_time() - t0
-    final = evaluate(model, tokenizer, ev)
+    if val is None:
+        final, study = evaluate(model, tokenizer, ev), None
+    else:
+        study = final_evaluation(model, tokenizer, ev, val, args.arm, boot=args.bootstrap)
+        final = study["itm" if fusion else "itc"]
     print("EVAL", json.dumps(final), flush=True)
-    return {"curve": curve, "eval": final, "steps_done": curve[-1]["step"], "cpu_s": round(cpu, 1),
+    return {"curve": curve, "eval": final, "study": study, "steps_done": curve[-1]["step"], "cpu_s": round(cpu, 1),
             "wall_s": round(time.time() - wall0, 1), "cpu_s_per_step": round(cpu / curve[-1]["step"], 3),
             "params": sum(p.numel() for p in model.parameters())}
 
@@ -502,6 +581,13 @@ def train_oracle(args) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--name", required=True)
+    p.add_argument("--arm", default="fusion", choices=("fusion", "dual", "negclip"),
+                   help="fusion: ITC + ITM + quads (+ grounding); dual: ITC on the base captions only; "
+                        "negclip: dual + twins as NegCLIP columns ([A; A'] against [a; a'])")
+    p.add_argument("--val-items", type=int, default=0,
+                   help="pairs per type from generator seed 2 to choose alpha of ITM + alpha * ITC on; "
+                        "0 = the probe's ITM-only report")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95 %% CIs")
     p.add_argument("--out", default="experiments/twin_recipe/runs.jsonl")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--px", type=int, default=64)
