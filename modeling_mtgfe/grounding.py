@@ -10,6 +10,10 @@ averaged over heads. The attention alone shows where a token looks, wanted or no
 cells whose attention raises the match score. A token's row is its map (per word); the mean of the rows of
 the query's word tokens ([CLS], [SEP] and padding left out) is the map of the whole query.
 
+The last fusion layer is the exception: the ITM head reads [CLS] only, and in the last layer a word token's
+cross-attention output reaches nothing but its own position, so every word row's gradient there is exactly
+zero. At the last layer (and so in a one-layer fusion stack) the whole-query map is the [CLS] row.
+
 Design choices, and why:
 
 * **From cached tokens.** The input is the fusion tokens a gallery index stores (`image_tokens`, positions
@@ -25,8 +29,7 @@ Design choices, and why:
   re-implemented here.
 * **Default layer.** ALBEF explains with the third of its six fusion layers (BERT block 8); the same
   relative depth, the middle fusion layer rounded down (`(num_fusion_layers - 1) // 2`), is the default
-  here. A choice measured on validation scenes belongs in the model's documentation once it is measured;
-  `layer=` picks any other.
+  here; it is never the last layer of a deeper stack. `layer=` picks any other.
 
 This file travels as Hub remote code: it imports only third-party packages (no sibling is needed).
 """
@@ -48,7 +51,8 @@ class MTGFEGroundingOutput(ModelOutput):
     query_maps (`(P, rows, cols)` float32): Grad-CAM map of each pair's whole query (mean over its word tokens).
     token_maps (`(P, T, rows, cols)` float32, or `None`): one map per text token (`per_token=True`); rows of
         [CLS], [SEP] and padding are kept (zeros for padding) so index `t` is token `t` of the input.
-    word_mask (`(P, T)` bool): the tokens averaged into `query_maps` (real tokens other than [CLS] / [SEP]).
+    word_mask (`(P, T)` bool): the tokens averaged into `query_maps`: real tokens other than [CLS] / [SEP], or
+        [CLS] alone at the last fusion layer (whose word rows have no gradient).
     itm_logits (`(P,)` float32): the ITM match logit that was differentiated (class 1 of the ITM head).
     layer (`int`): the fusion layer (0-based, within the fusion stack) the maps come from.
     grid (`(rows, cols)`): the image grid the maps lie on, row-major like the tokens.
@@ -174,6 +178,12 @@ def word_token_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor | None
     return mask
 
 
+def _cls_only(mask: torch.Tensor) -> torch.Tensor:
+    cls = torch.zeros_like(mask)
+    cls[:, 0] = True
+    return cls
+
+
 def ground_pairs(
     base,
     image_tokens: torch.Tensor,
@@ -199,6 +209,7 @@ def ground_pairs(
     if isinstance(layer, bool) or not isinstance(layer, int) or not -num_layers <= layer < num_layers:
         raise ValueError(f"layer={layer!r} must be an int in [0, {num_layers}) (a fusion layer of this model).")
     layer %= num_layers
+    last = layer == num_layers - 1
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if image_tokens.dim() != 3 or text_states.dim() != 3:
@@ -228,6 +239,9 @@ def ground_pairs(
         cam = cam[..., leading:].reshape(cam.shape[0], cam.shape[1], *grid)
         cam = cam * mask[:, :, None, None].to(cam.dtype)
         words = words_all[txt].to(cam.dtype)
+        if last:  # word rows carry no gradient there (see the module docstring): the [CLS] row is the map
+            words = torch.zeros_like(words)
+            words[:, 0] = 1.0
         query_maps.append((cam * words[:, :, None, None]).sum(1) / words.sum(1).clamp_min(1)[:, None, None])
         if per_token:
             token_maps.append(cam)
@@ -235,7 +249,7 @@ def ground_pairs(
     return MTGFEGroundingOutput(
         query_maps=torch.cat(query_maps),
         token_maps=torch.cat(token_maps) if per_token else None,
-        word_mask=words_all[text_index],
+        word_mask=words_all[text_index] if not last else _cls_only(words_all[text_index]),
         itm_logits=torch.cat(logits_out),
         layer=layer,
         grid=grid,

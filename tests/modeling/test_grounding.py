@@ -199,3 +199,14 @@ def test_bad_arguments_are_named(model):
         model.ground(tokens)
     with pytest.raises(ValueError, match="attention_mask"):
         model.ground(tokens, text_states=torch.zeros(3, 9, 32))
+
+
+def test_last_layer_word_rows_have_no_gradient_so_the_query_map_is_the_cls_row(model):
+    ids, mask = _texts(model)
+    tokens = _image_tokens(model)
+    last = len(model.fusion_encoder) - 1
+    out = model.ground(tokens, ids, mask, layer=last, per_token=True)
+    assert out.token_maps[:, 1:].abs().max() == 0
+    assert out.token_maps[:, 0].sum() > 0
+    torch.testing.assert_close(out.query_maps, out.token_maps[:, 0])
+    assert out.word_mask.sum(1).tolist() == [1, 1, 1] and out.word_mask[:, 0].all()
