@@ -157,22 +157,17 @@ def _resolve_pairs(num_images: int, num_texts: int, image_index, text_index, dev
     return image_index, text_index
 
 
-def word_token_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor | None = None,
-                    special_ids: tuple[int, ...] = ()) -> torch.Tensor:
-    """Real tokens that are words: the attention mask without special tokens.
+def word_token_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Real tokens that are words: the attention mask without [CLS] (first) and [SEP] (last real token).
 
-    With `input_ids`, tokens whose id is in `special_ids` are dropped; without, the BERT layout is assumed
-    ([CLS] first, [SEP] last of the real tokens). A text of special tokens only keeps its real tokens, so its
-    query map is still defined.
+    By position, not by token id: the processor always lays a text out this way, while a model config's
+    special ids need not be the tokenizer's (a tokenizer built for a small vocabulary numbers them itself). A
+    text of special tokens only keeps its real tokens, so its query map is still defined.
     """
     mask = attention_mask.bool().clone()
-    if input_ids is not None and special_ids:
-        for token_id in special_ids:
-            mask &= input_ids != token_id
-    else:
-        mask[:, 0] = False
-        last = attention_mask.long().sum(1) - 1
-        mask[torch.arange(mask.shape[0], device=mask.device), last.clamp_min(0)] = False
+    mask[:, 0] = False
+    last = attention_mask.long().sum(1) - 1
+    mask[torch.arange(mask.shape[0], device=mask.device), last.clamp_min(0)] = False
     empty = ~mask.any(1)
     mask[empty] = attention_mask.bool()[empty]
     return mask
@@ -189,7 +184,6 @@ def ground_pairs(
     image_tokens: torch.Tensor,
     text_states: torch.Tensor,
     text_attention_mask: torch.Tensor,
-    input_ids: torch.Tensor | None = None,
     image_index: torch.Tensor | None = None,
     text_index: torch.Tensor | None = None,
     layer: int | None = None,
@@ -200,8 +194,7 @@ def ground_pairs(
     """Grad-CAM maps of (image, text) pairs; see the module docstring. `base` is an `MTGFEModel`.
 
     `image_tokens` `(N_img, T_img, H)`: fusion tokens (e.g. from a gallery index); `text_states` /
-    `text_attention_mask` `(N_txt, T, ...)`: from `get_text_retrieval_features`; `input_ids` (optional) lets
-    special tokens be recognised by id rather than by position. Pairs follow `compute_itm_scores`. Runs under
+    `text_attention_mask` `(N_txt, T, ...)`: from `get_text_retrieval_features`. Pairs follow `compute_itm_scores`. Runs under
     whatever autocast the caller set (bf16 / fp16 maps come back as float32); works inside `torch.no_grad()`.
     """
     num_layers = len(base.fusion_encoder)
@@ -220,9 +213,7 @@ def ground_pairs(
     device = text_states.device
     image_index, text_index = _resolve_pairs(image_tokens.shape[0], text_states.shape[0], image_index,
                                              text_index, device)
-    config = base.config
-    special = tuple(i for i in (config.pad_token_id, config.cls_token_id, config.sep_token_id) if i is not None)
-    words_all = word_token_mask(text_attention_mask, input_ids, special)
+    words_all = word_token_mask(text_attention_mask)
 
     query_maps, token_maps, logits_out = [], [], []
     for start in range(0, image_index.shape[0], batch_size):

@@ -652,7 +652,7 @@ class MTGFEModel(MTGFEPreTrainedModel):
             text_states, attention_mask = text.text_states, text.attention_mask
         elif attention_mask is None:
             raise ValueError("ground(text_states=...) needs the attention_mask the states were computed with.")
-        return ground_pairs(self, image_tokens, text_states, attention_mask, input_ids=input_ids, **kwargs)
+        return ground_pairs(self, image_tokens, text_states, attention_mask, **kwargs)
 
     @can_return_tuple
     def forward(

@@ -52,13 +52,13 @@ def test_grid_rules():
     assert [default_grounding_layer(n) for n in (1, 2, 3, 6)] == [0, 0, 1, 2]
 
 
-def test_word_mask_by_id_and_by_position(model):
+def test_word_mask_drops_cls_sep_and_padding(model):
     ids, mask = _texts(model)
-    config = model.config
-    by_id = word_token_mask(mask, ids, (config.pad_token_id, config.cls_token_id, config.sep_token_id))
-    by_position = word_token_mask(mask)
-    assert torch.equal(by_id, by_position)
-    assert by_id.sum(1).tolist() == [7, 4, 3]  # real tokens minus [CLS] and [SEP]
+    words = word_token_mask(mask)
+    assert words.sum(1).tolist() == [7, 4, 3]  # real tokens minus [CLS] and [SEP]
+    assert not words[:, 0].any() and not words[1, 5:].any() and words[1, 1:5].all()
+    only_specials = torch.tensor([[1, 1, 0]])
+    assert word_token_mask(only_specials).tolist() == [[True, True, False]]
 
 
 def test_shapes_pairing_and_query_map_is_mean_of_word_rows(model):
