@@ -32,6 +32,7 @@ from mtgfe.utils.validation import check_finite
 from . import sharded_encode
 from .gallery_index import BUILD_STATE_NAME, MANIFEST_NAME, GalleryIndex, IndexMismatchError
 from .geo import hits_to_geojson, suppress_overlapping
+from .explain import explain_results
 from .report_html import is_match, write_contact_sheet, write_html
 from .scene_index import (
     SceneSource,
@@ -230,6 +231,9 @@ def _table(results: list[dict]) -> str:
             mark = "✓" if match else "·" if match is False else " "
             target = hit.get("image", hit.get("text"))
             lines.append(f"  {hit['rank']:>4}  {hit['score']:>8.4f}  {hit['filter_score']:>8.4f}  {mark:^2}  {target}")
+            if hit.get("map_words"):
+                words = ", ".join(f"{word} {100 * share:.0f}%" for word, share in hit["map_words"])
+                lines.append(f"  {'':>4}  where (fusion layer {hit['map_layer']}): {words}")
     return "\n".join(lines)
 
 
@@ -255,6 +259,11 @@ def search_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--html", default=None, help="write a self-contained HTML page")
     parser.add_argument("--png", default=None, help="write a contact sheet")
     parser.add_argument("--json", default=None, help="write the raw results")
+    parser.add_argument("--explain", action="store_true",
+                        help="add each hit's grounding map (where the query matched, from the stored tokens) and "
+                             "the query words behind it: drawn over the thumbnails in --html, lists in --json")
+    parser.add_argument("--map-layer", type=int, default=None,
+                        help="fusion layer of the --explain maps (default: the middle fusion layer)")
     parser.add_argument("--verify-index", choices=("header", "full", "none"), default="header",
                         help="check the index files against the manifest: sizes + headers + embeddings (header, "
                              "default), every byte (full) or nothing (none)")
@@ -273,6 +282,8 @@ def search_main(argv: list[str] | None = None) -> int:
         hits = index.search(queries, k=k, top_k=args.top_k, score=score, alpha=alpha)
         results: list[dict[str, Any]] = [{"query": q, "hits": h} for q, h in zip(args.queries, hits)]
         results = _apply_nms(results, args)
+        if args.explain:
+            explain_results(index, model, processor, results, layer=args.map_layer)
     except (FileNotFoundError, ValueError, IndexMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
