@@ -634,15 +634,20 @@ class MTGFEModel(MTGFEPreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         text_states: torch.Tensor | None = None,
-        **kwargs: Any,
+        image_index: torch.Tensor | None = None,
+        text_index: torch.Tensor | None = None,
+        layer: int | None = None,
+        image_grid_size: tuple[int, int] | None = None,
+        per_token: bool = False,
+        batch_size: int = 64,
     ) -> MTGFEGroundingOutput:
         """Where each (image, text) pair matched: Grad-CAM maps of one fusion layer's cross-attention over the
         image grid (ALBEF), for the whole query and, with `per_token=True`, per token (`grounding.ground_pairs`).
 
         `image_tokens`: fusion tokens as a gallery index stores them (no re-encoding, no gradient into the
         backbone). The text is `input_ids` (+ `attention_mask`) or precomputed `text_states` + `attention_mask`.
-        Keyword arguments: `image_index` / `text_index` (pairing as `compute_itm_scores`), `layer` (fusion layer,
-        default the middle one), `image_grid_size`, `per_token`, `batch_size`.
+        Pairs as `compute_itm_scores` (`image_index` / `text_index`); `layer`: fusion layer (default the middle
+        one, `grounding.default_grounding_layer`); `batch_size`: pairs per forward/backward.
         """
         if text_states is None:
             if input_ids is None:
@@ -652,7 +657,9 @@ class MTGFEModel(MTGFEPreTrainedModel):
             text_states, attention_mask = text.text_states, text.attention_mask
         elif attention_mask is None:
             raise ValueError("ground(text_states=...) needs the attention_mask the states were computed with.")
-        return ground_pairs(self, image_tokens, text_states, attention_mask, **kwargs)
+        return ground_pairs(self, image_tokens, text_states, attention_mask, image_index=image_index,
+                            text_index=text_index, layer=layer, image_grid_size=image_grid_size,
+                            per_token=per_token, batch_size=batch_size)
 
     @can_return_tuple
     def forward(
