@@ -173,8 +173,8 @@ def word_token_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def _cls_only(mask: torch.Tensor) -> torch.Tensor:
-    cls = torch.zeros_like(mask)
+def _cls_only(attention_mask: torch.Tensor) -> torch.Tensor:
+    cls = torch.zeros_like(attention_mask, dtype=torch.bool)
     cls[:, 0] = True
     return cls
 
@@ -194,9 +194,13 @@ def ground_pairs(
     """Grad-CAM maps of (image, text) pairs; see the module docstring. `base` is an `MTGFEModel`.
 
     `image_tokens` `(N_img, T_img, H)`: fusion tokens (e.g. from a gallery index); `text_states` /
-    `text_attention_mask` `(N_txt, T, ...)`: from `get_text_retrieval_features`. Pairs follow `compute_itm_scores`. Runs under
-    whatever autocast the caller set (bf16 / fp16 maps come back as float32); works inside `torch.no_grad()`.
+    `text_attention_mask` `(N_txt, T, ...)`: from `get_text_retrieval_features`. Pairs follow
+    `compute_itm_scores`. Runs under whatever autocast the caller set (bf16 / fp16 maps come back as float32)
+    and inside `torch.no_grad()`, but not inside `torch.inference_mode()`, which no code can leave for autograd.
     """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("Grounding maps need autograd: call ground() outside torch.inference_mode() "
+                           "(torch.no_grad() is fine).")
     num_layers = len(base.fusion_encoder)
     layer = default_grounding_layer(num_layers) if layer is None else layer
     if isinstance(layer, bool) or not isinstance(layer, int) or not -num_layers <= layer < num_layers:
@@ -213,7 +217,8 @@ def ground_pairs(
     device = text_states.device
     image_index, text_index = _resolve_pairs(image_tokens.shape[0], text_states.shape[0], image_index,
                                              text_index, device)
-    words_all = word_token_mask(text_attention_mask)
+    # the rows averaged into the query map: the words, or [CLS] at the last layer (module docstring)
+    query_rows = _cls_only(text_attention_mask) if last else word_token_mask(text_attention_mask)
 
     query_maps, token_maps, logits_out = [], [], []
     for start in range(0, image_index.shape[0], batch_size):
@@ -229,10 +234,7 @@ def ground_pairs(
         cam = (recorder.probs.detach().float() * grad.float()).clamp_min(0).mean(1)  # (p, T, T_img)
         cam = cam[..., leading:].reshape(cam.shape[0], cam.shape[1], *grid)
         cam = cam * mask[:, :, None, None].to(cam.dtype)
-        words = words_all[txt].to(cam.dtype)
-        if last:  # word rows carry no gradient there (see the module docstring): the [CLS] row is the map
-            words = torch.zeros_like(words)
-            words[:, 0] = 1.0
+        words = query_rows[txt].to(cam.dtype)
         query_maps.append((cam * words[:, :, None, None]).sum(1) / words.sum(1).clamp_min(1)[:, None, None])
         if per_token:
             token_maps.append(cam)
@@ -240,7 +242,7 @@ def ground_pairs(
     return MTGFEGroundingOutput(
         query_maps=torch.cat(query_maps),
         token_maps=torch.cat(token_maps) if per_token else None,
-        word_mask=words_all[text_index] if not last else _cls_only(words_all[text_index]),
+        word_mask=query_rows[text_index],
         itm_logits=torch.cat(logits_out),
         layer=layer,
         grid=grid,

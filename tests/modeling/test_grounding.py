@@ -199,6 +199,8 @@ def test_bad_arguments_are_named(model):
         model.ground(tokens)
     with pytest.raises(ValueError, match="attention_mask"):
         model.ground(tokens, text_states=torch.zeros(3, 9, 32))
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        model.ground(tokens, ids, mask)
 
 
 def test_last_layer_word_rows_have_no_gradient_so_the_query_map_is_the_cls_row(model):
