@@ -1,4 +1,5 @@
-"""Command lines of `mtgfe.evaluation`: `mtgfe-eval` (`main`) and `mtgfe-cv` (`cv_main`).
+"""Command lines of `mtgfe.evaluation`: `mtgfe-eval` (`main`), `mtgfe-cv` (`cv_main`) and the `pointing`
+subcommand (`pointing_main`, `python -m mtgfe.evaluation.cli pointing`).
 
 Only argument parsing, checks and printing live here; the work is `retrieval.evaluate_model`,
 `compositional.evaluation.evaluate_compositional` and `cv.summarize`, which take plain arguments. This
@@ -31,6 +32,7 @@ from . import metrics
 from .compositional.evaluation import evaluate_compositional, format_compositional
 from .compositional.generation import COMPOSITIONAL_VERSION, SOURCES, VIEWS, generate_items, items_hash, write_jsonl
 from .cv import format_summary, summarize
+from .pointing import evaluate_pointing, format_pointing_table
 from .retrieval import SHIFTS, evaluate_model, format_table, load_eval_dataset
 
 
@@ -245,8 +247,47 @@ def compositional_items_main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-COMMANDS = {"eval": main, "cv": cv_main, "compositional-items": compositional_items_main}
+def pointing_main(argv: Sequence[str] | None = None) -> int:
+    """`python -m mtgfe.evaluation.cli pointing`: `pointing.evaluate_pointing`, table, JSON."""
+    parser = argparse.ArgumentParser(prog="python -m mtgfe.evaluation.cli pointing",
+                                     description="Synthetic pointing game: fusion grounding map vs dual map vs priors.")
+    parser.add_argument("--model", required=True, help="folder saved by save_pretrained (model + processor)")
+    parser.add_argument("--split", choices=("train", "val", "test"), default="test",
+                        help="synthetic split of the scenes (val to choose --layer, test to report)")
+    parser.add_argument("--scenes", type=int, default=200, help="scenes 0..N-1 of the split")
+    parser.add_argument("--seed", type=int, default=0, help="generator seed of the synthetic world")
+    parser.add_argument("--layer", default="default",
+                        help="fusion layer(s) of the map: an index, a comma list, 'all', or 'default'")
+    parser.add_argument("--output", default=None, help="write the report(s) as JSON")
+    args = parser.parse_args(argv)
+    if args.scenes < 1:
+        sys.stderr.write(f"pointing: --scenes={args.scenes} must be >= 1\n")
+        return 2
+    try:
+        model = MTGFEModel.from_pretrained(args.model).eval()
+        processor = MTGFEProcessor.from_pretrained(args.model)
+    except (OSError, ValueError) as error:
+        sys.stderr.write(f"pointing: --model {args.model}: cannot load the model/processor: {str(error).splitlines()[0]}\n")
+        return 2
+    num_layers = len(model.fusion_encoder)
+    try:
+        layers = ([None] if args.layer == "default" else list(range(num_layers)) if args.layer == "all"
+                  else [int(v) for v in args.layer.split(",")])
+        reports = [evaluate_pointing(model, processor, num_scenes=args.scenes, seed=args.seed, split=args.split,
+                                     layer=layer) for layer in layers]
+    except ValueError as error:
+        sys.stderr.write(f"pointing: --layer {args.layer}: {error}\n")
+        return 2
+    for report in reports:
+        print(format_pointing_table(report))
+    if args.output:
+        atomic_write_json(args.output, reports if len(reports) > 1 else reports[0])
+        print(f"wrote {args.output}")
+    return 0
 
 
-if __name__ == "__main__":  # `python -m mtgfe.evaluation.cli {eval,cv,compositional-items} ...`
+COMMANDS = {"eval": main, "cv": cv_main, "compositional-items": compositional_items_main, "pointing": pointing_main}
+
+
+if __name__ == "__main__":  # `python -m mtgfe.evaluation.cli {eval,cv,compositional-items,pointing} ...`
     raise SystemExit(run_subcommand("mtgfe.evaluation.cli", COMMANDS))

@@ -55,6 +55,7 @@ ALLOWED_PATTERNS: list[str] = [
     "losses.py",
     "retrieval.py",
     "retrieval_features.py",
+    "grounding.py",
     "pipeline_mtgfe.py",
     "image_processing_mtgfe.py",
     "image_decoding.py",

@@ -23,6 +23,7 @@ from .configuration_mtgfe import PRESETS, MTGFEConfig
 from .modeling_efficientnet_lite import EfficientNetLiteModel
 from .modeling_mtgfe import (
     MTGFEForPreTraining,
+    MTGFEGroundingOutput,
     MTGFEImageFeatures,
     MTGFEModel,
     MTGFEModelOutput,
@@ -59,6 +60,7 @@ __all__ = [
     "EfficientNetLiteModel",
     "MTGFEConfig",
     "MTGFEForPreTraining",
+    "MTGFEGroundingOutput",
     "MTGFEImageFeatures",
     "MTGFEModel",
     "MTGFEModelOutput",

@@ -51,6 +51,7 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_efficientnet_lite import EfficientNetLiteConfig
 from .configuration_mtgfe import MTGFEConfig
+from .grounding import MTGFEGroundingOutput, ground_pairs
 from .losses import (
     caption_overlap,
     gather_for_itc,
@@ -627,6 +628,39 @@ class MTGFEModel(MTGFEPreTrainedModel):
         logits = self.itm_head(joint[:, 0])
         return logits if return_logits else logits.float().softmax(-1)[:, 1]
 
+    def ground(
+        self,
+        image_tokens: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        text_states: torch.Tensor | None = None,
+        image_index: torch.Tensor | None = None,
+        text_index: torch.Tensor | None = None,
+        layer: int | None = None,
+        image_grid_size: tuple[int, int] | None = None,
+        per_token: bool = False,
+        batch_size: int = 64,
+    ) -> MTGFEGroundingOutput:
+        """Where each (image, text) pair matched: Grad-CAM maps of one fusion layer's cross-attention over the
+        image grid (ALBEF), for the whole query and, with `per_token=True`, per token (`grounding.ground_pairs`).
+
+        `image_tokens`: fusion tokens as a gallery index stores them (no re-encoding, no gradient into the
+        backbone). The text is `input_ids` (+ `attention_mask`) or precomputed `text_states` + `attention_mask`.
+        Pairs as `compute_itm_scores` (`image_index` / `text_index`); `layer`: fusion layer (default the middle
+        one, `grounding.default_grounding_layer`); `batch_size`: pairs per forward/backward.
+        """
+        if text_states is None:
+            if input_ids is None:
+                raise ValueError("ground() needs input_ids or text_states (with their attention_mask).")
+            with torch.no_grad():
+                text = self.get_text_retrieval_features(input_ids, attention_mask)
+            text_states, attention_mask = text.text_states, text.attention_mask
+        elif attention_mask is None:
+            raise ValueError("ground(text_states=...) needs the attention_mask the states were computed with.")
+        return ground_pairs(self, image_tokens, text_states, attention_mask, image_index=image_index,
+                            text_index=text_index, layer=layer, image_grid_size=image_grid_size,
+                            per_token=per_token, batch_size=batch_size)
+
     @can_return_tuple
     def forward(
         self,
@@ -707,6 +741,9 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
 
     def compute_itm_scores(self, *args, **kwargs):
         return self.mtgfe.compute_itm_scores(*args, **kwargs)
+
+    def ground(self, *args, **kwargs) -> MTGFEGroundingOutput:
+        return self.mtgfe.ground(*args, **kwargs)
 
     def get_input_embeddings(self):
         return self.mtgfe.embeddings.word_embeddings
@@ -1012,6 +1049,7 @@ def minilm_l6_path() -> Path:
 
 __all__ = [
     "MTGFEForPreTraining",
+    "MTGFEGroundingOutput",
     "MTGFEImageFeatures",
     "MTGFEImagePositionEmbedding",
     "MTGFEModel",

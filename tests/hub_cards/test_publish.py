@@ -26,7 +26,7 @@ EXPECTED_FILES = {
     "README.md", "config.json", "model.safetensors",
     "processor_config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
     "configuration_mtgfe.py", "configuration_efficientnet_lite.py", "modeling_mtgfe.py", "modeling_efficientnet_lite.py",
-    "losses.py", "retrieval.py", "retrieval_features.py", "pipeline_mtgfe.py", "image_processing_mtgfe.py", "image_decoding.py", "processing_mtgfe.py",
+    "losses.py", "retrieval.py", "retrieval_features.py", "grounding.py", "pipeline_mtgfe.py", "image_processing_mtgfe.py", "image_decoding.py", "processing_mtgfe.py",
 }  # fmt: skip
 
 
@@ -150,7 +150,7 @@ def test_upload_sends_the_allow_listed_folder(training_dir, tmp_path, monkeypatc
     assert upload["repo_id"] == "org/mtgfe-tiny" and upload["commit_message"] == "MTGFE tiny, UCM"
     assert upload["allow_patterns"] == ALLOWED_PATTERNS and upload["revision"] == "v1"
     assert set(calls["uploaded_files"]) == EXPECTED_FILES
-    assert "uploaded 18 files to org/mtgfe-tiny" in capsys.readouterr().out
+    assert f"uploaded {len(EXPECTED_FILES)} files to org/mtgfe-tiny" in capsys.readouterr().out
 
 
 def test_offline_upload_fails_with_a_clear_message(training_dir, monkeypatch, capsys):

@@ -158,3 +158,43 @@ def test_remote_code_folder_without_the_package(parts, tmp_path):
     assert [h[0] for h in hits] == [h["image"] for h in expected]
     torch.testing.assert_close(torch.tensor([h[1] for h in hits]), torch.tensor([h["score"] for h in expected]))
     assert "TEXTS 2" in result.stdout
+
+
+def test_hits_carry_the_itm_score_apart_from_the_filter_cosine(parts, pipe):
+    _, _, _, paths = parts
+    gallery = [str(p) for p in paths]
+    mixed = pipe(QUERY, gallery=gallery, top_k=3, k=5, score="itm+itc", alpha=2.0)
+    for hit in mixed:
+        assert 0.0 <= hit["itm_score"] <= 1.0
+        assert hit["score"] == pytest.approx(hit["itm_score"] + 2.0 * hit["filter_score"], abs=1e-5)
+    itm = pipe(QUERY, gallery=gallery, top_k=3, k=5, score="itm")
+    assert all(hit["score"] == hit["itm_score"] for hit in itm)
+    assert all("itm_score" not in hit for hit in pipe(QUERY, gallery=gallery, top_k=3, k=5, score="filter"))
+
+
+def test_return_maps_gives_each_hit_the_grounding_map_of_its_stored_tokens(parts, pipe):
+    model, processor, root, paths = parts
+    index = GalleryIndex.build(model, processor, str(root / "gallery"), progress=False)
+    hits = pipe(QUERY, gallery=index, top_k=3, k=5, return_maps=True)
+    encoded = processor(text=[QUERY], return_tensors="pt")
+    rows = torch.tensor([h["index"] for h in hits])
+    expected = model.ground(index.image_tokens[rows], encoded["input_ids"], encoded["attention_mask"])
+    for hit, query_map in zip(hits, expected.query_maps):
+        assert hit["map"].shape == (4, 4) and hit["map_layer"] == expected.layer
+        torch.testing.assert_close(hit["map"], query_map)
+        words = [word for word, _ in hit["map_words"]]
+        assert 1 <= len(words) <= 3 and all(word in processor.tokenizer.tokenize(QUERY) or word in QUERY for word in words)
+        shares = [share for _, share in hit["map_words"]]
+        assert shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-6
+    # an index without tokens re-encodes the hits' images: the same maps up to the stored tokens' precision
+    lean = GalleryIndex.build(model, processor, str(root / "gallery"), keep_tokens=False, progress=False)
+    lean_hits = pipe(QUERY, gallery=lean, top_k=3, k=5, return_maps=True)
+    assert [h["index"] for h in lean_hits] == [h["index"] for h in hits]
+    for a, b in zip(lean_hits, hits):
+        assert torch.corrcoef(torch.stack([a["map"].flatten(), b["map"].flatten()]))[0, 1] > 0.99
+    assert "map" not in pipe(QUERY, gallery=index, top_k=1, k=5)[0]
+    # image queries: the map lies on the query image, one per caption hit
+    image_hits = pipe(str(paths[0]), candidates=CAPTIONS, top_k=2, k=4, return_maps=True)
+    assert all(h["map"].shape == (4, 4) for h in image_hits)
+    with pytest.raises(ValueError, match="return_maps"):
+        pipe(QUERY, gallery=index, return_maps="yes")

@@ -189,3 +189,51 @@ def test_importing_the_library_leaves_the_environment_alone():
         """)
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "DEMO PASSIVE" in result.stdout, result.stdout + result.stderr[-2000:]
+
+
+def test_search_explain_adds_maps_to_json_html_and_table(setup, tmp_path, capsys):
+    """`--explain`: every hit gets the grounding map of its stored tokens (the same numbers as
+    `grounding_maps` on the index's tokens), drawn over its thumbnail, with the words behind it."""
+    import torch
+
+    from modeling_mtgfe.pipeline_mtgfe import grounding_maps
+    from mtgfe.search.gallery_index import GalleryIndex
+
+    root, _ = setup
+    index_dir = tmp_path / "index"
+    assert index_main(["--model", str(root / "model"), "--images", str(root / "images"), "--output",
+                       str(index_dir), "--quiet"]) == 0
+    html_path, json_path = tmp_path / "explained.html", tmp_path / "explained.json"
+    code = search_main(["--index", str(index_dir), "--model", str(root / "model"), QUERY, "--k", "6", "--top-k",
+                        "3", "--explain", "--html", str(html_path), "--json", str(json_path)])
+    assert code == 0
+    assert capsys.readouterr().out.count("where (fusion layer 0): ") == 3
+    hits = json.loads(json_path.read_text())[0]["hits"]
+    model, processor = tiny_model(), tiny_processor()
+    index = GalleryIndex.load(str(index_dir), model=model, processor=processor)
+    rows = torch.tensor([hit["index"] for hit in hits])
+    expected = grounding_maps(model, processor, [QUERY], index.image_tokens[rows])
+    for hit, want in zip(hits, expected):
+        assert set(hit) >= {"map", "map_words", "map_layer", "itm_score", "filter_score", "score"}
+        torch.testing.assert_close(torch.tensor(hit["map"]), want["map"], rtol=1e-4, atol=1e-6)
+        assert [w for w, _ in hit["map_words"]] == [w for w, _ in want["map_words"]]
+    page = html_path.read_text(encoding="utf-8")
+    assert page.count("class='heat'") == 3 and page.count("data:image/png;base64,") == 3
+    assert page.count("where: ") == 3 and page.count("<div>ITM ") == 3
+    # without --explain nothing of it appears
+    assert search_main(["--index", str(index_dir), "--model", str(root / "model"), QUERY, "--k", "6", "--top-k",
+                        "3", "--html", str(html_path)]) == 0
+    assert "class='heat'" not in html_path.read_text(encoding="utf-8")
+
+
+def test_heat_overlay_puts_the_colour_where_the_map_is_high():
+    from mtgfe.search.report_html import heat_overlay
+
+    grid = [[0.0, 2.0], [0.0, 0.0]]  # hot top-right cell
+    overlay = heat_overlay(grid, (40, 20))
+    assert overlay.size == (40, 20) and overlay.mode == "RGBA"
+    alpha = overlay.getchannel("A")
+    assert alpha.getpixel((39, 0)) == 170 and alpha.getpixel((0, 19)) == 0
+    assert heat_overlay([[0.0, 0.0]], (8, 8)).getchannel("A").getextrema() == (0, 0)  # nothing matched: clear
+    with pytest.raises(ValueError, match="grounding map"):
+        heat_overlay([1.0, 2.0], (8, 8))
