@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -312,6 +313,38 @@ class MTGFEImagePositionEmbedding(nn.Module):
         return tokens + positions.to(tokens.dtype)[None]
 
 
+class _TorchInitLinear(nn.Linear):
+    """An `nn.Linear` that `_init_weights` leaves at PyTorch's own init (kaiming-uniform weight, uniform bias)
+    instead of BERT's 0.02 normal: the layers of `MTGFEClsMeanITMHead`, measured that way."""
+
+
+class MTGFEClsMeanITMHead(nn.Module):
+    """ITM readout `config.itm_readout="cls_mean_mlp"`: `Linear(2H, 2H) -> GELU -> Linear(2H, 2)` on the fused
+    [CLS] concatenated with the masked mean of the fused states of every other real token ([SEP] included).
+
+    Why: a linear head on [CLS] alone left rendered twins (a scene against its mirror) at chance in the
+    twin-recipe probes. The balanced swap quad removes every additive term, so the head must *cross* what
+    the word states picked up from the image (where the named group is) with which word they are; the mean
+    of the word states puts that information next to [CLS], and the GELU supplies the product. The layers
+    start from PyTorch's default init (`_TorchInitLinear`), as in the probe that measured
+    the recipe (the head's init itself was not ablated).
+    """
+
+    def __init__(self, config: MTGFEConfig):
+        super().__init__()
+        width = 2 * config.text_config.hidden_size
+        self.dense = _TorchInitLinear(width, width)
+        self.activation = nn.GELU()
+        self.classifier = _TorchInitLinear(width, 2)
+
+    def forward(self, fused_states: torch.Tensor, text_attention_mask: torch.Tensor) -> torch.Tensor:
+        weights = text_attention_mask.to(fused_states.dtype).clone()
+        weights[:, 0] = 0  # [CLS] enters on its own
+        weights = weights.unsqueeze(-1)
+        words = (fused_states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return self.classifier(self.activation(self.dense(torch.cat([fused_states[:, 0], words], dim=-1))))
+
+
 def _warn_output_tokens(method: str, replacement: str) -> None:
     warnings.warn(
         f"{method}(..., output_tokens=True) is deprecated: {method} always returns the filter embeddings; "
@@ -389,6 +422,10 @@ class MTGFEPreTrainedModel(PreTrainedModel):
             init.zeros_(module.token_type_ids)
         elif isinstance(module, BertLMPredictionHead):
             init.zeros_(module.bias)
+        elif isinstance(module, _TorchInitLinear):  # nn.Linear.reset_parameters, through the guarded init functions
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            bound = 1.0 / math.sqrt(module.in_features)
+            init.uniform_(module.bias, -bound, bound)
 
 
 def _build_vision_model(config: MTGFEConfig) -> PreTrainedModel:
@@ -439,7 +476,9 @@ class MTGFEModel(MTGFEPreTrainedModel):
         self.vision_proj = nn.Linear(vision_width, config.embed_dim)
         self.text_proj = nn.Linear(hidden, config.embed_dim)
         self.temp = nn.Parameter(torch.tensor(config.temperature))
-        self.itm_head = nn.Linear(hidden, 2)
+        # `itm_head` either way, so the trainer's `optim.head_lr` finds it; the default keeps ALBEF's `Linear(H, 2)`
+        # and therefore the state dict of models saved before `itm_readout` existed
+        self.itm_head = nn.Linear(hidden, 2) if config.itm_readout == "cls" else MTGFEClsMeanITMHead(config)
         self.post_init()
 
     # ------------------------------------------------------------------ unimodal encoders
@@ -577,6 +616,16 @@ class MTGFEModel(MTGFEPreTrainedModel):
             hidden = layer(hidden, attention_mask=mask, image_key_value=(key, value))
         return hidden
 
+    def fused_itm_logits(self, fused_states: torch.Tensor, text_attention_mask: torch.Tensor) -> torch.Tensor:
+        """ITM logits `(P, 2)` of fused text states `(P, T, H)` (the output of `fuse`) and their mask `(P, T)`.
+
+        The one place ITM logits are read (`config.itm_readout`): the training loss, the perturbation
+        negatives, `compute_itm_scores` and through it re-ranking, the pipeline and the cached-K/V paths.
+        """
+        if self.config.itm_readout == "cls":
+            return self.itm_head(fused_states[:, 0])
+        return self.itm_head(fused_states, text_attention_mask)
+
     def compute_itm_scores(
         self,
         image_tokens: torch.Tensor | None,
@@ -624,7 +673,7 @@ class MTGFEModel(MTGFEPreTrainedModel):
             )
         joint = self.fuse(text_states, text_attention_mask, image_tokens=image_tokens,
                           image_key_values=image_key_values, image_index=image_index)
-        logits = self.itm_head(joint[:, 0])
+        logits = self.fused_itm_logits(joint, text_attention_mask)
         return logits if return_logits else logits.float().softmax(-1)[:, 1]
 
     @can_return_tuple
@@ -841,11 +890,11 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
             joint = base.fuse(
                 text_states[text_index], attention_mask[text_index], image_key_values=key_values, image_index=image_index
             )
-            itm_logits = base.itm_head(joint[:, 0])
+            itm_logits = base.fused_itm_logits(joint, attention_mask[text_index])
             labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(device)
             if pert is not None and use_pert_itm:
                 joint_pert = base.fuse(pert[0], pert[1], image_key_values=key_values, image_index=pert[2])
-                itm_logits = torch.cat([itm_logits, base.itm_head(joint_pert[:, 0])])
+                itm_logits = torch.cat([itm_logits, base.fused_itm_logits(joint_pert, pert[1])])
                 labels = torch.cat([labels, torch.zeros(pert[0].shape[0], dtype=torch.long, device=device)])
             losses["itm"] = itm_loss(itm_logits, labels)
             output.itm_logits = itm_logits
@@ -1011,6 +1060,7 @@ def minilm_l6_path() -> Path:
 
 
 __all__ = [
+    "MTGFEClsMeanITMHead",
     "MTGFEForPreTraining",
     "MTGFEImageFeatures",
     "MTGFEImagePositionEmbedding",
