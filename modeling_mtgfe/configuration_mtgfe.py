@@ -48,6 +48,7 @@ TASK_FIELDS: dict[str, dict] = {
     "itm_random_negative_prob": {"ge": 0.0, "le": 1.0},
     "itm_perturbation_negatives": {"ge": 0.0, "le": 8.0},
     "itc_perturbation_negatives": {"ge": 0.0, "le": 8.0},
+    "grounding_weight": {"ge": 0.0},
 }
 
 # Vision model types whose first output token is a [CLS] token (ALBEF reads the image [CLS]).
@@ -182,6 +183,10 @@ class MTGFEConfig(PreTrainedConfig):
             "which word". Every ITM score (training losses, re-ranking, the pipeline, cached K/V) goes through
             `MTGFEModel.fused_itm_logits`. `cls` is the default so a config saved before the field existed loads
             with the head it was trained with.
+        grounding_weight (`float`, defaults to 0.0): weight of the auxiliary grounding loss
+            (`losses.grounding_loss`): fusion layer 0's cross-attention of a positive pair is pulled onto the grid
+            cells of the objects each group phrase names. The targets come from the synthetic generator (rendered
+            twins, `grounding_cells` in `MTGFEForPreTraining.forward`). 0: off, no extra compute.
         retrieval_k (`int`, defaults to 16): filter candidates per query that the fusion encoder re-ranks.
         retrieval_score (`str`, defaults to `"itm+itc"`): how the shortlist is ranked, one of
             `RETRIEVAL_SCORES`: `itm+itc` (ITM + alpha * filter cosine), `itm` (ITM alone) or `filter`.
@@ -225,6 +230,7 @@ class MTGFEConfig(PreTrainedConfig):
     image_position_embedding: str = "none"
     image_position_grid: list[int] | None = None
     itm_readout: str = "cls"
+    grounding_weight: float = 0.0
     retrieval_k: int = 16
     retrieval_score: str = "itm+itc"
     retrieval_alpha: float | None = None

@@ -683,8 +683,36 @@ def _twins(cfg: TrainConfig) -> Iterator[str]:
                    f"{', '.join(f'views.mvjrc.{k}=0' for k in on)}")
 
 
+def _grounding(cfg: TrainConfig) -> Iterator[str]:
+    """`model.grounding_weight > 0`: its targets come from the synthetic generator through rendered twins (the
+    only rows that carry a scene), and they are grid cells of the whole, unaugmented image, so the view the
+    fusion layers see must be a plain resize (a crop or flip moves the objects off their cells)."""
+    m, d, v = cfg.model, cfg.data, cfg.views
+    if m.grounding_weight <= 0:
+        return
+    if not d.synthetic.twins.types or m.perturbation_source != "twins":
+        yield (f"model.grounding_weight={m.grounding_weight} needs rendered twins (data.synthetic.twins.types and "
+               "model.perturbation_source=twins): only twin rows carry grounding targets; set model.grounding_weight=0 "
+               "otherwise")
+    if not v.augment:
+        return
+    if d.backbone_cache.enabled:
+        yield (f"model.grounding_weight={m.grounding_weight} with data.backbone_cache.enabled and views.augment: cached "
+               "views are rescaled and rotated (views.mvjrc), which moves objects off their target cells; set "
+               "views.augment=false")
+        return
+    try:
+        base = views.BaseTransform(image_size=d.image_size, **v.base)
+    except (TypeError, ValueError):
+        return  # reported by the views rule
+    if base.scale != (1.0, 1.0) or base.ratio != (1.0, 1.0) or base.hflip:
+        yield (f"model.grounding_weight={m.grounding_weight}: views.base crops or flips images (scale={list(base.scale)}, "
+               f"ratio={list(base.ratio)}, hflip={base.hflip}), which moves objects off their target cells; set "
+               "views.base to {scale: [1, 1], ratio: [1, 1], hflip: false} or views.augment=false")
+
+
 CROSS_FIELD_RULES = (_free_mappings_are_finite, _model_source, _tasks, _data, _freezing_and_cache, _views,
-                     _run_length_and_schedule, _evaluation, _twins)
+                     _run_length_and_schedule, _evaluation, _twins, _grounding)
 
 
 # ------------------------------------------------------------------------------------------ helpers of the trainer

@@ -68,6 +68,7 @@ from .config import (
     check_data_dependent,
     warmup_steps,
 )
+from .grounding import GroundingTargets, token_grid
 from .perturbation import CaptionPerturber
 from .splits import load_config_split, load_cv
 from .synthetic_twins import TwinQuads, load_twin_rows
@@ -81,7 +82,7 @@ NEW_PARAMETER_PATTERNS = ("crossattention", "vision_token_proj", "image_position
                           "mlm_head", "mvjrc_head")
 # Parameters that never get weight decay besides biases/norms (ndim < 2) and nn.Embedding tables.
 NO_DECAY_NAMES = ("temp", "cls_token", "mask_token", "position_embeddings", "row_embeddings", "column_embeddings")
-LOSS_NAMES = ("loss", "loss_itc", "loss_itm", "loss_mlm", "loss_mvjrc")
+LOSS_NAMES = ("loss", "loss_itc", "loss_itm", "loss_mlm", "loss_mvjrc", "loss_grounding")
 
 
 # ------------------------------------------------------------------------------------------ builders
@@ -510,6 +511,11 @@ def train(cfg: TrainConfig) -> dict:
         collator.cache = backbone_cache.load_or_build_backbone_cache(cfg, model, processor, train_rows, accelerator,
                                                       pool_rows=pool_rows)
         collator.dtype = next(model.parameters()).dtype
+    if cfg.model.grounding_weight > 0:  # targets index the model's token grid, known once the model exists
+        grid = token_grid(model, cfg.data.image_size)
+        collator.grounding = GroundingTargets(tokenizer, grid, cfg.data.max_length)
+        accelerator.print(f"grounding loss (weight {cfg.model.grounding_weight}) on the {grid[0]} x {grid[1]} token "
+                          "grid of the twin rows")
     optimizer = build_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     min_ratio = cfg.schedule.min_lr / cfg.optim.lr
