@@ -35,9 +35,8 @@ from mtgfe.data import registry as benchmarks
 from mtgfe.data import views
 from mtgfe.evaluation.metrics import RECALL_KEYS
 
-from mtgfe.evaluation.compositional.synthetic_pairs import EDIT_TYPES
-
 from .perturbation import PERTURBATION_SOURCES
+from .synthetic_twins import TWIN_TYPES
 
 
 BENCHMARK_DATASETS = tuple(benchmarks.BENCHMARKS)  # the one benchmark registry: ucm, sydney, rsicd, rsitmd
@@ -185,8 +184,8 @@ class TwinsConfig(Section):
     `model.itm_perturbation_negatives` (ITM) / `model.itc_perturbation_negatives` (NegCLIP ITC columns).
     """
 
-    types: list[Literal[EDIT_TYPES]] = Field(default_factory=list)  # type: ignore[valid-type]
-    """Which attribute a twin changes, any of count, colour, spatial, binding, near (empty: off)."""
+    types: list[Literal[TWIN_TYPES]] = Field(default_factory=list)  # type: ignore[valid-type]
+    """Which attribute a twin changes, any of count, colour, spatial, binding, near, side (empty: off)."""
     per_scene: int = Field(1, ge=1)
     """Distinct twins per scene and type."""
     seed: int = 0

@@ -482,7 +482,9 @@ def train(cfg: TrainConfig) -> dict:
     train_set = EpochCaptionDataset(train_rows, cfg.data.captions_per_image, seed=cfg.seed,
                                     load_images=not cache_cfg.enabled)
     views_pair = build_view_transforms(cfg)
-    tokenizer = build_tokenizer(cfg, train_rows["caption"], accelerator, resume_dir)
+    # a wordpiece vocabulary also learns the twins' words (training captions too; "top", "far" are in no other)
+    vocabulary_captions = list(train_rows["caption"]) + (list(twin_rows["caption"]) if twin_rows is not None else [])
+    tokenizer = build_tokenizer(cfg, vocabulary_captions, accelerator, resume_dir)
     processor = build_processor(cfg, tokenizer)
     collator, train_dl = build_train_loader(cfg, train_set, processor, views_pair, accelerator, twin_rows)
     batches_per_epoch = len(train_dl)
