@@ -131,6 +131,16 @@ class _ModelSource(Section):
     pretrained_recipe: Optional[str] = None
     """Two-stage recipes: the shipped config that produces `pretrained` (which must then be `<that run's
     output_dir>/final`); mtgfe-train trains it first when the folder does not exist yet."""
+    linear_init_std: Optional[float] = Field(None, gt=0.0)
+    """Training from scratch (`preset`) only: initialise the weights of every `nn.Linear` of the text and fusion
+    layers (self- and cross-attention, FFN) from N(0, std), biases 0, instead of BERT's 0.02
+    (`text_config.initializer_range`); embeddings, projections and heads keep their init. Why: in the
+    twin-recipe probes (width 96, 4 layers) the balanced swap-quad loss of mirrored twins stayed at ln 2 at
+    0.02 and left it at 0.08: at 0.02 the cross-attention is near-uniform (a permutation-symmetric summary of
+    the grid, blind to position) and the FFN's GELU near-linear, so the product of attention sharpness,
+    position and nonlinearity that a mirror twin needs starts at ~0. `text_config.initializer_range` would also
+    scale the embeddings and heads, which was not measured. Pretrained weights (`init`, `pretrained`) bring
+    their own scale: refused with them. null: the preset's init."""
     config: dict[str, Any] = Field(default_factory=dict)
     """Any other `MTGFEConfig` field, passed to the model config as given."""
 
@@ -526,6 +536,10 @@ def _model_source(cfg: TrainConfig) -> Iterator[str]:
     elif m.pretrained is not None and not Path(m.pretrained).is_dir():
         yield (f"model.pretrained={m.pretrained!r} is not a folder (a saved MTGFE model; for the two-stage "
                "UCM recipe train stage 1 first: mtgfe-train --config ucm_dual_finetune)")
+    if m.linear_init_std is not None and (m.init is not None or m.pretrained is not None):
+        yield (f"model.linear_init_std={m.linear_init_std} re-initialises the text and fusion layers of a model "
+               "trained from scratch (model.preset); it would overwrite the weights of model.init / "
+               "model.pretrained: drop one of the two")
     if m.num_fusion_layers is not None and m.init is None:
         yield (f"model.num_fusion_layers={m.num_fusion_layers} needs model.init (it decides which pretrained text "
                "layers start the fusion stack); a preset or saved model fixes its layers itself")
