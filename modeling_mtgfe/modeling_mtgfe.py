@@ -128,10 +128,10 @@ class MTGFEOutput(ModelOutput):
     loss_itm: torch.Tensor | None = None
     loss_mlm: torch.Tensor | None = None
     loss_mvjrc: torch.Tensor | None = None
-    loss_grounding: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
     itm_logits: torch.Tensor | None = None
+    loss_grounding: torch.Tensor | None = None  # last: the tuple positions of the fields above stay as they were
 
 
 # ----------------------------------------------------------------------------------------------- layers
