@@ -30,6 +30,10 @@ RETRIEVAL_SCORES = ("itm+itc", "itm", "filter")
 # maps): `none` (today's behaviour, the class default so configs saved without the field load unchanged),
 # `sine` (fixed 2D sine/cosine, any grid size) or `learned` (row + column tables, ClipBERT).
 IMAGE_POSITION_EMBEDDINGS = ("none", "sine", "learned")
+# How the ITM logits are read from the fused text states: `cls` (a linear head on the fused [CLS], ALBEF's; the
+# class default, so configs saved without the field load unchanged) or `cls_mean_mlp` (an MLP on the fused [CLS]
+# concatenated with the masked mean of the fused word states).
+ITM_READOUTS = ("cls", "cls_mean_mlp")
 
 # Loss weights and task switches: the fields a training recipe sets (`model.<name>` in a training config).
 # Declared once: the type and default are the class attributes of `MTGFEConfig` below, the allowed values
@@ -44,6 +48,7 @@ TASK_FIELDS: dict[str, dict] = {
     "itm_random_negative_prob": {"ge": 0.0, "le": 1.0},
     "itm_perturbation_negatives": {"ge": 0.0, "le": 8.0},
     "itc_perturbation_negatives": {"ge": 0.0, "le": 8.0},
+    "grounding_weight": {"ge": 0.0},
 }
 
 # Vision model types whose first output token is a [CLS] token (ALBEF reads the image [CLS]).
@@ -168,6 +173,20 @@ class MTGFEConfig(PreTrainedConfig):
         image_position_grid (`list[int]`, *optional*): `[rows, cols]` of the learned tables (required by
             `learned`, e.g. `[4, 4]` for 64 px through a stride-16 ResNet, `[8, 8]` for EfficientNet-Lite0 at
             256 px); ignored otherwise.
+        itm_readout (`str`, defaults to `"cls"`): how ITM logits are read from the fused text states, one of
+            `ITM_READOUTS`. `cls`: `Linear(H, 2)` on the fused [CLS] (ALBEF). `cls_mean_mlp`:
+            `Linear(2H, 2H) -> GELU -> Linear(2H, 2)` on the fused [CLS] concatenated with the masked mean of the
+            fused states of every other real token. Why the second exists: on rendered twins (a scene and its
+            mirror, or two groups swapping colours) the linear [CLS] head left the balanced swap-quad loss at
+            chance in the twin-recipe probes, while the MLP over the word states, with the grounding loss and a
+            larger init, learned them; a nonlinearity next to the pooled word states is what crosses "where" with
+            "which word". Every ITM score (training losses, re-ranking, the pipeline, cached K/V) goes through
+            `MTGFEModel.fused_itm_logits`. `cls` is the default so a config saved before the field existed loads
+            with the head it was trained with.
+        grounding_weight (`float`, defaults to 0.0): weight of the auxiliary grounding loss
+            (`losses.grounding_loss`): fusion layer 0's cross-attention of a positive pair is pulled onto the grid
+            cells of the objects each group phrase names. The targets come from the synthetic generator (rendered
+            twins, `grounding_cells` in `MTGFEForPreTraining.forward`). 0: off, no extra compute.
         retrieval_k (`int`, defaults to 16): filter candidates per query that the fusion encoder re-ranks.
         retrieval_score (`str`, defaults to `"itm+itc"`): how the shortlist is ranked, one of
             `RETRIEVAL_SCORES`: `itm+itc` (ITM + alpha * filter cosine), `itm` (ITM alone) or `filter`.
@@ -210,6 +229,8 @@ class MTGFEConfig(PreTrainedConfig):
     itc_perturbation_negatives: float = 0.0
     image_position_embedding: str = "none"
     image_position_grid: list[int] | None = None
+    itm_readout: str = "cls"
+    grounding_weight: float = 0.0
     retrieval_k: int = 16
     retrieval_score: str = "itm+itc"
     retrieval_alpha: float | None = None
@@ -273,6 +294,9 @@ class MTGFEConfig(PreTrainedConfig):
         if self.image_pooling not in IMAGE_POOLINGS:
             raise ValueError(f"image_pooling={self.image_pooling!r}; allowed: {IMAGE_POOLINGS}.")
         self._validate_image_positions()
+        if self.itm_readout not in ITM_READOUTS:
+            raise ValueError(f"itm_readout={self.itm_readout!r}; allowed: {ITM_READOUTS} (how ITM logits are read "
+                             "from the fused text states).")
         if self.text_pooling not in TEXT_POOLINGS:
             raise ValueError(f"text_pooling={self.text_pooling!r}; allowed: {TEXT_POOLINGS}.")
         for name in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
@@ -412,4 +436,4 @@ def resolve_retrieval_settings(config, k: int | None = None, score: str | None =
     return k, score, 0.0 if alpha is None else float(alpha)
 
 
-__all__ = ["IMAGE_POSITION_EMBEDDINGS", "MTGFEConfig", "PRESETS", "TASK_FIELDS", "check_retrieval_settings", "resolve_retrieval_settings"]
+__all__ = ["IMAGE_POSITION_EMBEDDINGS", "ITM_READOUTS", "MTGFEConfig", "PRESETS", "TASK_FIELDS", "check_retrieval_settings", "resolve_retrieval_settings"]

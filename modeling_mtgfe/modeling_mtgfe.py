@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ from .grounding import MTGFEGroundingOutput, ground_pairs
 from .losses import (
     caption_overlap,
     gather_for_itc,
+    grounding_loss,
     itc_loss,
     itc_world_size,
     itc_loss_with_extra_texts,
@@ -116,7 +118,8 @@ class MTGFEModelOutput(ModelOutput):
 class MTGFEOutput(ModelOutput):
     """
     loss (`()`): weighted sum of the enabled task losses.
-    loss_itc, loss_itm, loss_mlm, loss_mvjrc (`()`): each task's unweighted loss, `None` when its weight is 0.
+    loss_itc, loss_itm, loss_mlm, loss_mvjrc, loss_grounding (`()`): each task's unweighted loss, `None` when its
+        weight is 0 (`loss_grounding` also when no row of the batch has a grounding target).
     image_embeds, text_embeds (`(batch, embed_dim)`): filter embeddings of the batch.
     itm_logits (`(3 * batch, 2)`): ITM logits of positives, then negatives per text, then negatives per image.
     """
@@ -129,6 +132,7 @@ class MTGFEOutput(ModelOutput):
     image_embeds: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
     itm_logits: torch.Tensor | None = None
+    loss_grounding: torch.Tensor | None = None  # last: the tuple positions of the fields above stay as they were
 
 
 # ----------------------------------------------------------------------------------------------- layers
@@ -158,6 +162,13 @@ class MTGFEAttention(nn.Module):
     def project_key_value(self, states: torch.Tensor) -> KeyValue:
         """`(B, T, H)` → keys and values of shape `(B, heads, T, head_dim)`."""
         return self._heads(self.key(states)), self._heads(self.value(states))
+
+    def attention_probs(self, hidden_states: torch.Tensor, key_value: KeyValue) -> torch.Tensor:
+        """Softmax attention probabilities `(B, heads, T, T_kv)` of `hidden_states` over precomputed keys, in
+        float32 and without dropout (what the attention weighs the values by, for an auxiliary loss; no mask:
+        every image token is real)."""
+        query = self._heads(self.query(hidden_states))
+        return torch.softmax((query @ key_value[0].transpose(-1, -2)).float() * self.scaling, dim=-1)
 
     def forward(
         self,
@@ -212,13 +223,22 @@ class MTGFELayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         image_key_value: KeyValue | None = None,
-    ) -> torch.Tensor:
+        output_cross_attention: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The layer's output; with `output_cross_attention`, also its cross-attention probabilities
+        `(B, heads, T, T_img)` (`MTGFEAttention.attention_probs`)."""
         hidden_states = self.attention(hidden_states, attention_mask)
+        probs = None
         if self.crossattention is not None:
             if image_key_value is None:
                 raise ValueError("A fusion layer needs the image keys/values (image_key_value).")
+            if output_cross_attention:
+                probs = self.crossattention.self.attention_probs(hidden_states, image_key_value)
             hidden_states = self.crossattention(hidden_states, None, image_key_value)
-        return self.output(self.intermediate(hidden_states), hidden_states)
+        elif output_cross_attention:
+            raise ValueError("output_cross_attention needs a fusion layer (one with cross-attention).")
+        out = self.output(self.intermediate(hidden_states), hidden_states)
+        return (out, probs) if output_cross_attention else out
 
 
 @functools.lru_cache(maxsize=32)
@@ -313,6 +333,38 @@ class MTGFEImagePositionEmbedding(nn.Module):
         return tokens + positions.to(tokens.dtype)[None]
 
 
+class _TorchInitLinear(nn.Linear):
+    """An `nn.Linear` that `_init_weights` leaves at PyTorch's own init (kaiming-uniform weight, uniform bias)
+    instead of BERT's 0.02 normal: the layers of `MTGFEClsMeanITMHead`, measured that way."""
+
+
+class MTGFEClsMeanITMHead(nn.Module):
+    """ITM readout `config.itm_readout="cls_mean_mlp"`: `Linear(2H, 2H) -> GELU -> Linear(2H, 2)` on the fused
+    [CLS] concatenated with the masked mean of the fused states of every other real token ([SEP] included).
+
+    Why: a linear head on [CLS] alone left rendered twins (a scene against its mirror) at chance in the
+    twin-recipe probes. The balanced swap quad removes every additive term, so the head must *cross* what
+    the word states picked up from the image (where the named group is) with which word they are; the mean
+    of the word states puts that information next to [CLS], and the GELU supplies the product. The layers
+    start from PyTorch's default init (`_TorchInitLinear`), as in the probe that measured
+    the recipe (the head's init itself was not ablated).
+    """
+
+    def __init__(self, config: MTGFEConfig):
+        super().__init__()
+        width = 2 * config.text_config.hidden_size
+        self.dense = _TorchInitLinear(width, width)
+        self.activation = nn.GELU()
+        self.classifier = _TorchInitLinear(width, 2)
+
+    def forward(self, fused_states: torch.Tensor, text_attention_mask: torch.Tensor) -> torch.Tensor:
+        weights = text_attention_mask.to(fused_states.dtype).clone()
+        weights[:, 0] = 0  # [CLS] enters on its own
+        weights = weights.unsqueeze(-1)
+        words = (fused_states * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        return self.classifier(self.activation(self.dense(torch.cat([fused_states[:, 0], words], dim=-1))))
+
+
 def _warn_output_tokens(method: str, replacement: str) -> None:
     warnings.warn(
         f"{method}(..., output_tokens=True) is deprecated: {method} always returns the filter embeddings; "
@@ -390,6 +442,10 @@ class MTGFEPreTrainedModel(PreTrainedModel):
             init.zeros_(module.token_type_ids)
         elif isinstance(module, BertLMPredictionHead):
             init.zeros_(module.bias)
+        elif isinstance(module, _TorchInitLinear):  # nn.Linear.reset_parameters, through the guarded init functions
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            bound = 1.0 / math.sqrt(module.in_features)
+            init.uniform_(module.bias, -bound, bound)
 
 
 def _build_vision_model(config: MTGFEConfig) -> PreTrainedModel:
@@ -440,7 +496,9 @@ class MTGFEModel(MTGFEPreTrainedModel):
         self.vision_proj = nn.Linear(vision_width, config.embed_dim)
         self.text_proj = nn.Linear(hidden, config.embed_dim)
         self.temp = nn.Parameter(torch.tensor(config.temperature))
-        self.itm_head = nn.Linear(hidden, 2)
+        # `itm_head` either way, so the trainer's `optim.head_lr` finds it; the default keeps ALBEF's `Linear(H, 2)`
+        # and therefore the state dict of models saved before `itm_readout` existed
+        self.itm_head = nn.Linear(hidden, 2) if config.itm_readout == "cls" else MTGFEClsMeanITMHead(config)
         self.post_init()
 
     # ------------------------------------------------------------------ unimodal encoders
@@ -553,12 +611,19 @@ class MTGFEModel(MTGFEPreTrainedModel):
         image_tokens: torch.Tensor | None = None,
         image_key_values: list[KeyValue] | None = None,
         image_index: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        cross_attention_layer: int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Run the fusion layers: text `(P, T, H)` attends to image `image_index[p]` (or image p).
 
         Pass `image_tokens` or their precomputed `image_key_values`. With one image and P > 1 texts the
-        image is broadcast without copying.
+        image is broadcast without copying. With `cross_attention_layer=i`, returns `(fused states, the
+        cross-attention probabilities (P, heads, T, T_img) of fusion layer i)` (the grounding loss reads
+        layer 0's).
         """
+        if cross_attention_layer is not None and not 0 <= cross_attention_layer < len(self.fusion_encoder):
+            raise ValueError(f"cross_attention_layer={cross_attention_layer} is not a fusion layer index in "
+                             f"[0, {len(self.fusion_encoder) - 1}].")
+        probs = None
         if image_key_values is None:
             if image_tokens is None:
                 raise ValueError("fuse() needs image_tokens or image_key_values.")
@@ -566,7 +631,7 @@ class MTGFEModel(MTGFEPreTrainedModel):
         num_pairs = text_states.shape[0]
         hidden = text_states
         mask = _extended_attention_mask(text_attention_mask, hidden.dtype)
-        for layer, (key, value) in zip(self.fusion_encoder, image_key_values):
+        for index, (layer, (key, value)) in enumerate(zip(self.fusion_encoder, image_key_values)):
             if image_index is not None:
                 key, value = key[image_index], value[image_index]
             elif key.shape[0] == 1 and num_pairs > 1:
@@ -575,8 +640,22 @@ class MTGFEModel(MTGFEPreTrainedModel):
                 raise ValueError(
                     f"{key.shape[0]} images cannot be paired with {num_pairs} texts; pass image_index."
                 )
-            hidden = layer(hidden, attention_mask=mask, image_key_value=(key, value))
-        return hidden
+            if index == cross_attention_layer:
+                hidden, probs = layer(hidden, attention_mask=mask, image_key_value=(key, value),
+                                      output_cross_attention=True)
+            else:
+                hidden = layer(hidden, attention_mask=mask, image_key_value=(key, value))
+        return hidden if cross_attention_layer is None else (hidden, probs)
+
+    def fused_itm_logits(self, fused_states: torch.Tensor, text_attention_mask: torch.Tensor) -> torch.Tensor:
+        """ITM logits `(P, 2)` of fused text states `(P, T, H)` (the output of `fuse`) and their mask `(P, T)`.
+
+        The one place ITM logits are read (`config.itm_readout`): the training loss, the perturbation
+        negatives, `compute_itm_scores` and through it re-ranking, the pipeline and the cached-K/V paths.
+        """
+        if self.config.itm_readout == "cls":
+            return self.itm_head(fused_states[:, 0])
+        return self.itm_head(fused_states, text_attention_mask)
 
     def compute_itm_scores(
         self,
@@ -625,7 +704,7 @@ class MTGFEModel(MTGFEPreTrainedModel):
             )
         joint = self.fuse(text_states, text_attention_mask, image_tokens=image_tokens,
                           image_key_values=image_key_values, image_index=image_index)
-        logits = self.itm_head(joint[:, 0])
+        logits = self.fused_itm_logits(joint, text_attention_mask)
         return logits if return_logits else logits.float().softmax(-1)[:, 1]
 
     def ground(
@@ -765,6 +844,7 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
         perturbed_input_ids: torch.Tensor | None = None,
         perturbed_attention_mask: torch.Tensor | None = None,
         perturbed_rows: torch.Tensor | None = None,
+        grounding_cells: torch.Tensor | None = None,
         return_loss: bool = True,
         **kwargs: Any,
     ) -> MTGFEOutput:
@@ -782,6 +862,9 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
                 `mtgfe.training.perturbation`); `perturbed_rows` `(P,)`: the batch row whose image each one is a
                 negative for. Used by ITM when `itm_perturbation_negatives > 0` (extra negative pairs) and by ITC
                 when `itc_perturbation_negatives > 0` (extra text columns for their image); ignored otherwise.
+            grounding_cells: `(B, T, N_img)` bool, True on the image-token cells of the objects that token t of
+                caption b names (from the synthetic generator: `mtgfe.training.grounding`); rows and tokens with
+                no True cell have no target. Required when `grounding_weight > 0`, ignored otherwise.
         """
         config, base = self.config, self.mtgfe
         image_input = pixel_values if pixel_values is not None else vision_hidden_states
@@ -802,6 +885,11 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
         if mvjrc_on and pixel_values_view2 is None and vision_hidden_states_view2 is None:
             raise ValueError("mvjrc_weight > 0 needs pixel_values_view2 (the second MVJRC view); or set mvjrc_weight=0.")
 
+        grounding_on = return_loss and config.grounding_weight > 0
+        if grounding_on and grounding_cells is None:
+            raise ValueError("grounding_weight > 0 needs grounding_cells (the grid cells each caption token names); "
+                             "or set grounding_weight=0.")
+
         global_vector, image_tokens = base.encode_image(pixel_values, vision_hidden_states)
         text_states = base.encode_text(input_ids, attention_mask)
         image_embeds = base._image_embed(global_vector)
@@ -812,10 +900,18 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
 
         sim_i2t = image_embeds @ text_embeds.t() * base.logit_scale
         pos = positive_mask(image_ids)
-        needs_fusion = config.itm_weight > 0 or config.mlm_weight > 0 or mvjrc_on
+        grounded_rows = None
+        if grounding_on:
+            expected = (batch, input_ids.shape[1], image_tokens.shape[1])
+            if tuple(grounding_cells.shape) != expected:
+                raise ValueError(f"grounding_cells has shape {tuple(grounding_cells.shape)}; expected (batch, "
+                                 f"caption tokens, image tokens) = {expected}.")
+            grounded_rows = grounding_cells.flatten(1).any(1).nonzero().squeeze(1)
+        needs_fusion = config.itm_weight > 0 or config.mlm_weight > 0 or mvjrc_on or grounding_on
         key_values = base.image_key_values(image_tokens) if needs_fusion else None
         losses: dict[str, torch.Tensor] = {}
         joint_pos_cls = None
+        positive_cross_attention = None  # fusion layer 0's cross-attention of the positive pairs, for grounding
 
         # Perturbation negatives: edited captions, each a negative of one row's image (never a positive).
         pert = None
@@ -876,17 +972,29 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
             text_index = torch.cat([rows, rows, neg_text])
             image_index = torch.cat([rows, neg_image, rows])
             joint = base.fuse(
-                text_states[text_index], attention_mask[text_index], image_key_values=key_values, image_index=image_index
+                text_states[text_index], attention_mask[text_index], image_key_values=key_values, image_index=image_index,
+                cross_attention_layer=0 if grounding_on else None,
             )
-            itm_logits = base.itm_head(joint[:, 0])
+            if grounding_on:
+                joint, cross_attention = joint
+                positive_cross_attention = cross_attention[:batch]
+            itm_logits = base.fused_itm_logits(joint, attention_mask[text_index])
             labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(device)
             if pert is not None and use_pert_itm:
                 joint_pert = base.fuse(pert[0], pert[1], image_key_values=key_values, image_index=pert[2])
-                itm_logits = torch.cat([itm_logits, base.itm_head(joint_pert[:, 0])])
+                itm_logits = torch.cat([itm_logits, base.fused_itm_logits(joint_pert, pert[1])])
                 labels = torch.cat([labels, torch.zeros(pert[0].shape[0], dtype=torch.long, device=device)])
             losses["itm"] = itm_loss(itm_logits, labels)
             output.itm_logits = itm_logits
             joint_pos_cls = joint[:batch, 0]
+
+        if grounding_on and grounded_rows.numel() > 0:
+            if positive_cross_attention is None:  # ITM off: fuse the rows that have targets
+                _, probs = base.fuse(text_states[grounded_rows], attention_mask[grounded_rows], image_key_values=key_values,
+                                     image_index=grounded_rows, cross_attention_layer=0)
+            else:
+                probs = positive_cross_attention[grounded_rows]
+            losses["grounding"] = grounding_loss(probs, grounding_cells[grounded_rows])
 
         if config.mlm_weight > 0:
             masked_ids, labels = mask_tokens(
@@ -914,7 +1022,8 @@ class MTGFEForPreTraining(MTGFEPreTrainedModel):
             else:
                 losses["mvjrc"] = multiview_infonce_loss(e1, e2, pos, config.mvjrc_temperature)
 
-        weights = {"itc": config.itc_weight, "itm": config.itm_weight, "mlm": config.mlm_weight, "mvjrc": config.mvjrc_weight}
+        weights = {"itc": config.itc_weight, "itm": config.itm_weight, "mlm": config.mlm_weight, "mvjrc": config.mvjrc_weight,
+                   "grounding": config.grounding_weight}
         if not losses:
             raise ValueError("Every loss weight is 0: nothing to train.")
         output.loss = sum(weights[name] * value for name, value in losses.items())
@@ -1048,6 +1157,7 @@ def minilm_l6_path() -> Path:
 
 
 __all__ = [
+    "MTGFEClsMeanITMHead",
     "MTGFEForPreTraining",
     "MTGFEGroundingOutput",
     "MTGFEImageFeatures",

@@ -132,6 +132,9 @@ class TrainCollator:
         mvjrc_transform: the second-view transform (`views.MultiViewTransform`, one view), or None
             when MVJRC is off.
         max_length: caption length in tokens.
+        perturber: `perturbation.CaptionPerturber`, or None.
+        grounding: `grounding.GroundingTargets` (adds `grounding_cells`), or None; may be attached later (the
+            trainer builds the collator before the model that fixes the token grid).
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class TrainCollator:
         mvjrc_transform: Callable | None = None,
         max_length: int = 40,
         perturber: Callable | None = None,
+        grounding=None,
     ):
         self.processor = processor
         self.seed = int(seed)
@@ -149,6 +153,7 @@ class TrainCollator:
         self.mvjrc_transform = mvjrc_transform
         self.max_length = max_length
         self.perturber = perturber  # training/perturbation.CaptionPerturber: edited-caption negatives
+        self.grounding = grounding
 
     def __call__(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
         negatives = []
@@ -180,6 +185,8 @@ class TrainCollator:
             batch["pixel_values_view2"] = image_processor(images=second_views, return_tensors="pt")["pixel_values"]
         if self.perturber is not None:
             batch.update(self.perturber.encode(negatives, self.processor, self.max_length))
+        if self.grounding is not None:
+            batch["grounding_cells"] = self.grounding.encode(rows)
         return batch
 
 
@@ -340,13 +347,16 @@ class CachedTrainCollator:
     """`TrainCollator` for a frozen backbone: rows → `vision_hidden_states` (+ `_view2` with MVJRC)
     looked up in a `BackboneCache` instead of pixels; captions, ids and `sample_index` as before.
 
-    Rows need no decoded image (the dataset may drop the `image` column).
+    Rows need no decoded image (the dataset may drop the `image` column). `perturber` and `grounding` as in
+    `TrainCollator`.
     """
 
     def __init__(self, processor, seed: int, cache: BackboneCache | None, augment: bool = True, mvjrc: bool = False,
-                 max_length: int = 40, dtype: torch.dtype = torch.float32, perturber: Callable | None = None):
+                 max_length: int = 40, dtype: torch.dtype = torch.float32, perturber: Callable | None = None,
+                 grounding=None):
         # `cache` may be attached later (the trainer builds the collator before the model that fills it)
         self.perturber = perturber
+        self.grounding = grounding
         self.processor = processor
         self.seed = int(seed)
         self.cache = cache
@@ -383,6 +393,8 @@ class CachedTrainCollator:
             batch["vision_hidden_states_view2"] = self.cache.tokens[image_rows, second].to(self.dtype)
         if self.perturber is not None:
             batch.update(self.perturber.encode(negatives, self.processor, self.max_length))
+        if self.grounding is not None:
+            batch["grounding_cells"] = self.grounding.encode(rows)
         return batch
 
 

@@ -35,9 +35,8 @@ from mtgfe.data import registry as benchmarks
 from mtgfe.data import views
 from mtgfe.evaluation.metrics import RECALL_KEYS
 
-from mtgfe.evaluation.compositional.synthetic_pairs import EDIT_TYPES
-
 from .perturbation import PERTURBATION_SOURCES
+from .synthetic_twins import TWIN_TYPES
 
 
 BENCHMARK_DATASETS = tuple(benchmarks.BENCHMARKS)  # the one benchmark registry: ucm, sydney, rsicd, rsitmd
@@ -132,6 +131,16 @@ class _ModelSource(Section):
     pretrained_recipe: Optional[str] = None
     """Two-stage recipes: the shipped config that produces `pretrained` (which must then be `<that run's
     output_dir>/final`); mtgfe-train trains it first when the folder does not exist yet."""
+    linear_init_std: Optional[float] = Field(None, gt=0.0)
+    """Training from scratch (`preset`) only: initialise the weights of every `nn.Linear` of the text and fusion
+    layers (self- and cross-attention, FFN) from N(0, std), biases 0, instead of BERT's 0.02
+    (`text_config.initializer_range`); embeddings, projections and heads keep their init. Why: in the
+    twin-recipe probes (width 96, 4 layers) the balanced swap-quad loss of mirrored twins stayed at ln 2 at
+    0.02 and left it at 0.08: at 0.02 the cross-attention is near-uniform (a permutation-symmetric summary of
+    the grid, blind to position) and the FFN's GELU near-linear, so the product of attention sharpness,
+    position and nonlinearity that a mirror twin needs starts at ~0. `text_config.initializer_range` would also
+    scale the embeddings and heads, which was not measured. Pretrained weights (`init`, `pretrained`) bring
+    their own scale: refused with them. null: the preset's init."""
     config: dict[str, Any] = Field(default_factory=dict)
     """Any other `MTGFEConfig` field, passed to the model config as given."""
 
@@ -185,8 +194,8 @@ class TwinsConfig(Section):
     `model.itm_perturbation_negatives` (ITM) / `model.itc_perturbation_negatives` (NegCLIP ITC columns).
     """
 
-    types: list[Literal[EDIT_TYPES]] = Field(default_factory=list)  # type: ignore[valid-type]
-    """Which attribute a twin changes, any of count, colour, spatial, binding, near (empty: off)."""
+    types: list[Literal[TWIN_TYPES]] = Field(default_factory=list)  # type: ignore[valid-type]
+    """Which attribute a twin changes, any of count, colour, spatial, binding, near, side (empty: off)."""
     per_scene: int = Field(1, ge=1)
     """Distinct twins per scene and type."""
     seed: int = 0
@@ -527,6 +536,10 @@ def _model_source(cfg: TrainConfig) -> Iterator[str]:
     elif m.pretrained is not None and not Path(m.pretrained).is_dir():
         yield (f"model.pretrained={m.pretrained!r} is not a folder (a saved MTGFE model; for the two-stage "
                "UCM recipe train stage 1 first: mtgfe-train --config ucm_dual_finetune)")
+    if m.linear_init_std is not None and (m.init is not None or m.pretrained is not None):
+        yield (f"model.linear_init_std={m.linear_init_std} re-initialises the text and fusion layers of a model "
+               "trained from scratch (model.preset); it would overwrite the weights of model.init / "
+               "model.pretrained: drop one of the two")
     if m.num_fusion_layers is not None and m.init is None:
         yield (f"model.num_fusion_layers={m.num_fusion_layers} needs model.init (it decides which pretrained text "
                "layers start the fusion stack); a preset or saved model fixes its layers itself")
@@ -683,8 +696,36 @@ def _twins(cfg: TrainConfig) -> Iterator[str]:
                    f"{', '.join(f'views.mvjrc.{k}=0' for k in on)}")
 
 
+def _grounding(cfg: TrainConfig) -> Iterator[str]:
+    """`model.grounding_weight > 0`: its targets come from the synthetic generator through rendered twins (the
+    only rows that carry a scene), and they are grid cells of the whole, unaugmented image, so the view the
+    fusion layers see must be a plain resize (a crop or flip moves the objects off their cells)."""
+    m, d, v = cfg.model, cfg.data, cfg.views
+    if m.grounding_weight <= 0:
+        return
+    if not d.synthetic.twins.types or m.perturbation_source != "twins":
+        yield (f"model.grounding_weight={m.grounding_weight} needs rendered twins (data.synthetic.twins.types and "
+               "model.perturbation_source=twins): only twin rows carry grounding targets; set model.grounding_weight=0 "
+               "otherwise")
+    if not v.augment:
+        return
+    if d.backbone_cache.enabled:
+        yield (f"model.grounding_weight={m.grounding_weight} with data.backbone_cache.enabled and views.augment: cached "
+               "views are rescaled and rotated (views.mvjrc), which moves objects off their target cells; set "
+               "views.augment=false")
+        return
+    try:
+        base = views.BaseTransform(image_size=d.image_size, **v.base)
+    except (TypeError, ValueError):
+        return  # reported by the views rule
+    if base.scale != (1.0, 1.0) or base.ratio != (1.0, 1.0) or base.hflip:
+        yield (f"model.grounding_weight={m.grounding_weight}: views.base crops or flips images (scale={list(base.scale)}, "
+               f"ratio={list(base.ratio)}, hflip={base.hflip}), which moves objects off their target cells; set "
+               "views.base to {scale: [1, 1], ratio: [1, 1], hflip: false} or views.augment=false")
+
+
 CROSS_FIELD_RULES = (_free_mappings_are_finite, _model_source, _tasks, _data, _freezing_and_cache, _views,
-                     _run_length_and_schedule, _evaluation, _twins)
+                     _run_length_and_schedule, _evaluation, _twins, _grounding)
 
 
 # ------------------------------------------------------------------------------------------ helpers of the trainer

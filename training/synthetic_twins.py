@@ -12,6 +12,8 @@ edits, plus the ``near`` relation):
 * ``spatial``  the scene is mirrored (left/right) or flipped (above/below), so two groups swap sides
 * ``binding``  two groups of different kinds swap colours (both captions hold the same words)
 * ``near``     one group moves from beside another to far from it (or back): "... next to ..." / "... far from ..."
+* ``side``     the scene is mirrored (or flipped), and the captions name where one group lies:
+               "four red buildings on the left side" / "... on the right side" (or top / bottom side)
 
 A twin quad is two rows, (A, a) and (A', a'), that `perturbation.CaptionPerturber` (source ``twins``) brings
 into a batch beside a row of scene A, with the negatives (A, a') and (A', a): each caption is a positive
@@ -34,13 +36,43 @@ from datasets import Dataset, Value
 from .collate import image_sources
 from mtgfe.data.annotations import ImageRecord, build_dataset, normalize_caption
 from mtgfe.data.synthetic import SPLIT_CODES, sample_scene
-from mtgfe.evaluation.compositional.synthetic_pairs import EDIT_TYPES, edit_scene, render_png
+from mtgfe.evaluation.compositional.synthetic_pairs import EDIT_TYPES, edit_scene, group_phrase, mirror_scene, render_png
 
-TWIN_TYPES = EDIT_TYPES
+TWIN_TYPES = (*EDIT_TYPES, "side")  # new types go last: a type's position seeds its draws (`generate_twins`)
 # Image ids of twin images: far above any scene index, so a twin never shares an id (ITC positives, cache
 # rows) with a training image.
 TWIN_IMAGE_ID_OFFSET = 1 << 30
 _TWIN_STREAM = 7  # purpose id mixed into the twin streams (sample_scene uses the bare [seed, split, index])
+
+
+_OTHER_SIDE = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
+
+
+def side_edit(scene: dict, rng: np.random.Generator) -> tuple[dict, str, str] | None:
+    """The ``side`` twin: one group clearly on one side (centre below 0.4 or above 0.6 on an axis), the scene
+    mirrored across that axis, and the captions "{group} on the left side" / "... on the right side" (top /
+    bottom for a vertical flip). None when no group is off-centre, or none reads unambiguously.
+
+    Why: a one-group curriculum for layout. It names a single group and a single place, so ITM has to read
+    just one thing from where that group's tokens are, where a ``spatial`` twin needs two groups and their
+    relation; in the twin-recipe probes side twins left chance first (about step 300) and spatial twins
+    followed. The twin is the exact pixel mirror of the scene (`render` draws the mirrored graph), so nothing
+    but position tells the two images apart. A group whose phrase another group shares is never named: the
+    caption would be true of both images.
+    """
+    phrases = [group_phrase(g) for g in scene["groups"]]
+    options = []
+    for group, phrase in zip(scene["groups"], phrases):
+        if phrases.count(phrase) != 1:
+            continue
+        if group["cx"] < 0.4 or group["cx"] > 0.6:
+            options.append((phrase, "x", "left" if group["cx"] < 0.5 else "right"))
+        if group["cy"] < 0.4 or group["cy"] > 0.6:
+            options.append((phrase, "y", "top" if group["cy"] < 0.5 else "bottom"))
+    if not options:
+        return None
+    phrase, axis, side = options[int(rng.integers(len(options)))]
+    return mirror_scene(scene, axis), f"{phrase} on the {side} side", f"{phrase} on the {_OTHER_SIDE[side]} side"
 
 
 def generate_twins(num_scenes: int, types: Sequence[str] = TWIN_TYPES, per_scene: int = 1, seed: int = 0,
@@ -65,7 +97,7 @@ def generate_twins(num_scenes: int, types: Sequence[str] = TWIN_TYPES, per_scene
             seen = set()
             for k in range(per_scene):
                 rng = np.random.default_rng([seed, split, index, _TWIN_STREAM, code, k, twin_seed])
-                edit = edit_scene(scene, typ, rng)
+                edit = side_edit(scene, rng) if typ == "side" else edit_scene(scene, typ, rng)
                 if edit is None:
                     break  # no site: the other draws would find none either
                 twin, caption, twin_caption = edit
@@ -158,4 +190,4 @@ class TwinQuads:
 
 
 __all__ = ["TWIN_IMAGE_ID_OFFSET", "TWIN_TYPES", "TwinQuads", "evaluation_scene_keys",
-           "generate_twins", "load_twin_rows"]
+           "generate_twins", "load_twin_rows", "side_edit"]

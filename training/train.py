@@ -68,6 +68,7 @@ from .config import (
     check_data_dependent,
     warmup_steps,
 )
+from .grounding import GroundingTargets, token_grid
 from .perturbation import CaptionPerturber
 from .splits import load_config_split, load_cv
 from .synthetic_twins import TwinQuads, load_twin_rows
@@ -81,7 +82,7 @@ NEW_PARAMETER_PATTERNS = ("crossattention", "vision_token_proj", "image_position
                           "mlm_head", "mvjrc_head")
 # Parameters that never get weight decay besides biases/norms (ndim < 2) and nn.Embedding tables.
 NO_DECAY_NAMES = ("temp", "cls_token", "mask_token", "position_embeddings", "row_embeddings", "column_embeddings")
-LOSS_NAMES = ("loss", "loss_itc", "loss_itm", "loss_mlm", "loss_mvjrc")
+LOSS_NAMES = ("loss", "loss_itc", "loss_itm", "loss_mlm", "loss_mvjrc", "loss_grounding")
 
 
 # ------------------------------------------------------------------------------------------ builders
@@ -154,6 +155,8 @@ def build_model(cfg: TrainConfig, tokenizer):
         vision_config = {"image_size": size, **overrides.pop("vision_config", {})}
         config = MTGFEConfig.from_preset(m.preset, vision_config=vision_config, text_config=text_config, **overrides)
         model = MTGFEForPreTraining(config)
+        if m.linear_init_std is not None:  # from scratch only (config rule)
+            init_text_fusion_linears(model, m.linear_init_std)
     text_config = model.config.text_config
     if len(tokenizer) > text_config.vocab_size:
         raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the model's vocabulary has "
@@ -165,6 +168,24 @@ def build_model(cfg: TrainConfig, tokenizer):
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
     return model
+
+
+@torch.no_grad()
+def init_text_fusion_linears(model, std: float) -> int:
+    """Weights of every `nn.Linear` in the text and fusion layers from N(0, std), biases 0; returns how many.
+
+    `model.linear_init_std` (its docstring says why: BERT's 0.02 kept the swap-quad loss of mirrored twins at
+    ln 2 in the twin-recipe probes, 0.08 let it learn). Embeddings, projections and heads are left alone.
+    """
+    base = getattr(model, "mtgfe", model)
+    count = 0
+    for module in (*base.text_encoder.modules(), *base.fusion_encoder.modules()):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+            count += 1
+    return count
 
 
 def backbones_are_pretrained(cfg: TrainConfig) -> bool:
@@ -481,7 +502,9 @@ def train(cfg: TrainConfig) -> dict:
     train_set = EpochCaptionDataset(train_rows, cfg.data.captions_per_image, seed=cfg.seed,
                                     load_images=not cache_cfg.enabled)
     views_pair = build_view_transforms(cfg)
-    tokenizer = build_tokenizer(cfg, train_rows["caption"], accelerator, resume_dir)
+    # a wordpiece vocabulary also learns the twins' words (training captions too; "top", "far" are in no other)
+    vocabulary_captions = list(train_rows["caption"]) + (list(twin_rows["caption"]) if twin_rows is not None else [])
+    tokenizer = build_tokenizer(cfg, vocabulary_captions, accelerator, resume_dir)
     processor = build_processor(cfg, tokenizer)
     collator, train_dl = build_train_loader(cfg, train_set, processor, views_pair, accelerator, twin_rows)
     batches_per_epoch = len(train_dl)
@@ -510,6 +533,11 @@ def train(cfg: TrainConfig) -> dict:
         collator.cache = backbone_cache.load_or_build_backbone_cache(cfg, model, processor, train_rows, accelerator,
                                                       pool_rows=pool_rows)
         collator.dtype = next(model.parameters()).dtype
+    if cfg.model.grounding_weight > 0:  # targets index the model's token grid, known once the model exists
+        grid = token_grid(model, cfg.data.image_size)
+        collator.grounding = GroundingTargets(tokenizer, grid, cfg.data.max_length)
+        accelerator.print(f"grounding loss (weight {cfg.model.grounding_weight}) on the {grid[0]} x {grid[1]} token "
+                          "grid of the twin rows")
     optimizer = build_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     min_ratio = cfg.schedule.min_lr / cfg.optim.lr

@@ -39,6 +39,11 @@ def true_captions(scene: dict) -> set[str]:
                    cy=np.mean([o["y"] for o in g["objects"]])) for g in scene["groups"]]
     ground = BACKGROUNDS[scene["background"]][1][0]
     out = {f"{_phrase(g)} on the {ground}" for g in groups}
+    for g in groups:  # side captions: the group's centre clearly off the middle
+        for side, off in (("left", g["cx"] < 0.4), ("right", g["cx"] > 0.6), ("top", g["cy"] < 0.4),
+                          ("bottom", g["cy"] > 0.6)):
+            if off:
+                out.add(f"{_phrase(g)} on the {side} side")
     for i, a in enumerate(groups):
         for j, b in enumerate(groups):
             if i == j:
@@ -75,11 +80,12 @@ def test_twins_differ_in_exactly_the_named_attribute(twins):
     groups, and within the edited group every other field)."""
     for t in twins:
         a, b, typ = t["scene"], t["twin"], t["type"]
-        moved = ("groups", "mirrored") + (("water",) if typ == "spatial" else ())  # a mirror mirrors the river too
+        mirror = typ in ("spatial", "side")
+        moved = ("groups", "mirrored") + (("water",) if mirror else ())  # a mirror mirrors the river too
         assert {k: v for k, v in a.items() if k not in moved} == {k: v for k, v in b.items() if k not in moved}
         assert len(a["groups"]) == len(b["groups"])
         changed = [i for i, (g, h) in enumerate(zip(a["groups"], b["groups"])) if g != h]
-        if typ == "spatial":
+        if mirror:
             axis = b["mirrored"]
             k = 0 if axis == "x" else 1
             for g, h in zip(a["groups"], b["groups"]):
@@ -238,3 +244,27 @@ def test_twins_train_on_cached_tokens_and_resume_exactly(tmp_path):
     assert all(0 < r["loss_itm"] < 5 for r in log)
     assert main(BASE + [f"output_dir={resumed}", *common, f"checkpoint.resume_from={full / 'checkpoint-2'}"]) == 0
     compare_runs(full, resumed, from_step=2)
+
+
+def test_side_twins_are_pixel_mirrors_named_by_one_group(twins):
+    """`side`: one unambiguously named group, clearly on the side the caption says; the twin is the exact pixel
+    mirror, so only position tells the images apart. Adding the type changed no other type's twins."""
+    from mtgfe.evaluation.compositional.synthetic_pairs import group_phrase, mirror_scene, render
+
+    side = [t for t in twins if t["type"] == "side"]
+    assert len(side) >= 20
+    for t in side:
+        axis = t["twin"]["mirrored"]
+        assert t["twin"] == mirror_scene(t["scene"], axis)
+        words, twin_words = t["caption"].split(), t["twin_caption"].split()
+        assert words[:-2] == twin_words[:-2] and words[-1] == twin_words[-1] == "side"
+        assert {words[-2], twin_words[-2]} == ({"left", "right"} if axis == "x" else {"top", "bottom"})
+        phrases = [group_phrase(g) for g in t["scene"]["groups"]]
+        assert phrases.count(" ".join(words[:-4])) == 1  # "<phrase> on the <side> side"
+    for t in side[:3]:
+        base, twin = np.asarray(render(t["scene"], 32)), np.asarray(render(t["twin"], 32))
+        flipped = base[:, ::-1] if t["twin"]["mirrored"] == "x" else base[::-1]
+        assert np.array_equal(twin, flipped)
+    others = [t for t in twins if t["type"] != "side"]
+    assert generate_twins(N_SCENES, [t for t in TWIN_TYPES if t != "side"]) == others
+    assert load_config("synthetic_tiny", [*TWINS, "data.synthetic.twins.types=[side,spatial]"])
