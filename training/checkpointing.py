@@ -16,7 +16,7 @@ only catches accidents: whoever hands over a folder can rewrite it. What stops a
 file of it is ever unpickled: every pickle-format file is read first with `weights_only=True` and an
 explicit allow-list (`load_state_file`), and one naming anything else is refused, naming the file.
 A fresh run never starts in a folder holding another run's artefacts (`check_output_dir`), unless
-`overwrite: true`, which first removes them.
+`overwrite: true`, which removes them once the new run has passed every check (`remove_run_artefacts`).
 """
 
 from __future__ import annotations
@@ -93,14 +93,16 @@ def run_artefacts(output_dir: Path) -> list[Path]:
     return found
 
 
-def check_output_dir(cfg: TrainConfig, remove: bool = True) -> None:
-    """A fresh run (no checkpoint to resume) refuses a folder that holds another run's work; with
-    `overwrite: true` it removes that run's artefacts first (and says which). Runs before any work."""
+def check_output_dir(cfg: TrainConfig) -> list[Path]:
+    """A fresh run (no checkpoint to resume) refuses a folder that holds another run's work. With
+    `overwrite: true` it returns that run's artefacts instead, for `remove_run_artefacts` to delete once the
+    new run has passed every check: a run that is refused (a bad batch size for its data, a missing
+    tokenizer) must not have removed the run it was going to replace. Deletes and writes nothing."""
     output_dir = Path(cfg.output_dir)
     found = run_artefacts(output_dir)
     work = [p for p in found if p.name.startswith(("checkpoint-", "final", "best", LOG_FILE))]
     if not work:
-        return
+        return found
     if not cfg.overwrite:
         names = ", ".join(p.name for p in work[:6]) + (", ..." if len(work) > 6 else "")
         if cfg.checkpoint.resume_from == "latest":
@@ -111,15 +113,22 @@ def check_output_dir(cfg: TrainConfig, remove: bool = True) -> None:
             f"output_dir={str(output_dir)!r} already holds a training run ({names}); a fresh run there would "
             "delete or mix with its work. Continue it with --set checkpoint.resume_from=latest, start over with "
             "--set overwrite=true (removes that run's checkpoints, final/, best/, metrics), or pick another output_dir")
-    if not remove:  # other ranks: the main process removes them
-        return
+    return found
+
+
+def remove_run_artefacts(output_dir: Path, found: list[Path]) -> None:
+    """Delete what `check_output_dir` found (main process only; call it after every check has passed)."""
+    removed = []
     for path in found:
         if path.is_dir():
             shutil.rmtree(path)
-        else:
+        elif path.exists():
             path.unlink()
-    logger.warning("overwrite=true: removed the previous run's artefacts from %s: %s", output_dir,
-                   ", ".join(p.name for p in found))
+        else:
+            continue
+        removed.append(path.name)
+    if removed:
+        logger.warning("overwrite=true: removed the previous run's artefacts from %s: %s", output_dir, ", ".join(removed))
 
 
 # ------------------------------------------------------------------------------------------ integrity

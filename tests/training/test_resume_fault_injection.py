@@ -106,6 +106,21 @@ def test_overwrite_true_removes_the_old_run_first(reference, tmp_path, tokenizer
     assert steps_logged(out) == [1, 2]
 
 
+@pytest.mark.parametrize("extra", [
+    ("batch_size=100000",),  # refused by the loader: too few rows for one batch
+    ("batch_size=100000", "data.tokenizer=wordpiece"),  # ... after a tokenizer was trained for the new run
+])
+def test_overwrite_true_keeps_the_old_run_when_the_new_one_is_refused(reference, tmp_path, tokenizer_dir, capsys,
+                                                                       extra):
+    out = copy_run(reference, tmp_path)
+    before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert main(args(out, tokenizer_dir, "overwrite=true", *extra)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "too few for batch_size=100000" in err, err
+    after = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before  # nothing removed, nothing written, nothing left behind
+
+
 def test_resume_refuses_a_checkpoint_of_another_run(reference, tmp_path, tokenizer_dir, capsys):
     out = copy_run(reference, tmp_path)
     assert main(args(out, tokenizer_dir, "max_steps=20", "checkpoint.resume_from=latest")) == 2
