@@ -31,6 +31,7 @@ from mtgfe.utils.validation import check_finite
 
 from . import sharded_encode
 from .gallery_index import BUILD_STATE_NAME, MANIFEST_NAME, GalleryIndex, IndexMismatchError
+from .index_storage import IndexBusyError, index_write_lock
 from .geo import hits_to_geojson, suppress_overlapping
 from .report_html import is_match, write_contact_sheet, write_html
 from .scene_index import (
@@ -99,6 +100,16 @@ def _arg_positive_int(text: str) -> int:
     return value
 
 
+def _arg_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
 def _arg_alpha(text: str) -> float:
     """argparse type: a finite float >= 0 (`nan`, `inf`, negatives are refused before any work)."""
     try:
@@ -158,17 +169,33 @@ def index_main(argv: list[str] | None = None) -> int:
                              "run (update or --resume), so a repaired file gets indexed")
     parser.add_argument("--verify-index", choices=("header", "full", "none"), default="header",
                         help="checks of an existing index against its manifest checksums before updating it")
+    parser.add_argument("--lock-timeout", type=_arg_seconds, default=None, metavar="SECONDS",
+                        help="how long to wait when another mtgfe-index is writing the same --output (default: until "
+                             "it finishes; 0: fail at once). Writers queue so that neither loses the other's work")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true")
     _add_scene_arguments(parser)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    if args.delete and not (Path(args.output) / MANIFEST_NAME).is_file():  # before the lock, which creates the folder
+        print(f"error: {args.output} holds no index ({MANIFEST_NAME} is missing): nothing to delete from",
+              file=sys.stderr)
+        return 2
+
+    def waiting(holder: str) -> None:
+        print(f"mtgfe-index: another writer ({holder}) is writing {args.output}; waiting for it to finish "
+              "(--lock-timeout to bound the wait)", file=sys.stderr, flush=True)
+
     try:
-        if args.scenes:
-            return _index_scenes(args)
-        if args.delete:
-            return _delete_items(args)
-        return _index(args)
+        with index_write_lock(args.output, timeout=args.lock_timeout, on_wait=waiting):
+            if args.scenes:
+                return _index_scenes(args)
+            if args.delete:
+                return _delete_items(args)
+            return _index(args)
+    except IndexBusyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         output = Path(args.output)
         if (output / BUILD_STATE_NAME).is_file():

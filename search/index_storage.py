@@ -7,9 +7,12 @@ atomically, and how fusion tokens are read back a few rows at a time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -439,6 +442,72 @@ class ShardWriter:
             self.directory.rmdir()
 
 
+# ----------------------------------------------------------------------------------------------- write lock
+WRITE_LOCK_NAME = ".mtgfe-write.lock"
+WRITE_LOCK_OWNER = ".mtgfe-write.lock.json"  # who holds the lock (PID, host, since): for the waiting writer's message
+
+
+class IndexBusyError(RuntimeError):
+    """Another writer holds an index folder's write lock (and the caller would not, or no longer, wait)."""
+
+
+def _lock_holder(directory: Path) -> str:
+    """`PID 123 on host, since 2026-...` from the owner file, or a plain phrase when it is unreadable (the
+    holder may be between taking the lock and writing it)."""
+    try:
+        owner = json.loads((directory / WRITE_LOCK_OWNER).read_text(encoding="utf-8"))
+        return f"PID {int(owner['pid'])} on {owner.get('host', '?')}, since {owner.get('since', '?')}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not said who it is yet"
+
+
+@contextlib.contextmanager
+def index_write_lock(directory: str | os.PathLike, timeout: float | None = None,
+                     on_wait: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Hold `directory`'s exclusive write lock for a whole build, update (load, add, save) or delete.
+
+    Why: an update reads the manifest, encodes for minutes and writes a new manifest; two writers that
+    overlap would each write a manifest holding only their own additions, and one's work would be lost
+    without an error. Writers therefore queue on an OS file lock in the folder (`filelock`; released by
+    the OS when the holder dies, so a killed writer never leaves the index locked). Readers take no lock:
+    the manifest is replaced atomically and written last.
+
+    `timeout`: seconds to wait for another writer (None: as long as it takes; 0: not at all). When the lock
+    is held, `on_wait` is called once with a description of the holder (PID, host, since when) before
+    waiting; past `timeout`, `IndexBusyError` names the holder. The folder is created if missing.
+    """
+    import datetime as _dt
+    import socket
+
+    from filelock import FileLock, Timeout
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(directory / WRITE_LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = _lock_holder(directory)
+        if timeout == 0:
+            raise IndexBusyError(f"another writer ({holder}) is writing the index {directory} "
+                                 f"(it holds {directory / WRITE_LOCK_NAME}); try again when it has finished") from None
+        if on_wait is not None:
+            on_wait(holder)
+        try:
+            lock.acquire(timeout=-1 if timeout is None else timeout)
+        except Timeout:
+            raise IndexBusyError(f"another writer ({_lock_holder(directory)}) still holds the write lock of the index "
+                                 f"{directory} after {timeout:g} s; nothing was written, try again later") from None
+    try:
+        since = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        atomic_write_text(directory / WRITE_LOCK_OWNER,
+                          json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}))
+        yield directory
+    finally:
+        (directory / WRITE_LOCK_OWNER).unlink(missing_ok=True)
+        lock.release()
+
+
 def shard_metadata(start: int, count: int) -> dict[str, str]:
     """Header metadata of a shard: the manifest rows it holds (makes every shard's header hash distinct)."""
     return {"mtgfe_rows": f"{start}:{start + count}"}
@@ -453,6 +522,8 @@ __all__ = [
     "BUILD_STATE_NAME",
     "INDEX_FORMAT_VERSION",
     "MANIFEST_NAME",
+    "WRITE_LOCK_NAME",
+    "IndexBusyError",
     "IndexCorruptError",
     "IndexMismatchError",
     "VERIFY_MODES",
@@ -462,6 +533,7 @@ __all__ = [
     "check_model",
     "config_hash",
     "file_checksums",
+    "index_write_lock",
     "open_safetensors",
     "read_index_json",
     "shard_metadata",
