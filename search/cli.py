@@ -182,6 +182,15 @@ def index_main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
+    # The inputs that do not depend on the index (model, captions) are read before the lock, which creates the
+    # output folder: a typo there is refused without leaving a folder behind.
+    try:
+        model, processor = load_model_and_processor(args.model, args.processor)
+        captions = _read_captions(args.captions) if args.images else {}
+    except (FileNotFoundError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
     def waiting(holder: str) -> None:
         print(f"mtgfe-index: another writer ({holder}) is writing {args.output}; waiting for it to finish "
               "(--lock-timeout to bound the wait)", file=sys.stderr, flush=True)
@@ -189,10 +198,10 @@ def index_main(argv: list[str] | None = None) -> int:
     try:
         with index_write_lock(args.output, timeout=args.lock_timeout, on_wait=waiting):
             if args.scenes:
-                return _index_scenes(args)
+                return _index_scenes(args, model, processor)
             if args.delete:
-                return _delete_items(args)
-            return _index(args)
+                return _delete_items(args, model, processor)
+            return _index(args, model, processor, captions)
     except IndexBusyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -204,10 +213,8 @@ def index_main(argv: list[str] | None = None) -> int:
         return _interrupted(f"nothing new was written to {output}; run the same command again to index the files.")
 
 
-def _index(args) -> int:
+def _index(args, model, processor, captions: dict[str, list[str]]) -> int:
     try:
-        model, processor = load_model_and_processor(args.model, args.processor)
-        captions = _read_captions(args.captions)
         output = Path(args.output)
         if (output / MANIFEST_NAME).is_file():
             index = GalleryIndex.load(output, model=model, processor=processor, verify=args.verify_index)
@@ -369,7 +376,7 @@ def _add_scene_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--recursive", action="store_true", help="look for scenes in subfolders too")
 
 
-def _index_scenes(args) -> int:
+def _index_scenes(args, model, processor) -> int:
     """`mtgfe-index --scenes`: tile scenes through `iter_tiles` and index the tiles (resumable like image builds)."""
     output = Path(args.output)
     try:
@@ -382,7 +389,6 @@ def _index_scenes(args) -> int:
         source = SceneSource(args.scenes, tile_size=args.tile_size, stride=args.stride, bands=parse_bands(args.bands),
                              nodata_max_fraction=args.nodata_max_fraction,
                              on_error="skip" if args.skip_bad_scenes else "raise", recursive=args.recursive)
-        model, processor = load_model_and_processor(args.model, args.processor)
         index = GalleryIndex.build(
             model, processor, source, output_dir=output, batch_size=args.batch_size,
             keep_tokens=not args.no_tokens,
@@ -405,10 +411,9 @@ def _index_scenes(args) -> int:
     return 0
 
 
-def _delete_items(args) -> int:
+def _delete_items(args, model, processor) -> int:
     """`mtgfe-index --delete ID ...`: tombstone items (`GalleryIndex.delete`, persisted atomically)."""
     try:
-        model, processor = load_model_and_processor(args.model, args.processor)
         index = GalleryIndex.load(args.output, model=model, processor=processor)
         removed = index.delete(args.delete)
     except KeyError as error:
