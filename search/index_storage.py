@@ -223,6 +223,27 @@ def _type_name(types) -> str:
     return " or ".join("null" if t is type(None) else t.__name__ for t in types)
 
 
+def check_confined(name: str, entry: str, path: Path) -> None:
+    """Refuse a file name from an index's JSON (`path`: the manifest or build state) that points outside its
+    folder: an absolute path, `..`, a subfolder, or a link that resolves elsewhere. Every file an index owns
+    (shards, `embeddings.npy`, texts) sits directly in its folder; a hand-edited or hostile manifest must not
+    make a load read (or an update overwrite) `/etc/passwd`. Gallery *image* paths are not checked here:
+    they point outside by design and are only ever read."""
+    folder = path.parent
+    if not name or name in (".", "..") or Path(name).name != name or "\\" in name or Path(name).is_absolute():
+        inside = False
+    else:
+        try:
+            (folder / name).resolve().relative_to(folder.resolve())
+            inside = True
+        except ValueError:
+            inside = False
+    if not inside:
+        raise IndexCorruptError(f"{str(path)!r}: {entry} names the file {name!r}, which is not a file of the index "
+                                f"folder {str(folder)!r}; refused (an index reads and writes only its own files). "
+                                f"{_REBUILD_HINT}")
+
+
 def validate_manifest(manifest: Any, path: Path) -> dict:
     """Raise `IndexCorruptError` naming `path` and the missing / mistyped keys; log unknown keys."""
     if not isinstance(manifest, dict):
@@ -252,6 +273,7 @@ def validate_manifest(manifest: Any, path: Path) -> dict:
             bad = [k for k, t in _SHARD_KEYS.items() if not isinstance(shard, dict) or not isinstance(shard.get(k), t)]
             if bad:
                 raise IndexCorruptError(f"Index manifest {str(path)!r}: shard entry {number} lacks valid {bad}. {_REBUILD_HINT}")
+            check_confined(shard["file"], f"shard entry {number}", path)
             if "start" in shard and shard["start"] != total:
                 raise IndexCorruptError(f"Index manifest {str(path)!r}: shard {shard['file']!r} starts at row "
                                         f"{shard['start']}, expected {total}. {_REBUILD_HINT}")
@@ -259,6 +281,13 @@ def validate_manifest(manifest: Any, path: Path) -> dict:
         if total != manifest["count"]:
             raise IndexCorruptError(f"Index manifest {str(path)!r}: its shards hold {total} rows but count is "
                                     f"{manifest['count']}. {_REBUILD_HINT}")
+        record = manifest.get("embeddings_file")
+        if record is not None:
+            if not (isinstance(record.get("file"), str) and isinstance(record.get("count"), int)
+                    and not isinstance(record.get("count"), bool)):
+                raise IndexCorruptError(f"Index manifest {str(path)!r}: embeddings_file must hold a file name and a "
+                                        f"row count, got {record!r}. {_REBUILD_HINT}")
+            check_confined(record["file"], "embeddings_file", path)
     return manifest
 
 
@@ -287,6 +316,9 @@ def validate_build_state(state: Any, path: Path) -> dict:
         bad += [f"shards[{number}].{k}" for k, t in _STATE_SHARD_KEYS.items() if not isinstance(shard.get(k), t)]
     if bad:
         raise IndexCorruptError(f"Index build state {str(path)!r} lacks valid key(s) {bad}. {hint}")
+    for number, shard in enumerate(state["shards"]):
+        if shard["file"] is not None:
+            check_confined(shard["file"], f"shards[{number}].file", path)
     return state
 
 
@@ -530,6 +562,7 @@ __all__ = [
     "ShardWriter",
     "TokenStore",
     "atomic_save_tensors",
+    "check_confined",
     "check_model",
     "config_hash",
     "file_checksums",
