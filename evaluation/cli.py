@@ -24,7 +24,7 @@ from mtgfe.processing import MTGFEProcessor
 from mtgfe.training.config import ConfigError, load_config
 from mtgfe.training.splits import load_cv
 from mtgfe.utils.entrypoints import run_subcommand
-from mtgfe.utils.io import atomic_write_json
+from mtgfe.utils.io import UnsafePickleError, atomic_write_json, pickles_refused
 from mtgfe.utils.validation import check_finite, finite_float_arg
 
 from . import metrics
@@ -160,8 +160,11 @@ def _run(args: argparse.Namespace) -> int:
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         raise UsageError(f"cannot load --dataset {args.dataset} --split {args.split}: {message}") from None
     try:
-        model = MTGFEModel.from_pretrained(args.model).to(accelerator.device).eval()
+        with pickles_refused(f"--model {args.model}"):
+            model = MTGFEModel.from_pretrained(args.model).to(accelerator.device).eval()
         processor = MTGFEProcessor.from_pretrained(args.model)
+    except UnsafePickleError as error:
+        raise UsageError(str(error)) from None
     except (OSError, ValueError) as error:
         raise UsageError(f"--model {args.model}: cannot load the model/processor: {str(error).splitlines()[0]}") from None
     report = evaluate_model(
@@ -196,7 +199,11 @@ def compositional_main(args) -> int:
     """`mtgfe-eval --compositional`: `compositional_eval.evaluate_compositional`, table, JSON."""
     if args.dataset is not None or args.cv_run is not None:
         raise UsageError("--compositional uses its own test sources (--sources), not --dataset/--cv-run")
-    model = MTGFEModel.from_pretrained(args.model).eval()
+    try:
+        with pickles_refused(f"--model {args.model}"):
+            model = MTGFEModel.from_pretrained(args.model).eval()
+    except UnsafePickleError as error:
+        raise UsageError(str(error)) from None
     processor = MTGFEProcessor.from_pretrained(args.model)
     report = evaluate_compositional(model, processor, sources=args.sources, data_dir=args.data_dir, k=args.k,
                                     alpha=args.alpha, n_boot=args.n_boot, model_path=str(Path(args.model).resolve()),

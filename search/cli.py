@@ -26,7 +26,7 @@ import modeling_mtgfe  # noqa: F401 - importing the package registers the Auto c
 from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES, resolve_retrieval_settings
 from modeling_mtgfe.retrieval import IMAGE_EXTENSIONS
 from mtgfe.utils.entrypoints import run_subcommand
-from mtgfe.utils.io import FileFormatError, atomic_write_json, atomic_write_text, read_json
+from mtgfe.utils.io import FileFormatError, atomic_write_json, atomic_write_text, pickles_refused, read_json
 from mtgfe.utils.validation import check_finite
 
 from . import sharded_encode
@@ -53,7 +53,8 @@ def load_model_and_processor(model_dir: str, processor_dir: str | None = None):
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"No model at {model_dir!r} (config.json missing).")
-    model = AutoModel.from_pretrained(model_dir).eval()
+    with pickles_refused(f"--model {model_dir}"):
+        model = AutoModel.from_pretrained(model_dir).eval()
     source = processor_dir or model_dir
     try:
         processor = AutoProcessor.from_pretrained(source)

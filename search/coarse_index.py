@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from modeling_mtgfe.retrieval import Candidates, coarse_topk
-from mtgfe.utils.io import atomic_path, atomic_write_text, read_json
+from mtgfe.utils.io import FileFormatError, atomic_path, atomic_write_text, read_json
 
 from .index_storage import IndexCorruptError, tensor_sha256
 
@@ -71,13 +71,32 @@ def open_embeddings(path: str | os.PathLike) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- tombstones
-def read_tombstones(directory: str | os.PathLike | None) -> set[int]:
+def read_tombstones(directory: str | os.PathLike | None, size: int | None = None) -> set[int]:
+    """The deleted row numbers of an index folder (none without `tombstones.json`).
+
+    A damaged file (not `{"rows": [int, ...]}`, or a row outside `0..size-1`) raises `IndexCorruptError`
+    naming it: a wrong tombstone would silently hide or resurrect images.
+    """
     if directory is None:
         return set()
     path = Path(directory) / TOMBSTONES_FILE
     if not path.is_file():
         return set()
-    return {int(r) for r in read_json(path, what="index tombstones")["rows"]}
+    try:
+        data = read_json(path, what="index tombstones")
+    except FileFormatError as error:
+        raise IndexCorruptError(f"{error} Delete it to undelete every item, or rebuild the index.") from error
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in rows):
+        raise IndexCorruptError(f"index tombstones {str(path)!r} must be {{\"rows\": [row numbers]}}, got "
+                                f"{json.dumps(data)[:80]}; it was edited or damaged. Delete it to undelete every "
+                                "item (then delete them again), or rebuild the index.")
+    bad = [r for r in rows if r < 0 or (size is not None and r >= size)]
+    if bad:
+        raise IndexCorruptError(f"index tombstones {str(path)!r} name row(s) {bad[:5]} outside the index's "
+                                f"{size} rows (0..{(size or 0) - 1}); it was edited or belongs to another index. "
+                                "Delete it to undelete every item, or rebuild the index.")
+    return set(rows)
 
 
 def write_tombstones(directory: str | os.PathLike, rows: Iterable[int]) -> None:

@@ -501,6 +501,7 @@ class GalleryIndex:
         if index.image_embeds is None or index.image_embeds.shape[0] != len(index.items):
             raise ValueError(f"Index {str(directory)!r} is inconsistent: {len(index.items)} items but "
                              f"{0 if index.image_embeds is None else index.image_embeds.shape[0]} embeddings.")
+        index._dead()  # read the tombstones now: a damaged file is named at load, not at the first search
         return index
 
     # ------------------------------------------------------------------ search
@@ -541,7 +542,7 @@ class GalleryIndex:
 
     def _dead(self) -> set[int]:
         if not hasattr(self, "_tombstones"):
-            self._tombstones = read_tombstones(self.directory)
+            self._tombstones = read_tombstones(self.directory, size=len(self))
         return self._tombstones
 
     def _scale_coarse_fn(self):

@@ -264,6 +264,12 @@ def validate_manifest(manifest: Any, path: Path) -> dict:
         logger.warning("Index manifest %s has unknown key(s) %s (written by a newer mtgfe?); ignored.", path, extra)
     if manifest["kind"] not in ("images", "texts"):
         raise IndexCorruptError(f"Index manifest {str(path)!r}: kind must be 'images' or 'texts', got {manifest['kind']!r}.")
+    bad_items = [n for n, item in enumerate(manifest["items"]) if not isinstance(item, dict)
+                 or not all(isinstance(item.get(k), (str, type(None))) for k in ("id", "image", "text", "scene"))]
+    if bad_items:
+        raise IndexCorruptError(f"Index manifest {str(path)!r}: items must be JSON objects whose id / image / text / "
+                                f"scene are strings; item(s) {bad_items[:5]} are not (e.g. "
+                                f"{json.dumps(manifest['items'][bad_items[0]])[:80]}). {_REBUILD_HINT}")
     if manifest["count"] != len(manifest["items"]):
         raise IndexCorruptError(f"Index manifest {str(path)!r}: count is {manifest['count']} but it lists "
                                 f"{len(manifest['items'])} items. {_REBUILD_HINT}")

@@ -26,13 +26,12 @@ import hashlib
 import json
 import logging as std_logging
 import os
-import re
 import shutil
 from pathlib import Path
 
 from transformers.utils import logging
 
-from mtgfe.utils.io import FileFormatError, atomic_write_json, atomic_write_text, read_json
+from mtgfe.utils.io import FileFormatError, atomic_write_json, atomic_write_text, read_json, unsafe_pickle_global
 
 from .config import ConfigError, TrainConfig
 
@@ -181,17 +180,12 @@ UNSAFE_STATE = "it names objects other than tensors, arrays and plain containers
 
 def _unloadable_state_file(path: Path) -> str | None:
     """Why a pickle-format state file cannot be read safely (it is damaged, or names code), or None."""
-    import pickle
-
     try:
         states = load_state_file(path, mmap=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err) or "Unsupported operand" in str(err):
-            found = re.search(r"GLOBAL (\S+) was not", str(err))
-            return (f"cannot be loaded: {UNSAFE_STATE} ({found.group(1) if found else 'an object torch refuses'}); "
-                    "refused without unpickling it")
-        return f"cannot be loaded (UnpicklingError: {str(err)[:160]})"
     except Exception as err:  # noqa: BLE001  any failure to read means "do not resume from it"; named below
+        name = unsafe_pickle_global(err)
+        if name is not None:
+            return f"cannot be loaded: {UNSAFE_STATE} ({name}); refused without unpickling it"
         return f"cannot be loaded ({type(err).__name__}: {str(err)[:160]})"
     if path.name.startswith("random_states_"):
         return _missing_rng_states(states)

@@ -165,3 +165,42 @@ def read_yaml(path: str | os.PathLike, *, what: str = "YAML file", max_bytes: in
     except UnicodeDecodeError as err:
         raise FileFormatError(f"{what} {path} is not UTF-8 text: {err}") from err
     return load_yaml_text(text, f"{what} {path}")
+
+
+class UnsafePickleError(FileFormatError):
+    """A file is a pickle that names code or objects other than tensors; it was refused without unpickling."""
+
+
+def unsafe_pickle_global(error: BaseException) -> str | None:
+    """The callable a `torch.load(weights_only=True)` refusal names (`exec`, `os.system`, ...), or None when
+    `error` is not such a refusal. torch words it "Unsupported global: GLOBAL <name> was not an allowed global"."""
+    import pickle
+    import re
+
+    if not isinstance(error, pickle.UnpicklingError):
+        return None
+    found = re.search(r"GLOBAL (\S+) was not an allowed global", str(error))
+    if found:
+        return found.group(1)
+    return "an object torch's weights-only loader refuses" if "Weights only load failed" in str(error) else None
+
+
+@contextlib.contextmanager
+def pickles_refused(what: str) -> Iterator[None]:
+    """Turn torch's weights-only refusal inside the block into a short `UnsafePickleError` naming `what`.
+
+    torch's own text is a dozen lines that end by explaining how to switch the check off; for someone who
+    was handed a model folder, the useful facts are which folder, that it was refused unread, and what to
+    use instead."""
+    import pickle
+
+    try:
+        yield
+    except pickle.UnpicklingError as error:
+        name = unsafe_pickle_global(error)
+        if name is None:
+            raise
+        raise UnsafePickleError(
+            f"{what}: its weights are a pickle (pytorch_model.bin / .pth) that names {name}, not only tensors; "
+            "refused without unpickling it (it could run code). Use a folder with model.safetensors, or re-save a "
+            "copy you trust with save_pretrained()") from None

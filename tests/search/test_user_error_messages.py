@@ -1,0 +1,93 @@
+"""User and environment errors around an index end in one line naming the thing (exit status 2), never a
+traceback: a damaged tombstones.json, manifest items of the wrong type, a model folder whose weights are a
+pickle that names code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mtgfe.evaluation.cli import main as eval_main
+from mtgfe.search.cli import index_main, search_main
+from mtgfe.search.gallery_index import MANIFEST_NAME, GalleryIndex, IndexCorruptError
+from tests.helpers.retrieval import tiny_model, tiny_processor, write_images
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("usererrors")
+    model, processor = tiny_model(), tiny_processor()
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    write_images(root / "images", 5, nested=False)
+    GalleryIndex.build(model, processor, root / "images", output_dir=root / "idx", batch_size=5, progress=False)
+    return root
+
+
+def _copy_index(root: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for path in (root / "idx").iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize("text, match", [
+    ("[1, 2]", r"must be \{\"rows\": \[row numbers\]\}"),
+    ('{"rows": "abc"}', r"must be \{\"rows\": \[row numbers\]\}"),
+    ('{"rows": [1, "x"]}', r"must be \{\"rows\": \[row numbers\]\}"),
+    ('{"rows": [99, -1]}', r"name row\(s\) \[99, -1\] outside the index's 5 rows"),
+    ('{"rows": [1', r"not valid JSON"),
+])
+def test_a_damaged_tombstones_file_is_named(world, tmp_path, capsys, text, match):
+    folder = _copy_index(world, tmp_path)
+    (folder / "tombstones.json").write_text(text)
+    with pytest.raises(IndexCorruptError, match=match) as caught:
+        GalleryIndex.load(folder)
+    assert "tombstones.json" in str(caught.value)
+    rc = search_main(["--index", str(folder), "--model", str(world / "model"), "a runway", "--k", "2", "--top-k", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "tombstones.json" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("items", [[1, 2, 3, 4, 5], ["a"] * 5, [{"id": 3, "image": "x.png"}] * 5])
+def test_manifest_items_of_the_wrong_type_are_named(world, tmp_path, capsys, items):
+    folder = _copy_index(world, tmp_path)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    manifest["items"] = items
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match=r"manifest\.json'?: items must be JSON objects"):
+        GalleryIndex.load(folder)
+    rc = index_main(["--model", str(world / "model"), "--images", str(world / "images"), "--output", str(folder),
+                     "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "items must be JSON objects" in err and "Traceback" not in err
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('UNPICKLED').write_text('code ran')",))
+
+
+def test_a_pickle_only_model_folder_is_refused_in_one_line(world, tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for path in (world / "model").iterdir():
+        if path.name != "model.safetensors":
+            (folder / path.name).write_bytes(path.read_bytes())
+    torch.save({"weights": _RunsCode()}, folder / "pytorch_model.bin")
+    monkeypatch.chdir(tmp_path)
+    rc = index_main(["--model", str(folder), "--images", str(world / "images"), "--output", str(tmp_path / "i"),
+                     "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert f"--model {folder}: its weights are a pickle" in err and "(exec)" not in err and "names exec" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "i").exists()
+    rc = eval_main(["--model", str(folder), "--dataset", "synthetic", "--split", "val", "--max-images", "4",
+                    "--synthetic-size", "32", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "its weights are a pickle" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "UNPICKLED").exists()
