@@ -235,11 +235,12 @@ def _header_problem(path: str, budget: int) -> str | None:
     return None
 
 
-def check_gallery_files(paths: Sequence[Any]) -> None:
+def check_gallery_files(paths: Sequence[Any], what: str = "gallery image(s)", outcome: str = "Nothing was encoded.") -> None:
     """Header-check every gallery path before any encoding; one `ValueError` names all bad files (first 10).
 
     Existence, a readable image header and the pixel budget: the cheap part of decoding, so a bad file at
-    position 40 fails before 5 batches were encoded for nothing.
+    position 40 fails before 5 batches were encoded for nothing. `what` / `outcome` word the message for
+    other callers (the trainer checks its training images the same way before building the model).
     """
     budget = _pixel_budget()
     bad = []
@@ -251,7 +252,7 @@ def check_gallery_files(paths: Sequence[Any]) -> None:
     if bad:
         listed = "; ".join(bad[:_MAX_BAD_FILES_LISTED])
         more = f" and {len(bad) - _MAX_BAD_FILES_LISTED} more" if len(bad) > _MAX_BAD_FILES_LISTED else ""
-        raise ValueError(f"{len(bad)} gallery image(s) cannot be used: {listed}{more}. Nothing was encoded.")
+        raise ValueError(f"{len(bad)} {what} cannot be used: {listed}{more}. {outcome}")
 
 
 def _file_key(path: str) -> tuple:

@@ -56,13 +56,14 @@ from transformers.utils import logging
 
 from modeling_mtgfe import MTGFEForPreTraining
 from modeling_mtgfe.configuration_mtgfe import PRESETS, TASK_FIELDS, MTGFEConfig
+from modeling_mtgfe.pipeline_mtgfe import check_gallery_files
 from mtgfe.processing import MTGFEImageProcessor, MTGFEProcessor, build_wordpiece_tokenizer, load_default_tokenizer
 from mtgfe.evaluation import cv as cross_validation
 from mtgfe.evaluation.retrieval import evaluate_model
 from mtgfe.utils.io import atomic_write_json, atomic_write_text
 
 from . import backbone_cache, checkpointing
-from .collate import CachedTrainCollator, EpochCaptionDataset, TrainCollator
+from .collate import CachedTrainCollator, EpochCaptionDataset, TrainCollator, image_sources
 from .config import (
     ConfigError,
     TrainConfig,
@@ -294,6 +295,20 @@ def load_run_data(cfg: TrainConfig, accelerator):
     return train_rows, val_set, val_name, cv
 
 
+def check_image_files(rows, what: str) -> None:
+    """Header-check every distinct image file of a split before the model is built: a missing file or one
+    that is no image (a typo in a JSONL row, `/etc/hostname`) is named now, as a config error, instead of
+    crashing the first step that samples it. Images held as bytes (synthetic) are decoded later as usual."""
+    if rows is None or "image" not in rows.column_names:
+        return
+    sources, _ = image_sources(rows)
+    try:
+        check_gallery_files([s for s in sources if isinstance(s, str)], what=f"{what} image(s)",
+                            outcome="Fix or remove those rows; nothing was trained.")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 def load_twins(cfg: TrainConfig, train_rows):
     """The rendered twin quads of the synthetic training scenes (`data.synthetic.twins`), or None when off.
 
@@ -487,6 +502,8 @@ def train(cfg: TrainConfig) -> dict:
 
     # ---- data (annotations only so far: images decode lazily), tokenizer, loader, data-dependent checks
     train_rows, val_set, val_name, cv = load_run_data(cfg, accelerator)
+    check_image_files(train_rows, "training")
+    check_image_files(val_set, "validation")
     twin_rows = load_twins(cfg, train_rows)
     cache_cfg = cfg.data.backbone_cache
     train_set = EpochCaptionDataset(train_rows, cfg.data.captions_per_image, seed=cfg.seed,
