@@ -206,12 +206,32 @@ def index_main(argv: list[str] | None = None) -> int:
     except IndexBusyError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # disk full, quota, read-only or unwritable folder: the environment, not the data
+        print(f"error: {_write_failure(error, Path(args.output))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         output = Path(args.output)
         if (output / BUILD_STATE_NAME).is_file():
             return _interrupted(f"the shards written so far are kept in {output}; run the same command with "
                                 "--resume to continue the build.")
         return _interrupted(f"nothing new was written to {output}; run the same command again to index the files.")
+
+
+def _write_failure(error: OSError, output: Path) -> str:
+    """One line for an index write that failed (disk full, quota, permissions): what failed, on which file,
+    and what state the index is in. Every file is written to a temporary name and renamed, and the manifest
+    (or build state) last, so the previous version is still the one that loads."""
+    what = error.strerror or str(error)
+    where = f" ({error.filename})" if error.filename else ""
+    if (output / BUILD_STATE_NAME).is_file():
+        state = ("the shards finished before it are kept; free space (or fix the folder) and rerun the same command "
+                 "with --resume")
+    elif (output / MANIFEST_NAME).is_file():
+        state = ("the index still holds its last saved version (its manifest is written last); free space (or fix "
+                 "the folder) and rerun the same command")
+    else:
+        state = "no usable index was written; free space (or fix the folder) and rerun the same command"
+    return f"cannot write the index in {output}: {what}{where}; {state}."
 
 
 def _index(args, model, processor, captions: dict[str, list[str]]) -> int:

@@ -91,3 +91,47 @@ def test_a_pickle_only_model_folder_is_refused_in_one_line(world, tmp_path, caps
     err = capsys.readouterr().err
     assert rc == 2 and "its weights are a pickle" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "UNPICKLED").exists()
+
+
+def _disk_fills_after(monkeypatch, writes: int) -> None:
+    """Every safetensors write after the first `writes` fails as on a full disk (ENOSPC)."""
+    import errno
+
+    import mtgfe.search.index_storage as storage
+
+    real, calls = storage.save_file, []
+
+    def save_file(tensors, filename, metadata=None):
+        calls.append(filename)
+        if len(calls) > writes:
+            raise OSError(errno.ENOSPC, "No space left on device", filename)
+        return real(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(storage, "save_file", save_file)
+
+
+def test_a_full_disk_during_a_build_is_one_line_and_the_build_resumes(world, tmp_path, capsys, monkeypatch):
+    output = tmp_path / "idx"
+    common = ["--model", str(world / "model"), "--images", str(world / "images"), "--output", str(output),
+              "--batch-size", "2", "--shard-size", "2", "--quiet"]
+    _disk_fills_after(monkeypatch, writes=1)
+    assert index_main(common) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len([line for line in err.splitlines() if line.startswith("error:")]) == 1, err
+    assert f"cannot write the index in {output}: No space left on device" in err and "--resume" in err
+    monkeypatch.undo()
+    assert index_main([*common, "--resume"]) == 0
+    assert len(GalleryIndex.load(output)) == 5
+
+
+def test_a_full_disk_during_an_update_keeps_the_saved_index(world, tmp_path, capsys, monkeypatch):
+    folder = _copy_index(world, tmp_path)
+    write_images(tmp_path / "more", 3, seed=7, nested=False)
+    _disk_fills_after(monkeypatch, writes=0)
+    rc = index_main(["--model", str(world / "model"), "--images", str(tmp_path / "more"), "--output", str(folder),
+                     "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and "No space left on device" in err
+    assert "still holds its last saved version" in err
+    monkeypatch.undo()
+    assert len(GalleryIndex.load(folder)) == 5
