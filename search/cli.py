@@ -343,9 +343,13 @@ def search_main(argv: list[str] | None = None) -> int:
     if args.html:
         html_kwargs = {"image_loader": loader} if loader else {}
         write_html(args.html, results, meta=meta, **html_kwargs)
-        if loader:
-            _append_quicklooks(args.html, results, args.quicklook_dir)
+        unreadable = _append_quicklooks(args.html, results, args.quicklook_dir) if loader else []
         print(f"wrote {args.html}")
+        if unreadable:
+            print(f"WARNING: {len(unreadable)} scene(s) could not be read, so {args.html} shows no quicklook for "
+                  "them (moved or deleted since indexing? put them back, or index them again):", file=sys.stderr)
+            for line in unreadable:
+                print(f"  {line}", file=sys.stderr)
     if args.png:
         write_contact_sheet(args.png, results, **({"image_loader": loader} if loader else {}))
         print(f"wrote {args.png}")
@@ -484,12 +488,15 @@ def _write_place_outputs(results: list[dict], args):
     return tile_image_loader({h["image"]: h for h in tile_hits})
 
 
-def _append_quicklooks(html_path: str, results: list[dict], quicklook_dir: str | None = None) -> None:
-    """Embed one quicklook per (query, scene) with the hits drawn as ranked boxes, after the thumbnails."""
+def _append_quicklooks(html_path: str, results: list[dict], quicklook_dir: str | None = None) -> list[str]:
+    """Embed one quicklook per (query, scene) with the hits drawn as ranked boxes, after the thumbnails.
+    Returns one line per scene that could not be read (moved since indexing): the page says so in its place."""
     path = Path(html_path)
     folder = Path(quicklook_dir) if quicklook_dir else path.parent / (path.stem + "_quicklooks")
-    fragment = scene_quicklooks_html(results, folder)
+    unreadable: list[str] = []
+    fragment = scene_quicklooks_html(results, folder, unreadable=unreadable)
     atomic_write_text(path, insert_before_body_end(path.read_text(encoding="utf-8"), fragment))
+    return unreadable
 
 
 def sharded_encode_main(argv: list[str] | None = None) -> int:
