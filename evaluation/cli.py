@@ -18,7 +18,7 @@ import torch
 from accelerate import Accelerator
 
 from modeling_mtgfe import MTGFEModel
-from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES
+from modeling_mtgfe.configuration_mtgfe import MAX_RETRIEVAL_ALPHA, RETRIEVAL_SCORES
 from mtgfe.data.registry import BENCHMARKS, canonical_benchmark
 from mtgfe.processing import MTGFEProcessor
 from mtgfe.training.config import ConfigError, load_config
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--filter-only", action="store_true", help="rank by the ITC filter cosine alone")
     parser.add_argument("--score", choices=RETRIEVAL_SCORES, default=None,
                         help="itm+itc, itm or filter (= --filter-only); default: the model's retrieval_score")
-    parser.add_argument("--alpha", type=finite_float_arg("--alpha", low=0.0), default=None,
+    parser.add_argument("--alpha", type=finite_float_arg("--alpha", low=0.0, high=MAX_RETRIEVAL_ALPHA), default=None,
                         help="weight of the cosine in --score itm+itc (default: the model's retrieval_alpha, else 1)")
     parser.add_argument("--alpha-sweep", default=None,
                         help="comma-separated alphas: with --score itm also report itm + alpha * cosine for each")
@@ -102,9 +102,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("--alpha only applies with --score itm+itc")
     if args.alpha_sweep:
         try:
-            args.alpha_sweep_values = [check_finite("--alpha-sweep", float(a), low=0.0) for a in args.alpha_sweep.split(",")]
+            args.alpha_sweep_values = [check_finite("--alpha-sweep", float(a), low=0.0, high=MAX_RETRIEVAL_ALPHA)
+                                       for a in args.alpha_sweep.split(",")]
         except ValueError as error:
-            raise UsageError(f"--alpha-sweep={args.alpha_sweep!r}: {error} (comma-separated numbers >= 0)") from None
+            raise UsageError(f"--alpha-sweep={args.alpha_sweep!r}: {error} (comma-separated numbers in "
+                             f"[0, {MAX_RETRIEVAL_ALPHA:g}])") from None
         if args.score is None:
             args.score = "itm"  # the sweep adds a * cosine to the ITM score itself
     else:

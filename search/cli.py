@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import logging
 import os
 import sys
@@ -23,7 +24,7 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 import modeling_mtgfe  # noqa: F401 - importing the package registers the Auto classes
-from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES, resolve_retrieval_settings
+from modeling_mtgfe.configuration_mtgfe import MAX_RETRIEVAL_ALPHA, RETRIEVAL_SCORES, resolve_retrieval_settings
 from modeling_mtgfe.retrieval import IMAGE_EXTENSIONS
 from mtgfe.utils.entrypoints import run_subcommand
 from mtgfe.utils.io import FileFormatError, atomic_write_json, atomic_write_text, pickles_refused, read_json
@@ -112,11 +113,13 @@ def _arg_seconds(text: str) -> float:
 
 
 def _arg_alpha(text: str) -> float:
-    """argparse type: a finite float >= 0 (`nan`, `inf`, negatives are refused before any work)."""
+    """argparse type: a finite float in [0, MAX_RETRIEVAL_ALPHA] (`nan`, `inf`, negatives, huge values are
+    refused before any work; see `MAX_RETRIEVAL_ALPHA` for why there is a ceiling)."""
     try:
-        return check_finite("--alpha", float(text), low=0.0)
+        return check_finite("--alpha", float(text), low=0.0, high=MAX_RETRIEVAL_ALPHA)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}") from error
+        raise argparse.ArgumentTypeError(f"expected a finite number in [0, {MAX_RETRIEVAL_ALPHA:g}] (larger: use "
+                                         f"--score filter), got {text!r}") from error
 
 
 def check_output_path(path: str, flag: str) -> None:
@@ -327,6 +330,7 @@ def search_main(argv: list[str] | None = None) -> int:
         k, score, alpha = resolve_retrieval_settings(model.config, args.k, args.score, args.alpha)
         hits = index.search(queries, k=k, top_k=args.top_k, score=score, alpha=alpha)
         results: list[dict[str, Any]] = [{"query": q, "hits": h} for q, h in zip(args.queries, hits)]
+        _check_finite_scores(results)
         results = _apply_nms(results, args)
     except (FileNotFoundError, ValueError, IndexMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -354,8 +358,20 @@ def search_main(argv: list[str] | None = None) -> int:
         write_contact_sheet(args.png, results, **({"image_loader": loader} if loader else {}))
         print(f"wrote {args.png}")
     if args.json:
-        atomic_write_json(args.json, results, indent=1)
+        atomic_write_json(args.json, results, indent=1, allow_nan=False)
     return 0
+
+
+def _check_finite_scores(results: list[dict]) -> None:
+    """Refuse hits whose scores are NaN or infinite (damaged weights, or an overflow): they would rank
+    arbitrarily, and JSON / GeoJSON cannot hold them (`-Infinity` is not JSON; strict readers reject it)."""
+    for result in results:
+        for hit in result["hits"]:
+            values = [hit.get(key) for key in ("score", "filter_score")]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ValueError(f"query {result['query']!r}: the scores of {hit.get('image', hit.get('text'))!r} are "
+                                 f"not finite ({', '.join(str(v) for v in values if v is not None)}); the model "
+                                 "outputs NaN/inf (damaged weights?). Nothing was written.")
 
 
 def _typed_queries(queries: list[str], query_type: str | None, index_kind: str) -> list[str]:
@@ -481,7 +497,7 @@ def _write_place_outputs(results: list[dict], args):
         collections = [hits_to_geojson(r["hits"], query=r["query"]) for r in results]
         merged = collections[0] if len(collections) == 1 else {
             "type": "FeatureCollection", "features": [f for c in collections for f in c["features"]]}
-        atomic_write_json(args.geojson, merged, indent=1)
+        atomic_write_json(args.geojson, merged, indent=1, allow_nan=False)
         print(f"wrote {args.geojson}")
     if not tile_hits:
         return None

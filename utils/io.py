@@ -46,9 +46,17 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def atomic_write_json(path: str | os.PathLike, obj, *, indent: int | None = 2) -> Path:
-    """`json.dumps(obj)` written atomically, with a trailing newline (UTF-8, non-ASCII kept)."""
-    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj, *, indent: int | None = 2, allow_nan: bool = True) -> Path:
+    """`json.dumps(obj)` written atomically, with a trailing newline (UTF-8, non-ASCII kept).
+
+    `allow_nan=False` for files other programs read (search results, GeoJSON): `NaN` / `Infinity` are not
+    JSON, so a non-finite number raises `ValueError` (naming the file) and nothing is written."""
+    try:
+        text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=allow_nan)
+    except ValueError as err:
+        raise ValueError(f"{path}: not written, it would hold a non-finite number (NaN or Infinity), which JSON "
+                         f"cannot represent ({err})") from None
+    return atomic_write_text(path, text + "\n")
 
 
 def read_json(path: str | os.PathLike, *, what: str = "JSON file"):
