@@ -267,6 +267,7 @@ __all__ = [
     "exact_topk_rows",
     "make_coarse_fn",
     "open_embeddings",
+    "open_mapped_embeddings",
     "read_tombstones",
     "rows_of_ids",
     "write_embeddings",
@@ -290,21 +291,31 @@ def check_mapped_embeddings(directory: Path, manifest: dict, embeds: torch.Tenso
         start += count
 
 
-def embeddings_file_ok(directory: Path, manifest: dict) -> bool:
-    """`embeddings.npy` is there and has the manifest's row count (an older index has neither: load shards)."""
+def open_mapped_embeddings(directory: Path, manifest: dict) -> torch.Tensor | None:
+    """The manifest's rows of `embeddings.npy`, memory-mapped, or None when the index has no such file (older
+    indexes, or a record that does not cover the manifest's rows): the caller then reads the shards.
+
+    A file with *more* rows than the manifest records is a writer's newer version, replaced after this
+    manifest was read (`mtgfe-index` updates only append rows, and writes the manifest last): its first
+    rows are this version's, so a reader searching during an update sees the version it opened. Fewer rows,
+    or a file that is not an .npy array, is damage, named. `check_mapped_embeddings` then checks the rows
+    against the shards' recorded hashes.
+    """
     record = manifest.get("embeddings_file")
-    if not record or not (directory / record["file"]).is_file():
-        return False
+    if not record or record.get("count") != manifest.get("count"):
+        return None
     path = directory / record["file"]
     try:
-        shape = np.load(path, mmap_mode="r").shape
+        embeds = open_embeddings(path)
+    except FileNotFoundError:
+        return None
     except (ValueError, OSError) as error:  # truncated or not an .npy file
         raise IndexCorruptError(f"{str(path)!r} (the memory-mapped embeddings) cannot be read ({error}); "
                                 "it is truncated or damaged. Rebuild the index.") from error
-    if shape[0] != record["count"]:
-        raise IndexCorruptError(f"{str(path)!r} holds {shape[0]} rows, the manifest says {record['count']}: it is "
-                                "stale or was replaced. Rebuild the index.")
-    return shape[0] == manifest.get("count")
+    if embeds.ndim != 2 or embeds.shape[0] < record["count"]:
+        raise IndexCorruptError(f"{str(path)!r} holds {tuple(embeds.shape)} rows, the manifest says {record['count']}: "
+                                "it is stale or was replaced. Rebuild the index.")
+    return embeds[: record["count"]]
 
 
 def faiss_topk(faiss_index, queries: torch.Tensor, embeds: torch.Tensor, k: int | None) -> Candidates:

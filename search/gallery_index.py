@@ -56,12 +56,11 @@ from .coarse_index import (
     IVF_MIN_ITEMS,
     ShortlistCoarse,
     make_coarse_fn,
-    open_embeddings,
     read_tombstones,
     rows_of_ids,
     write_embeddings,
     check_mapped_embeddings,
-    embeddings_file_ok,
+    open_mapped_embeddings,
     faiss_topk,
     flat_ip_index,
     write_tombstones,
@@ -489,12 +488,12 @@ class GalleryIndex:
         index = cls(kind="images", items=[], manifest=manifest, model=model, processor=processor, directory=directory)
         if verify != "none" and any("size" not in shard for shard in manifest["shards"]):
             warn_unchecked(directory)
-        mapped = mmap_embeddings and embeddings_file_ok(directory, manifest)
+        mapped = open_mapped_embeddings(directory, manifest) if mmap_embeddings else None
         for shard in manifest["shards"]:
             index._load_shard(directory / shard["file"], shard["count"], load_tokens, record=shard, verify=verify,
-                              load_embeds=not mapped)
-        if mapped:
-            index.image_embeds = open_embeddings(directory / EMBEDDINGS_FILE)
+                              load_embeds=mapped is None)
+        if mapped is not None:
+            index.image_embeds = mapped
             if verify != "none":
                 check_mapped_embeddings(directory, manifest, index.image_embeds)
         index.items = list(manifest["items"])

@@ -130,3 +130,21 @@ def test_the_lock_is_exclusive_released_and_bounded(tmp_path):
     assert messages and f"PID {os.getpid()}" in messages[0]
     with index_write_lock(tmp_path / "idx", timeout=0):  # released: taken again at once
         pass
+
+
+def test_a_reader_between_a_writers_last_two_writes_sees_the_version_it_opened(world, tmp_path):
+    """Readers take no lock. The moment that matters: an update has replaced embeddings.npy (more rows) and
+    written its new shard, but not yet its manifest. A search then must see the old version, whole."""
+    model, processor = tiny_model(), tiny_processor()
+    index_dir = tmp_path / "idx"
+    GalleryIndex.build(model, processor, world / "base", output_dir=index_dir, progress=False)
+    old_manifest = (index_dir / MANIFEST_NAME).read_text()
+    before = GalleryIndex.load(index_dir, model=model, processor=processor).search(["a field"], k=3, top_k=3)
+    with index_write_lock(index_dir):
+        index = GalleryIndex.load(index_dir, model=model, processor=processor)
+        assert index.add(world / "new_a", progress=False) == 4
+        index.save(index_dir)
+    (index_dir / MANIFEST_NAME).write_text(old_manifest)  # as if the writer had not reached its manifest yet
+    reader = GalleryIndex.load(index_dir, model=model, processor=processor, verify="full")
+    assert len(reader) == 3 and reader.image_embeds.shape[0] == 3
+    assert reader.search(["a field"], k=3, top_k=3) == before
