@@ -235,6 +235,12 @@ def _header_problem(path: str, budget: int) -> str | None:
     return None
 
 
+def is_blank_query(text: str) -> bool:
+    """Whether a text query holds nothing to read: empty, spaces, or only control characters ("\x00"),
+    which the tokenizer would turn into an empty sequence scored like any other."""
+    return not "".join(ch for ch in text if ch.isprintable()).strip()
+
+
 def check_gallery_files(paths: Sequence[Any], what: str = "gallery image(s)", outcome: str = "Nothing was encoded.") -> None:
     """Header-check every gallery path before any encoding; one `ValueError` names all bad files (first 10).
 
@@ -402,8 +408,9 @@ class MTGFERetrievalPipeline(Pipeline):
             ):
                 kinds.append("image")
             elif isinstance(query, str):
-                if not query.strip():
-                    raise ValueError(f"{where} is an empty or blank string: type a description of the images to find.")
+                if is_blank_query(query):
+                    raise ValueError(f"{where} is an empty or blank string (or only control characters): type a "
+                                     "description of the images to find.")
                 kinds.append("text")
             else:
                 raise ValueError(

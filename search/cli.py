@@ -277,16 +277,22 @@ def _index(args, model, processor, captions: dict[str, list[str]]) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- mtgfe-search
+def _printable(text: str) -> str:
+    """`text` with control characters escaped (`\n`, `\x1b`): a file name holding a newline or a terminal
+    escape must not split the table or drive the terminal."""
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def _table(results: list[dict]) -> str:
     lines = []
     for result in results:
         query = result["query"]
-        lines.append(f"query: {query}")
+        lines.append(f"query: {_printable(str(query))}")
         lines.append(f"  {'rank':>4}  {'score':>8}  {'filter':>8}  gt  result")
         for hit in result["hits"]:
             match = is_match(query, hit)
             mark = "✓" if match else "·" if match is False else " "
-            target = hit.get("image", hit.get("text"))
+            target = _printable(str(hit.get("image", hit.get("text"))))
             lines.append(f"  {hit['rank']:>4}  {hit['score']:>8.4f}  {hit['filter_score']:>8.4f}  {mark:^2}  {target}")
     return "\n".join(lines)
 
@@ -327,6 +333,7 @@ def search_main(argv: list[str] | None = None) -> int:
         model, processor = load_model_and_processor(args.model, args.processor)
         index = GalleryIndex.load(args.index, model=model, processor=processor, verify=args.verify_index)
         queries = _typed_queries(list(args.queries), args.query_type, index.kind)
+        _check_place_flags(args, index)
         k, score, alpha = resolve_retrieval_settings(model.config, args.k, args.score, args.alpha)
         hits = index.search(queries, k=k, top_k=args.top_k, score=score, alpha=alpha)
         results: list[dict[str, Any]] = [{"query": q, "hits": h} for q, h in zip(args.queries, hits)]
@@ -467,14 +474,32 @@ def _delete_items(args, model, processor) -> int:
     return 0
 
 
+def _arg_iou(text: str) -> float:
+    """argparse type for --nms / --merge: an overlap in [0, 1], checked before the index is loaded."""
+    try:
+        return check_finite("IOU", float(text), low=0.0, high=1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an overlap (IoU) between 0 and 1, got {text!r}") from None
+
+
+def _check_place_flags(args, index) -> None:
+    """--geojson / --nms / --merge need tile footprints: refused for an image-file index before the search
+    runs (its cost would be wasted), not after."""
+    wanted = [flag for flag in ("geojson", "nms", "merge") if getattr(args, flag) is not None]
+    if wanted and not any(isinstance(item, dict) and "scene" in item for item in index.items):
+        flags = " / ".join(f"--{flag}" for flag in wanted)
+        raise ValueError(f"{flags} need a scene index (built with mtgfe-index --scenes); {args.index} holds image "
+                         "files without footprints.")
+
+
 def _add_place_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("places (scene indexes)")
     group.add_argument("--geojson", default=None, help="write hits as a GeoJSON FeatureCollection (RFC 7946)")
     nms = group.add_mutually_exclusive_group()
-    nms.add_argument("--nms", type=float, default=None, metavar="IOU",
-                     help="drop hits overlapping a better hit of the same scene by more than IOU")
-    nms.add_argument("--merge", type=float, default=None, metavar="IOU",
-                     help="merge hits overlapping by more than IOU into one union box")
+    nms.add_argument("--nms", type=_arg_iou, default=None, metavar="IOU",
+                     help="drop hits overlapping a better hit of the same scene by more than IOU (0..1)")
+    nms.add_argument("--merge", type=_arg_iou, default=None, metavar="IOU",
+                     help="merge hits overlapping by more than IOU (0..1) into one union box")
     group.add_argument("--quicklook-dir", default=None,
                        help="where --html leaves the scene quicklook PNGs (default: beside the HTML)")
 

@@ -47,7 +47,7 @@ from modeling_mtgfe.retrieval import (
     encode_texts,
     progress_bar,
 )
-from modeling_mtgfe.pipeline_mtgfe import resolve_search_args, search_images, search_texts
+from modeling_mtgfe.pipeline_mtgfe import is_blank_query, resolve_search_args, search_images, search_texts
 from mtgfe.processing.image_decoding import ImageDecodeError, load_image
 from mtgfe.utils.io import atomic_write_text, read_json
 
@@ -618,6 +618,10 @@ class GalleryIndex:
         k, score, alpha = resolve_search_args(model, k, top_k, score, alpha, batch_size)  # NaN alpha, k < 1, ... before any work
         single = isinstance(query_texts, str) or not isinstance(query_texts, (list, tuple))
         queries = [query_texts] if single else list(query_texts)
+        blank = [i for i, q in enumerate(queries) if isinstance(q, str) and self.kind == "images" and is_blank_query(q)]
+        if blank:
+            raise ValueError(f"query {blank[0]} ({queries[blank[0]]!r}) is empty, blank or only control characters: "
+                             "type a description of the images to find.")
         if len(self) == 0:
             raise ValueError("The index is empty: nothing to search.")
         if self.kind == "texts":

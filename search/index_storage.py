@@ -119,7 +119,10 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     # One metadata key only: safetensors writes metadata in hash-map order, so two keys would make the
     # bytes of the same shard differ between processes (and a resumed build no longer bit-identical).
     with atomic_path(path) as tmp:
+        tmp.touch()  # the mode any file of the index gets (umask applied); safetensors itself writes 0600
+        mode = tmp.stat().st_mode & 0o777
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata or {"format": "pt"})
+        os.chmod(tmp, mode)
 
 
 # ----------------------------------------------------------------------------------------------- integrity

@@ -135,3 +135,41 @@ def test_a_full_disk_during_an_update_keeps_the_saved_index(world, tmp_path, cap
     assert "still holds its last saved version" in err
     monkeypatch.undo()
     assert len(GalleryIndex.load(folder)) == 5
+
+
+# ------------------------------------------------------------------------------------------------ smaller items
+def test_place_flags_on_an_image_index_are_refused_before_the_search(world, tmp_path, capsys, monkeypatch):
+    searched = []
+    real = GalleryIndex.search
+    monkeypatch.setattr(GalleryIndex, "search", lambda self, *a, **k: searched.append(1) or real(self, *a, **k))
+    for flag in (["--nms", "0.5"], ["--merge", "0.5"], ["--geojson", str(tmp_path / "g.geojson")]):
+        rc = search_main(["--index", str(world / "idx"), "--model", str(world / "model"), "a road", "--k", "2",
+                          "--top-k", "1", *flag])
+        err = capsys.readouterr().err
+        assert rc == 2 and "need a scene index" in err and flag[0] in err
+    assert not searched and not (tmp_path / "g.geojson").exists()
+    with pytest.raises(SystemExit):
+        search_main(["--index", str(world / "idx"), "--model", str(world / "model"), "a road", "--nms", "1.5"])
+    assert "between 0 and 1" in capsys.readouterr().err
+
+
+def test_control_characters_neither_make_a_query_nor_split_the_table(world, tmp_path, capsys):
+    rc = search_main(["--index", str(world / "idx"), "--model", str(world / "model"), "\x00", "--k", "2", "--top-k", "1"])
+    assert rc == 2 and "only control characters" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="empty, blank or only control characters"):
+        GalleryIndex.load(world / "idx", model=tiny_model(), processor=tiny_processor()).search([""], k=2, top_k=1)
+    folder = tmp_path / "odd"
+    write_images(folder, 2, nested=False)
+    (folder / "img_000.png").rename(folder / "line\nbreak.png")
+    assert index_main(["--model", str(world / "model"), "--images", str(folder), "--output", str(tmp_path / "i"),
+                       "--quiet"]) == 0
+    capsys.readouterr()
+    assert search_main(["--index", str(tmp_path / "i"), "--model", str(world / "model"), "a road", "--k", "2",
+                        "--top-k", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "line\\nbreak.png" in table and len(table.strip().splitlines()) == 4  # query, header, 2 hits
+
+
+def test_shards_get_the_same_file_mode_as_the_other_index_files(world):
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (world / "idx").iterdir() if path.is_file()}
+    assert len(set(modes.values())) == 1, modes
