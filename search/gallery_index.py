@@ -274,9 +274,14 @@ class GalleryIndex:
             unreadable = len(index.manifest["skipped"])
             if writer is not None:  # no build_state.json that a later run would call "an interrupted build"
                 writer.abandon(created=writer.created)
+            if not unreadable:  # e.g. a scene whose every tile is no-data: nothing was skipped, nothing came
+                raise ValueError(
+                    "No image could be indexed: the source yielded no images (for scenes: every tile was over "
+                    "--nodata-max-fraction no-data, or the scenes are smaller than one tile). Nothing was written."
+                )
             raise ValueError(
                 f"No image could be indexed: all {unreadable} file(s) were unreadable and skipped "
-                f"(first: {index.manifest['skipped'][0] if unreadable else '-'}). Nothing was written."
+                f"(first: {index.manifest['skipped'][0]}). Nothing was written."
             )
         index.manifest["skipped"] = writer.state["skipped"] if writer else index.manifest["skipped"]
         if index.manifest["skipped"]:

@@ -245,3 +245,11 @@ def test_a_scene_moved_after_indexing_still_gives_the_page_and_names_the_scene(m
     assert "1 scene(s) could not be read" in err and str(tmp_path / "scenes" / "a.tif") in err
     text = page.read_text()
     assert "No quicklook: the scene cannot be read" in text and "a.tif" in text
+
+
+def test_an_all_nodata_scene_says_so_instead_of_zero_unreadable_files(model_dir, tmp_path, capsys):
+    _write(tmp_path / "blank.tif", np.zeros((3, 256, 256), dtype=np.uint8), nodata=0)
+    rc = index_main(["--model", str(model_dir), "--scenes", str(tmp_path / "blank.tif"), "--output",
+                     str(tmp_path / "idx"), "--tile-size", "256", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "yielded no images" in err and "no-data" in err and "all 0 file(s)" not in err, err
