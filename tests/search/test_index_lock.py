@@ -148,3 +148,62 @@ def test_a_reader_between_a_writers_last_two_writes_sees_the_version_it_opened(w
     reader = GalleryIndex.load(index_dir, model=model, processor=processor, verify="full")
     assert len(reader) == 3 and reader.image_embeds.shape[0] == 3
     assert reader.search(["a field"], k=3, top_k=3) == before
+
+
+# ------------------------------------------------------------------------------------------------ load test
+_READER = textwrap.dedent(
+    """
+    import json, pathlib, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from mtgfe.search.cli import load_model_and_processor
+    from mtgfe.search.gallery_index import GalleryIndex
+
+    index_dir, model_dir, stop, out = sys.argv[2:6]
+    model, processor = load_model_and_processor(model_dir)
+    records, errors, deadline = [], [], time.monotonic() + 240
+    while not pathlib.Path(stop).exists() and time.monotonic() < deadline:
+        start = time.perf_counter()
+        try:
+            index = GalleryIndex.load(index_dir, model=model, processor=processor)
+            hits = index.search(["a green field"], k=3, top_k=3)[0]
+            known = {item["image"] for item in index.items}
+            consistent = all(hit["image"] in known for hit in hits)
+            records.append({"version": len(index), "seconds": time.perf_counter() - start, "consistent": consistent})
+        except Exception as error:  # noqa: BLE001 - every failure is a finding, reported to the test
+            errors.append(f"{type(error).__name__}: {error}")
+    pathlib.Path(out).write_text(json.dumps({"records": records, "errors": errors}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_readers_keep_searching_while_one_writer_updates_and_another_waits(world, tmp_path):
+    """Load test, bounded (3 reader processes, 2 writers, at most a few minutes): every search succeeds,
+    sees one whole committed version, and no writer's work is lost. Prints queries/s and p95 latency."""
+    index_dir, gate, stop = tmp_path / "idx", tmp_path / "gate", tmp_path / "stop"
+    common = ["--model", str(world / "model"), "--output", str(index_dir), "--batch-size", "2", "--quiet"]
+    assert index_main([*common, "--images", str(world / "base")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    readers = [subprocess.Popen([sys.executable, "-c", _READER, str(REPO_ROOT), str(index_dir), str(world / "model"),
+                                 str(stop), str(tmp_path / f"reader{i}.json")], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(3)]
+    first = _writer([*common, "--images", str(world / "new_a")], tmp_path / "a.log", gate=gate)
+    _wait_until(lambda: _holder_pid(index_dir), first, "the first writer taking the lock")
+    second = _writer([*common, "--images", str(world / "new_b")], tmp_path / "b.log")
+    _wait_until(lambda: "waiting" in (tmp_path / "b.log").read_text(), second, "the second writer queueing")
+    gate.touch()
+    assert first.wait(timeout=300) == 0 and second.wait(timeout=300) == 0
+    time.sleep(3)  # readers see the final version a few times
+    stop.touch()
+    for reader in readers:
+        assert reader.wait(timeout=120) == 0
+    reports = [json.loads((tmp_path / f"reader{i}.json").read_text()) for i in range(3)]
+    records = [r for report in reports for r in report["records"]]
+    assert not [e for report in reports for e in report["errors"]]
+    assert records and all(r["consistent"] for r in records)
+    assert {r["version"] for r in records} <= {3, 7, 12} and 12 in {r["version"] for r in records}
+    assert _images_of(index_dir) == {"base", "new_a", "new_b"}
+    seconds = sorted(r["seconds"] for r in records)
+    p95 = seconds[min(len(seconds) - 1, int(0.95 * len(seconds)))]
+    print(f"\nload test: {len(records)} load+search cycles by 3 readers, {len(records) / sum(seconds) * 3:.1f} "
+          f"cycles/s in total, p95 {p95 * 1000:.0f} ms; versions seen {sorted({r['version'] for r in records})}")
