@@ -19,13 +19,13 @@ import torch
 from accelerate import Accelerator
 
 from modeling_mtgfe import MTGFEModel
-from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES
+from modeling_mtgfe.configuration_mtgfe import MAX_RETRIEVAL_ALPHA, RETRIEVAL_SCORES
 from mtgfe.data.registry import BENCHMARKS, canonical_benchmark
 from mtgfe.processing import MTGFEProcessor
 from mtgfe.training.config import ConfigError, load_config
 from mtgfe.training.splits import load_cv
 from mtgfe.utils.entrypoints import run_subcommand
-from mtgfe.utils.io import atomic_write_json
+from mtgfe.utils.io import UnsafePickleError, atomic_write_json, pickles_refused
 from mtgfe.utils.validation import check_finite, finite_float_arg
 
 from . import metrics
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--filter-only", action="store_true", help="rank by the ITC filter cosine alone")
     parser.add_argument("--score", choices=RETRIEVAL_SCORES, default=None,
                         help="itm+itc, itm or filter (= --filter-only); default: the model's retrieval_score")
-    parser.add_argument("--alpha", type=finite_float_arg("--alpha", low=0.0), default=None,
+    parser.add_argument("--alpha", type=finite_float_arg("--alpha", low=0.0, high=MAX_RETRIEVAL_ALPHA), default=None,
                         help="weight of the cosine in --score itm+itc (default: the model's retrieval_alpha, else 1)")
     parser.add_argument("--alpha-sweep", default=None,
                         help="comma-separated alphas: with --score itm also report itm + alpha * cosine for each")
@@ -104,9 +104,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError("--alpha only applies with --score itm+itc")
     if args.alpha_sweep:
         try:
-            args.alpha_sweep_values = [check_finite("--alpha-sweep", float(a), low=0.0) for a in args.alpha_sweep.split(",")]
+            args.alpha_sweep_values = [check_finite("--alpha-sweep", float(a), low=0.0, high=MAX_RETRIEVAL_ALPHA)
+                                       for a in args.alpha_sweep.split(",")]
         except ValueError as error:
-            raise UsageError(f"--alpha-sweep={args.alpha_sweep!r}: {error} (comma-separated numbers >= 0)") from None
+            raise UsageError(f"--alpha-sweep={args.alpha_sweep!r}: {error} (comma-separated numbers in "
+                             f"[0, {MAX_RETRIEVAL_ALPHA:g}])") from None
         if args.score is None:
             args.score = "itm"  # the sweep adds a * cosine to the ITM score itself
     else:
@@ -162,8 +164,11 @@ def _run(args: argparse.Namespace) -> int:
         message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         raise UsageError(f"cannot load --dataset {args.dataset} --split {args.split}: {message}") from None
     try:
-        model = MTGFEModel.from_pretrained(args.model).to(accelerator.device).eval()
+        with pickles_refused(f"--model {args.model}"):
+            model = MTGFEModel.from_pretrained(args.model).to(accelerator.device).eval()
         processor = MTGFEProcessor.from_pretrained(args.model)
+    except UnsafePickleError as error:
+        raise UsageError(str(error)) from None
     except (OSError, ValueError) as error:
         raise UsageError(f"--model {args.model}: cannot load the model/processor: {str(error).splitlines()[0]}") from None
     report = evaluate_model(
@@ -198,7 +203,11 @@ def compositional_main(args) -> int:
     """`mtgfe-eval --compositional`: `compositional_eval.evaluate_compositional`, table, JSON."""
     if args.dataset is not None or args.cv_run is not None:
         raise UsageError("--compositional uses its own test sources (--sources), not --dataset/--cv-run")
-    model = MTGFEModel.from_pretrained(args.model).eval()
+    try:
+        with pickles_refused(f"--model {args.model}"):
+            model = MTGFEModel.from_pretrained(args.model).eval()
+    except UnsafePickleError as error:
+        raise UsageError(str(error)) from None
     processor = MTGFEProcessor.from_pretrained(args.model)
     report = evaluate_compositional(model, processor, sources=args.sources, data_dir=args.data_dir, k=args.k,
                                     alpha=args.alpha, n_boot=args.n_boot, model_path=str(Path(args.model).resolve()),

@@ -12,20 +12,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mtgfe.utils.io import FileFormatError, read_yaml
+
 from .publish import PublishError, assemble_hub_folder, upload_hub_folder
 
 
 def _read_train_config(path: str | None) -> dict[str, Any] | None:
     if path is None:
         return None
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))  # YAML is a superset of JSON
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"--train-config file not found: {path}") from error
-    except yaml.YAMLError as error:
-        raise ValueError(f"--train-config {path} is not valid YAML/JSON: {error}") from error
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--train-config file not found: {path}")
+    try:  # YAML is a superset of JSON; bounded: an alias bomb or a huge file is refused before it expands
+        data = read_yaml(path, what="--train-config")
+    except FileFormatError as error:
+        raise ValueError(str(error)) from error
     if not isinstance(data, dict):
         raise ValueError(f"--train-config {path} must hold a mapping, got {type(data).__name__}.")
     return data

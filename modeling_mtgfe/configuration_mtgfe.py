@@ -26,6 +26,10 @@ MVJRC_VARIANTS = ("simsiam", "infonce")
 # the defaults from the model config (`retrieval_k`, `retrieval_score`, `retrieval_alpha`), so one saved
 # model ranks the same way everywhere.
 RETRIEVAL_SCORES = ("itm+itc", "itm", "filter")
+# Largest `alpha` of the `itm+itc` score (ITM probability + alpha × filter cosine). Scores are float32: past
+# ~3e38 alpha × cosine overflows to ±inf (and JSON gets -Infinity), and long before that the ITM term drops
+# below float32 resolution, so the ranking is the filter's alone; `score="filter"` says that directly.
+MAX_RETRIEVAL_ALPHA = 1e4
 # 2D positions added once to the projected grid tokens of a backbone whose tokens carry none (CNN feature
 # maps): `none` (today's behaviour, the class default so configs saved without the field load unchanged),
 # `sine` (fixed 2D sine/cosine, any grid size) or `learned` (row + column tables, ClipBERT).
@@ -412,6 +416,9 @@ def check_retrieval_settings(k, score, alpha, prefix: str = "") -> None:
     if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
                               or not math.isfinite(alpha) or alpha < 0):
         raise ValueError(f"{prefix}alpha must be a finite number >= 0 (or None: 1.0), got {alpha!r}.")
+    if alpha is not None and alpha > MAX_RETRIEVAL_ALPHA:
+        raise ValueError(f"{prefix}alpha={alpha!r} is over {MAX_RETRIEVAL_ALPHA:g}: the ITM term would vanish below "
+                         "float32 resolution (and scores overflow); use score='filter' for the filter ranking alone.")
 
 
 def resolve_retrieval_settings(config, k: int | None = None, score: str | None = None,
@@ -436,4 +443,5 @@ def resolve_retrieval_settings(config, k: int | None = None, score: str | None =
     return k, score, 0.0 if alpha is None else float(alpha)
 
 
-__all__ = ["IMAGE_POSITION_EMBEDDINGS", "ITM_READOUTS", "MTGFEConfig", "PRESETS", "TASK_FIELDS", "check_retrieval_settings", "resolve_retrieval_settings"]
+__all__ = ["IMAGE_POSITION_EMBEDDINGS", "ITM_READOUTS", "MAX_RETRIEVAL_ALPHA", "MTGFEConfig", "PRESETS", "TASK_FIELDS",
+           "check_retrieval_settings", "resolve_retrieval_settings"]

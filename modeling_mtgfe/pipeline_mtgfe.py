@@ -301,11 +301,18 @@ def _header_problem(path: str, budget: int) -> str | None:
     return None
 
 
-def check_gallery_files(paths: Sequence[Any]) -> None:
+def is_blank_query(text: str) -> bool:
+    """Whether a text query holds nothing to read: empty, spaces, or only control characters ("\x00"),
+    which the tokenizer would turn into an empty sequence scored like any other."""
+    return not "".join(ch for ch in text if ch.isprintable()).strip()
+
+
+def check_gallery_files(paths: Sequence[Any], what: str = "gallery image(s)", outcome: str = "Nothing was encoded.") -> None:
     """Header-check every gallery path before any encoding; one `ValueError` names all bad files (first 10).
 
     Existence, a readable image header and the pixel budget: the cheap part of decoding, so a bad file at
-    position 40 fails before 5 batches were encoded for nothing.
+    position 40 fails before 5 batches were encoded for nothing. `what` / `outcome` word the message for
+    other callers (the trainer checks its training images the same way before building the model).
     """
     budget = _pixel_budget()
     bad = []
@@ -317,7 +324,7 @@ def check_gallery_files(paths: Sequence[Any]) -> None:
     if bad:
         listed = "; ".join(bad[:_MAX_BAD_FILES_LISTED])
         more = f" and {len(bad) - _MAX_BAD_FILES_LISTED} more" if len(bad) > _MAX_BAD_FILES_LISTED else ""
-        raise ValueError(f"{len(bad)} gallery image(s) cannot be used: {listed}{more}. Nothing was encoded.")
+        raise ValueError(f"{len(bad)} {what} cannot be used: {listed}{more}. {outcome}")
 
 
 def _file_key(path: str) -> tuple:
@@ -476,8 +483,9 @@ class MTGFERetrievalPipeline(Pipeline):
             ):
                 kinds.append("image")
             elif isinstance(query, str):
-                if not query.strip():
-                    raise ValueError(f"{where} is an empty or blank string: type a description of the images to find.")
+                if is_blank_query(query):
+                    raise ValueError(f"{where} is an empty or blank string (or only control characters): type a "
+                                     "description of the images to find.")
                 kinds.append("text")
             else:
                 raise ValueError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import logging
 import os
 import sys
@@ -23,14 +24,15 @@ import torch
 from transformers import AutoModel, AutoProcessor
 
 import modeling_mtgfe  # noqa: F401 - importing the package registers the Auto classes
-from modeling_mtgfe.configuration_mtgfe import RETRIEVAL_SCORES, resolve_retrieval_settings
+from modeling_mtgfe.configuration_mtgfe import MAX_RETRIEVAL_ALPHA, RETRIEVAL_SCORES, resolve_retrieval_settings
 from modeling_mtgfe.retrieval import IMAGE_EXTENSIONS
 from mtgfe.utils.entrypoints import run_subcommand
-from mtgfe.utils.io import FileFormatError, atomic_write_json, atomic_write_text, read_json
+from mtgfe.utils.io import FileFormatError, atomic_write_json, atomic_write_text, pickles_refused, read_json
 from mtgfe.utils.validation import check_finite
 
 from . import sharded_encode
 from .gallery_index import BUILD_STATE_NAME, MANIFEST_NAME, GalleryIndex, IndexMismatchError
+from .index_storage import IndexBusyError, index_write_lock
 from .geo import hits_to_geojson, suppress_overlapping
 from .explain import explain_results
 from .like import search_like
@@ -54,7 +56,8 @@ def load_model_and_processor(model_dir: str, processor_dir: str | None = None):
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"No model at {model_dir!r} (config.json missing).")
-    model = AutoModel.from_pretrained(model_dir).eval()
+    with pickles_refused(f"--model {model_dir}"):
+        model = AutoModel.from_pretrained(model_dir).eval()
     source = processor_dir or model_dir
     try:
         processor = AutoProcessor.from_pretrained(source)
@@ -101,12 +104,24 @@ def _arg_positive_int(text: str) -> int:
     return value
 
 
-def _arg_alpha(text: str) -> float:
-    """argparse type: a finite float >= 0 (`nan`, `inf`, negatives are refused before any work)."""
+def _arg_seconds(text: str) -> float:
     try:
-        return check_finite("--alpha", float(text), low=0.0)
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _arg_alpha(text: str) -> float:
+    """argparse type: a finite float in [0, MAX_RETRIEVAL_ALPHA] (`nan`, `inf`, negatives, huge values are
+    refused before any work; see `MAX_RETRIEVAL_ALPHA` for why there is a ceiling)."""
+    try:
+        return check_finite("--alpha", float(text), low=0.0, high=MAX_RETRIEVAL_ALPHA)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}") from error
+        raise argparse.ArgumentTypeError(f"expected a finite number in [0, {MAX_RETRIEVAL_ALPHA:g}] (larger: use "
+                                         f"--score filter), got {text!r}") from error
 
 
 def check_output_path(path: str, flag: str) -> None:
@@ -160,17 +175,45 @@ def index_main(argv: list[str] | None = None) -> int:
                              "run (update or --resume), so a repaired file gets indexed")
     parser.add_argument("--verify-index", choices=("header", "full", "none"), default="header",
                         help="checks of an existing index against its manifest checksums before updating it")
+    parser.add_argument("--lock-timeout", type=_arg_seconds, default=None, metavar="SECONDS",
+                        help="how long to wait when another mtgfe-index is writing the same --output (default: until "
+                             "it finishes; 0: fail at once). Writers queue so that neither loses the other's work")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true")
     _add_scene_arguments(parser)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    if args.delete and not (Path(args.output) / MANIFEST_NAME).is_file():  # before the lock, which creates the folder
+        print(f"error: {args.output} holds no index ({MANIFEST_NAME} is missing): nothing to delete from",
+              file=sys.stderr)
+        return 2
+
+    # The inputs that do not depend on the index (model, captions) are read before the lock, which creates the
+    # output folder: a typo there is refused without leaving a folder behind.
     try:
-        if args.scenes:
-            return _index_scenes(args)
-        if args.delete:
-            return _delete_items(args)
-        return _index(args)
+        model, processor = load_model_and_processor(args.model, args.processor)
+        captions = _read_captions(args.captions) if args.images else {}
+    except (FileNotFoundError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    def waiting(holder: str) -> None:
+        print(f"mtgfe-index: another writer ({holder}) is writing {args.output}; waiting for it to finish "
+              "(--lock-timeout to bound the wait)", file=sys.stderr, flush=True)
+
+    try:
+        with index_write_lock(args.output, timeout=args.lock_timeout, on_wait=waiting):
+            if args.scenes:
+                return _index_scenes(args, model, processor)
+            if args.delete:
+                return _delete_items(args, model, processor)
+            return _index(args, model, processor, captions)
+    except IndexBusyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # disk full, quota, read-only or unwritable folder: the environment, not the data
+        print(f"error: {_write_failure(error, Path(args.output))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         output = Path(args.output)
         if (output / BUILD_STATE_NAME).is_file():
@@ -179,10 +222,25 @@ def index_main(argv: list[str] | None = None) -> int:
         return _interrupted(f"nothing new was written to {output}; run the same command again to index the files.")
 
 
-def _index(args) -> int:
+def _write_failure(error: OSError, output: Path) -> str:
+    """One line for an index write that failed (disk full, quota, permissions): what failed, on which file,
+    and what state the index is in. Every file is written to a temporary name and renamed, and the manifest
+    (or build state) last, so the previous version is still the one that loads."""
+    what = error.strerror or str(error)
+    where = f" ({error.filename})" if error.filename else ""
+    if (output / BUILD_STATE_NAME).is_file():
+        state = ("the shards finished before it are kept; free space (or fix the folder) and rerun the same command "
+                 "with --resume")
+    elif (output / MANIFEST_NAME).is_file():
+        state = ("the index still holds its last saved version (its manifest is written last); free space (or fix "
+                 "the folder) and rerun the same command")
+    else:
+        state = "no usable index was written; free space (or fix the folder) and rerun the same command"
+    return f"cannot write the index in {output}: {what}{where}; {state}."
+
+
+def _index(args, model, processor, captions: dict[str, list[str]]) -> int:
     try:
-        model, processor = load_model_and_processor(args.model, args.processor)
-        captions = _read_captions(args.captions)
         output = Path(args.output)
         if (output / MANIFEST_NAME).is_file():
             index = GalleryIndex.load(output, model=model, processor=processor, verify=args.verify_index)
@@ -221,16 +279,22 @@ def _index(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- mtgfe-search
+def _printable(text: str) -> str:
+    """`text` with control characters escaped (`\n`, `\x1b`): a file name holding a newline or a terminal
+    escape must not split the table or drive the terminal."""
+    return text if text.isprintable() else "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def _table(results: list[dict]) -> str:
     lines = []
     for result in results:
         query = result["query"]
-        lines.append(f"query: {query}")
+        lines.append(f"query: {_printable(str(query))}")
         lines.append(f"  {'rank':>4}  {'score':>8}  {'filter':>8}  gt  result")
         for hit in result["hits"]:
             match = is_match(query, hit)
             mark = "✓" if match else "·" if match is False else " "
-            target = hit.get("image", hit.get("text"))
+            target = _printable(str(hit.get("image", hit.get("text"))))
             lines.append(f"  {hit['rank']:>4}  {hit['score']:>8.4f}  {hit['filter_score']:>8.4f}  {mark:^2}  {target}")
             if hit.get("map_words"):
                 words = ", ".join(f"{word} {100 * share:.0f}%" for word, share in hit["map_words"])
@@ -290,6 +354,7 @@ def search_main(argv: list[str] | None = None) -> int:
                 check_output_path(getattr(args, flag), f"--{flag}")
         model, processor = load_model_and_processor(args.model, args.processor)
         index = GalleryIndex.load(args.index, model=model, processor=processor, verify=args.verify_index)
+        _check_place_flags(args, index)
         k, score, alpha = resolve_retrieval_settings(model.config, args.k, args.score, args.alpha)
         if args.like:
             hits = [search_like(index, args.like, args.exclude or (), top_k=args.top_k)]
@@ -300,6 +365,7 @@ def search_main(argv: list[str] | None = None) -> int:
             queries = _typed_queries(list(args.queries), args.query_type, index.kind)
             hits = index.search(queries, k=k, top_k=args.top_k, score=score, alpha=alpha)
             results = [{"query": q, "hits": h} for q, h in zip(args.queries, hits)]
+        _check_finite_scores(results)
         results = _apply_nms(results, args)
         if args.explain:
             explain_results(index, model, processor, results, layer=args.map_layer)
@@ -318,15 +384,31 @@ def search_main(argv: list[str] | None = None) -> int:
     if args.html:
         html_kwargs = {"image_loader": loader} if loader else {}
         write_html(args.html, results, meta=meta, **html_kwargs)
-        if loader:
-            _append_quicklooks(args.html, results, args.quicklook_dir)
+        unreadable = _append_quicklooks(args.html, results, args.quicklook_dir) if loader else []
         print(f"wrote {args.html}")
+        if unreadable:
+            print(f"WARNING: {len(unreadable)} scene(s) could not be read, so {args.html} shows no quicklook for "
+                  "them (moved or deleted since indexing? put them back, or index them again):", file=sys.stderr)
+            for line in unreadable:
+                print(f"  {line}", file=sys.stderr)
     if args.png:
         write_contact_sheet(args.png, results, **({"image_loader": loader} if loader else {}))
         print(f"wrote {args.png}")
     if args.json:
-        atomic_write_json(args.json, results, indent=1)
+        atomic_write_json(args.json, results, indent=1, allow_nan=False)
     return 0
+
+
+def _check_finite_scores(results: list[dict]) -> None:
+    """Refuse hits whose scores are NaN or infinite (damaged weights, or an overflow): they would rank
+    arbitrarily, and JSON / GeoJSON cannot hold them (`-Infinity` is not JSON; strict readers reject it)."""
+    for result in results:
+        for hit in result["hits"]:
+            values = [hit.get(key) for key in ("score", "filter_score")]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ValueError(f"query {result['query']!r}: the scores of {hit.get('image', hit.get('text'))!r} are "
+                                 f"not finite ({', '.join(str(v) for v in values if v is not None)}); the model "
+                                 "outputs NaN/inf (damaged weights?). Nothing was written.")
 
 
 def _typed_queries(queries: list[str], query_type: str | None, index_kind: str) -> list[str]:
@@ -372,7 +454,7 @@ def _add_scene_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--recursive", action="store_true", help="look for scenes in subfolders too")
 
 
-def _index_scenes(args) -> int:
+def _index_scenes(args, model, processor) -> int:
     """`mtgfe-index --scenes`: tile scenes through `iter_tiles` and index the tiles (resumable like image builds)."""
     output = Path(args.output)
     try:
@@ -385,7 +467,6 @@ def _index_scenes(args) -> int:
         source = SceneSource(args.scenes, tile_size=args.tile_size, stride=args.stride, bands=parse_bands(args.bands),
                              nodata_max_fraction=args.nodata_max_fraction,
                              on_error="skip" if args.skip_bad_scenes else "raise", recursive=args.recursive)
-        model, processor = load_model_and_processor(args.model, args.processor)
         index = GalleryIndex.build(
             model, processor, source, output_dir=output, batch_size=args.batch_size,
             keep_tokens=not args.no_tokens,
@@ -408,10 +489,9 @@ def _index_scenes(args) -> int:
     return 0
 
 
-def _delete_items(args) -> int:
+def _delete_items(args, model, processor) -> int:
     """`mtgfe-index --delete ID ...`: tombstone items (`GalleryIndex.delete`, persisted atomically)."""
     try:
-        model, processor = load_model_and_processor(args.model, args.processor)
         index = GalleryIndex.load(args.output, model=model, processor=processor)
         removed = index.delete(args.delete)
     except KeyError as error:
@@ -424,14 +504,32 @@ def _delete_items(args) -> int:
     return 0
 
 
+def _arg_iou(text: str) -> float:
+    """argparse type for --nms / --merge: an overlap in [0, 1], checked before the index is loaded."""
+    try:
+        return check_finite("IOU", float(text), low=0.0, high=1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an overlap (IoU) between 0 and 1, got {text!r}") from None
+
+
+def _check_place_flags(args, index) -> None:
+    """--geojson / --nms / --merge need tile footprints: refused for an image-file index before the search
+    runs (its cost would be wasted), not after."""
+    wanted = [flag for flag in ("geojson", "nms", "merge") if getattr(args, flag) is not None]
+    if wanted and not any(isinstance(item, dict) and "scene" in item for item in index.items):
+        flags = " / ".join(f"--{flag}" for flag in wanted)
+        raise ValueError(f"{flags} need a scene index (built with mtgfe-index --scenes); {args.index} holds image "
+                         "files without footprints.")
+
+
 def _add_place_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("places (scene indexes)")
     group.add_argument("--geojson", default=None, help="write hits as a GeoJSON FeatureCollection (RFC 7946)")
     nms = group.add_mutually_exclusive_group()
-    nms.add_argument("--nms", type=float, default=None, metavar="IOU",
-                     help="drop hits overlapping a better hit of the same scene by more than IOU")
-    nms.add_argument("--merge", type=float, default=None, metavar="IOU",
-                     help="merge hits overlapping by more than IOU into one union box")
+    nms.add_argument("--nms", type=_arg_iou, default=None, metavar="IOU",
+                     help="drop hits overlapping a better hit of the same scene by more than IOU (0..1)")
+    nms.add_argument("--merge", type=_arg_iou, default=None, metavar="IOU",
+                     help="merge hits overlapping by more than IOU (0..1) into one union box")
     group.add_argument("--quicklook-dir", default=None,
                        help="where --html leaves the scene quicklook PNGs (default: beside the HTML)")
 
@@ -454,19 +552,22 @@ def _write_place_outputs(results: list[dict], args):
         collections = [hits_to_geojson(r["hits"], query=r["query"]) for r in results]
         merged = collections[0] if len(collections) == 1 else {
             "type": "FeatureCollection", "features": [f for c in collections for f in c["features"]]}
-        atomic_write_json(args.geojson, merged, indent=1)
+        atomic_write_json(args.geojson, merged, indent=1, allow_nan=False)
         print(f"wrote {args.geojson}")
     if not tile_hits:
         return None
     return tile_image_loader({h["image"]: h for h in tile_hits})
 
 
-def _append_quicklooks(html_path: str, results: list[dict], quicklook_dir: str | None = None) -> None:
-    """Embed one quicklook per (query, scene) with the hits drawn as ranked boxes, after the thumbnails."""
+def _append_quicklooks(html_path: str, results: list[dict], quicklook_dir: str | None = None) -> list[str]:
+    """Embed one quicklook per (query, scene) with the hits drawn as ranked boxes, after the thumbnails.
+    Returns one line per scene that could not be read (moved since indexing): the page says so in its place."""
     path = Path(html_path)
     folder = Path(quicklook_dir) if quicklook_dir else path.parent / (path.stem + "_quicklooks")
-    fragment = scene_quicklooks_html(results, folder)
+    unreadable: list[str] = []
+    fragment = scene_quicklooks_html(results, folder, unreadable=unreadable)
     atomic_write_text(path, insert_before_body_end(path.read_text(encoding="utf-8"), fragment))
+    return unreadable
 
 
 def sharded_encode_main(argv: list[str] | None = None) -> int:

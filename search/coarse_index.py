@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from modeling_mtgfe.retrieval import Candidates, coarse_topk
-from mtgfe.utils.io import atomic_path, atomic_write_text, read_json
+from mtgfe.utils.io import FileFormatError, atomic_path, atomic_write_text, read_json
 
 from .index_storage import IndexCorruptError, tensor_sha256
 
@@ -71,13 +71,32 @@ def open_embeddings(path: str | os.PathLike) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- tombstones
-def read_tombstones(directory: str | os.PathLike | None) -> set[int]:
+def read_tombstones(directory: str | os.PathLike | None, size: int | None = None) -> set[int]:
+    """The deleted row numbers of an index folder (none without `tombstones.json`).
+
+    A damaged file (not `{"rows": [int, ...]}`, or a row outside `0..size-1`) raises `IndexCorruptError`
+    naming it: a wrong tombstone would silently hide or resurrect images.
+    """
     if directory is None:
         return set()
     path = Path(directory) / TOMBSTONES_FILE
     if not path.is_file():
         return set()
-    return {int(r) for r in read_json(path, what="index tombstones")["rows"]}
+    try:
+        data = read_json(path, what="index tombstones")
+    except FileFormatError as error:
+        raise IndexCorruptError(f"{error} Delete it to undelete every item, or rebuild the index.") from error
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in rows):
+        raise IndexCorruptError(f"index tombstones {str(path)!r} must be {{\"rows\": [row numbers]}}, got "
+                                f"{json.dumps(data)[:80]}; it was edited or damaged. Delete it to undelete every "
+                                "item (then delete them again), or rebuild the index.")
+    bad = [r for r in rows if r < 0 or (size is not None and r >= size)]
+    if bad:
+        raise IndexCorruptError(f"index tombstones {str(path)!r} name row(s) {bad[:5]} outside the index's "
+                                f"{size} rows (0..{(size or 0) - 1}); it was edited or belongs to another index. "
+                                "Delete it to undelete every item, or rebuild the index.")
+    return set(rows)
 
 
 def write_tombstones(directory: str | os.PathLike, rows: Iterable[int]) -> None:
@@ -248,6 +267,7 @@ __all__ = [
     "exact_topk_rows",
     "make_coarse_fn",
     "open_embeddings",
+    "open_mapped_embeddings",
     "read_tombstones",
     "rows_of_ids",
     "write_embeddings",
@@ -271,21 +291,31 @@ def check_mapped_embeddings(directory: Path, manifest: dict, embeds: torch.Tenso
         start += count
 
 
-def embeddings_file_ok(directory: Path, manifest: dict) -> bool:
-    """`embeddings.npy` is there and has the manifest's row count (an older index has neither: load shards)."""
+def open_mapped_embeddings(directory: Path, manifest: dict) -> torch.Tensor | None:
+    """The manifest's rows of `embeddings.npy`, memory-mapped, or None when the index has no such file (older
+    indexes, or a record that does not cover the manifest's rows): the caller then reads the shards.
+
+    A file with *more* rows than the manifest records is a writer's newer version, replaced after this
+    manifest was read (`mtgfe-index` updates only append rows, and writes the manifest last): its first
+    rows are this version's, so a reader searching during an update sees the version it opened. Fewer rows,
+    or a file that is not an .npy array, is damage, named. `check_mapped_embeddings` then checks the rows
+    against the shards' recorded hashes.
+    """
     record = manifest.get("embeddings_file")
-    if not record or not (directory / record["file"]).is_file():
-        return False
+    if not record or record.get("count") != manifest.get("count"):
+        return None
     path = directory / record["file"]
     try:
-        shape = np.load(path, mmap_mode="r").shape
+        embeds = open_embeddings(path)
+    except FileNotFoundError:
+        return None
     except (ValueError, OSError) as error:  # truncated or not an .npy file
         raise IndexCorruptError(f"{str(path)!r} (the memory-mapped embeddings) cannot be read ({error}); "
                                 "it is truncated or damaged. Rebuild the index.") from error
-    if shape[0] != record["count"]:
-        raise IndexCorruptError(f"{str(path)!r} holds {shape[0]} rows, the manifest says {record['count']}: it is "
-                                "stale or was replaced. Rebuild the index.")
-    return shape[0] == manifest.get("count")
+    if embeds.ndim != 2 or embeds.shape[0] < record["count"]:
+        raise IndexCorruptError(f"{str(path)!r} holds {tuple(embeds.shape)} rows, the manifest says {record['count']}: "
+                                "it is stale or was replaced. Rebuild the index.")
+    return embeds[: record["count"]]
 
 
 def faiss_topk(faiss_index, queries: torch.Tensor, embeds: torch.Tensor, k: int | None) -> Candidates:

@@ -47,7 +47,7 @@ from modeling_mtgfe.retrieval import (
     encode_texts,
     progress_bar,
 )
-from modeling_mtgfe.pipeline_mtgfe import resolve_search_args, search_images, search_texts
+from modeling_mtgfe.pipeline_mtgfe import is_blank_query, resolve_search_args, search_images, search_texts
 from mtgfe.processing.image_decoding import ImageDecodeError, load_image
 from mtgfe.utils.io import atomic_write_text, read_json
 
@@ -56,12 +56,11 @@ from .coarse_index import (
     IVF_MIN_ITEMS,
     ShortlistCoarse,
     make_coarse_fn,
-    open_embeddings,
     read_tombstones,
     rows_of_ids,
     write_embeddings,
     check_mapped_embeddings,
-    embeddings_file_ok,
+    open_mapped_embeddings,
     faiss_topk,
     flat_ip_index,
     write_tombstones,
@@ -275,9 +274,14 @@ class GalleryIndex:
             unreadable = len(index.manifest["skipped"])
             if writer is not None:  # no build_state.json that a later run would call "an interrupted build"
                 writer.abandon(created=writer.created)
+            if not unreadable:  # e.g. a scene whose every tile is no-data: nothing was skipped, nothing came
+                raise ValueError(
+                    "No image could be indexed: the source yielded no images (for scenes: every tile was over "
+                    "--nodata-max-fraction no-data, or the scenes are smaller than one tile). Nothing was written."
+                )
             raise ValueError(
                 f"No image could be indexed: all {unreadable} file(s) were unreadable and skipped "
-                f"(first: {index.manifest['skipped'][0] if unreadable else '-'}). Nothing was written."
+                f"(first: {index.manifest['skipped'][0]}). Nothing was written."
             )
         index.manifest["skipped"] = writer.state["skipped"] if writer else index.manifest["skipped"]
         if index.manifest["skipped"]:
@@ -489,18 +493,19 @@ class GalleryIndex:
         index = cls(kind="images", items=[], manifest=manifest, model=model, processor=processor, directory=directory)
         if verify != "none" and any("size" not in shard for shard in manifest["shards"]):
             warn_unchecked(directory)
-        mapped = mmap_embeddings and embeddings_file_ok(directory, manifest)
+        mapped = open_mapped_embeddings(directory, manifest) if mmap_embeddings else None
         for shard in manifest["shards"]:
             index._load_shard(directory / shard["file"], shard["count"], load_tokens, record=shard, verify=verify,
-                              load_embeds=not mapped)
-        if mapped:
-            index.image_embeds = open_embeddings(directory / EMBEDDINGS_FILE)
+                              load_embeds=mapped is None)
+        if mapped is not None:
+            index.image_embeds = mapped
             if verify != "none":
                 check_mapped_embeddings(directory, manifest, index.image_embeds)
         index.items = list(manifest["items"])
         if index.image_embeds is None or index.image_embeds.shape[0] != len(index.items):
             raise ValueError(f"Index {str(directory)!r} is inconsistent: {len(index.items)} items but "
                              f"{0 if index.image_embeds is None else index.image_embeds.shape[0]} embeddings.")
+        index._dead()  # read the tombstones now: a damaged file is named at load, not at the first search
         return index
 
     # ------------------------------------------------------------------ search
@@ -541,7 +546,7 @@ class GalleryIndex:
 
     def _dead(self) -> set[int]:
         if not hasattr(self, "_tombstones"):
-            self._tombstones = read_tombstones(self.directory)
+            self._tombstones = read_tombstones(self.directory, size=len(self))
         return self._tombstones
 
     def _scale_coarse_fn(self):
@@ -618,6 +623,10 @@ class GalleryIndex:
         k, score, alpha = resolve_search_args(model, k, top_k, score, alpha, batch_size)  # NaN alpha, k < 1, ... before any work
         single = isinstance(query_texts, str) or not isinstance(query_texts, (list, tuple))
         queries = [query_texts] if single else list(query_texts)
+        blank = [i for i, q in enumerate(queries) if isinstance(q, str) and self.kind == "images" and is_blank_query(q)]
+        if blank:
+            raise ValueError(f"query {blank[0]} ({queries[blank[0]]!r}) is empty, blank or only control characters: "
+                             "type a description of the images to find.")
         if len(self) == 0:
             raise ValueError("The index is empty: nothing to search.")
         if self.kind == "texts":

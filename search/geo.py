@@ -18,8 +18,9 @@ Conventions:
   y pointing down), `crs` is `None` and there is no WGS84 footprint; GeoJSON features get
   `geometry: null` and the pixel box in their properties (RFC 7946 allows a null geometry for an
   unlocated feature), so nobody mistakes pixel numbers for degrees.
-* The antimeridian is not handled: a tile straddling ±180° gets a ring with a ~360° jump. Scene
-  tiles are metres to kilometres wide, so this is left as a documented limitation.
+* WGS84 longitudes are always in [-180, 180]. A footprint that crosses the antimeridian is cut there
+  into a MultiPolygon of two parts (RFC 7946 §3.1.9), and its Feature `bbox` then has west > east
+  (§5.2), instead of a ring with a 360° jump and a world-wide box.
 """
 
 from __future__ import annotations
@@ -185,7 +186,75 @@ def footprint_wgs84(crs: str, transform: Sequence[float], window: Sequence[float
     """
     pts = _densify(window_corners(transform, window), densify_pts)
     lons, lats = transform_points_to_wgs84(crs, [p[0] for p in pts], [p[1] for p in pts], where)
-    return {"type": "Polygon", "coordinates": [_ccw_closed(list(zip(lons, lats)))]}
+    return lonlat_polygon(list(zip(lons, lats)))
+
+
+def _wrap_lon(lon: float) -> float:
+    """`lon` in [-180, 180] (180 itself stays 180: an edge on the antimeridian is not moved across)."""
+    return lon if -180.0 <= lon <= 180.0 else (lon + 180.0) % 360.0 - 180.0
+
+
+def _clip_at(ring: Sequence[Sequence[float]], line: float, keep_west: bool) -> list[list[float]]:
+    """Sutherland–Hodgman: the part of a closed ring west (or east) of the meridian `line`."""
+    def inside(p):
+        return p[0] <= line if keep_west else p[0] >= line
+
+    out: list[list[float]] = []
+    for p, q in zip(ring[:-1], ring[1:]):
+        if inside(p):
+            out.append([p[0], p[1]])
+        if inside(p) != inside(q):
+            t = (line - p[0]) / (q[0] - p[0])
+            out.append([line, p[1] + t * (q[1] - p[1])])
+    return out
+
+
+def lonlat_polygon(points: Sequence[Sequence[float]]) -> dict:
+    """GeoJSON geometry of a small lon/lat ring: a Polygon with longitudes in [-180, 180], or, when the ring
+    crosses the antimeridian, a MultiPolygon of its two parts cut at ±180 (RFC 7946 §3.1.9).
+
+    Why: PROJ returns 180.0028 for a point just east of the line, and a UTM tile straddling it comes back
+    as a ring jumping 360°; strict GeoJSON readers refuse the first and draw the second across the world.
+    The ring is unwrapped to continuous longitudes first (tiles are far smaller than 180°), then cut.
+    """
+    lons = [_wrap_lon(float(points[0][0]))]
+    for lon, _ in points[1:]:
+        value = _wrap_lon(float(lon))
+        while value - lons[-1] > 180.0:
+            value -= 360.0
+        while value - lons[-1] < -180.0:
+            value += 360.0
+        lons.append(value)
+    ring = _ccw_closed([(lon, float(lat)) for lon, (_, lat) in zip(lons, points)])
+    low, high = min(p[0] for p in ring), max(p[0] for p in ring)
+    if low >= -180.0 and high <= 180.0:
+        return {"type": "Polygon", "coordinates": [ring]}
+    if high > 180.0 and low < -180.0:  # wider than the globe: not a tile footprint
+        raise SceneError("a footprint spans more than 360 degrees of longitude; its CRS transform is not usable")
+    shift = 0.0 if high > 180.0 else 360.0  # put the crossing at +180
+    ring = [[x + shift, y] for x, y in ring]
+    parts = []
+    for keep_west, offset in ((True, 0.0), (False, -360.0)):
+        part = [[x + offset, y] for x, y in _clip_at(ring, 180.0, keep_west)]
+        if len(part) >= 3:
+            closed = _ccw_closed(part)
+            if abs(signed_area(closed)) > 0.0:
+                parts.append([closed])
+    if len(parts) == 1:
+        return {"type": "Polygon", "coordinates": parts[0]}
+    return {"type": "MultiPolygon", "coordinates": parts}
+
+
+def lonlat_bbox(geometry: Mapping) -> list[float]:
+    """RFC 7946 `bbox` of a `lonlat_polygon` geometry: `[west, south, east, north]`, with west > east for
+    one cut at the antimeridian (§5.2)."""
+    if geometry["type"] != "MultiPolygon":
+        return bounds_of(geometry)
+    boxes = [bounds_of({"coordinates": polygon}) for polygon in geometry["coordinates"]]
+    east_side = [b for b in boxes if b[0] >= 0.0] or boxes  # the part that ends at +180
+    west_side = [b for b in boxes if b[0] < 0.0] or boxes  # the part that starts at -180
+    return [min(b[0] for b in east_side), min(b[1] for b in boxes), max(b[2] for b in west_side),
+            max(b[3] for b in boxes)]
 
 
 def tile_geometry(crs: str | None, transform: Sequence[float], window: Sequence[float], where: str,
@@ -298,7 +367,7 @@ def hits_to_geojson(hits: Sequence[Mapping], query: str | None = None) -> dict:
         feature: dict[str, Any] = {"type": "Feature", "geometry": tile["footprint_wgs84"] if georef else None,
                                    "properties": props}
         if georef:
-            feature["bbox"] = bounds_of(tile["footprint_wgs84"])
+            feature["bbox"] = lonlat_bbox(tile["footprint_wgs84"])
         features.append(feature)
     return {"type": "FeatureCollection", "features": features}
 
@@ -323,6 +392,8 @@ __all__ = [
     "footprint_polygon",
     "footprint_wgs84",
     "hits_to_geojson",
+    "lonlat_bbox",
+    "lonlat_polygon",
     "suppress_overlapping",
     "tile_geometry",
     "tile_of",

@@ -7,9 +7,12 @@ atomically, and how fusion tokens are read back a few rows at a time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +119,10 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
     # One metadata key only: safetensors writes metadata in hash-map order, so two keys would make the
     # bytes of the same shard differ between processes (and a resumed build no longer bit-identical).
     with atomic_path(path) as tmp:
+        tmp.touch()  # the mode any file of the index gets (umask applied); safetensors itself writes 0600
+        mode = tmp.stat().st_mode & 0o777
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata or {"format": "pt"})
+        os.chmod(tmp, mode)
 
 
 # ----------------------------------------------------------------------------------------------- integrity
@@ -220,6 +226,27 @@ def _type_name(types) -> str:
     return " or ".join("null" if t is type(None) else t.__name__ for t in types)
 
 
+def check_confined(name: str, entry: str, path: Path) -> None:
+    """Refuse a file name from an index's JSON (`path`: the manifest or build state) that points outside its
+    folder: an absolute path, `..`, a subfolder, or a link that resolves elsewhere. Every file an index owns
+    (shards, `embeddings.npy`, texts) sits directly in its folder; a hand-edited or hostile manifest must not
+    make a load read (or an update overwrite) `/etc/passwd`. Gallery *image* paths are not checked here:
+    they point outside by design and are only ever read."""
+    folder = path.parent
+    if not name or name in (".", "..") or Path(name).name != name or "\\" in name or Path(name).is_absolute():
+        inside = False
+    else:
+        try:
+            (folder / name).resolve().relative_to(folder.resolve())
+            inside = True
+        except ValueError:
+            inside = False
+    if not inside:
+        raise IndexCorruptError(f"{str(path)!r}: {entry} names the file {name!r}, which is not a file of the index "
+                                f"folder {str(folder)!r}; refused (an index reads and writes only its own files). "
+                                f"{_REBUILD_HINT}")
+
+
 def validate_manifest(manifest: Any, path: Path) -> dict:
     """Raise `IndexCorruptError` naming `path` and the missing / mistyped keys; log unknown keys."""
     if not isinstance(manifest, dict):
@@ -240,6 +267,12 @@ def validate_manifest(manifest: Any, path: Path) -> dict:
         logger.warning("Index manifest %s has unknown key(s) %s (written by a newer mtgfe?); ignored.", path, extra)
     if manifest["kind"] not in ("images", "texts"):
         raise IndexCorruptError(f"Index manifest {str(path)!r}: kind must be 'images' or 'texts', got {manifest['kind']!r}.")
+    bad_items = [n for n, item in enumerate(manifest["items"]) if not isinstance(item, dict)
+                 or not all(isinstance(item.get(k), (str, type(None))) for k in ("id", "image", "text", "scene"))]
+    if bad_items:
+        raise IndexCorruptError(f"Index manifest {str(path)!r}: items must be JSON objects whose id / image / text / "
+                                f"scene are strings; item(s) {bad_items[:5]} are not (e.g. "
+                                f"{json.dumps(manifest['items'][bad_items[0]])[:80]}). {_REBUILD_HINT}")
     if manifest["count"] != len(manifest["items"]):
         raise IndexCorruptError(f"Index manifest {str(path)!r}: count is {manifest['count']} but it lists "
                                 f"{len(manifest['items'])} items. {_REBUILD_HINT}")
@@ -249,6 +282,7 @@ def validate_manifest(manifest: Any, path: Path) -> dict:
             bad = [k for k, t in _SHARD_KEYS.items() if not isinstance(shard, dict) or not isinstance(shard.get(k), t)]
             if bad:
                 raise IndexCorruptError(f"Index manifest {str(path)!r}: shard entry {number} lacks valid {bad}. {_REBUILD_HINT}")
+            check_confined(shard["file"], f"shard entry {number}", path)
             if "start" in shard and shard["start"] != total:
                 raise IndexCorruptError(f"Index manifest {str(path)!r}: shard {shard['file']!r} starts at row "
                                         f"{shard['start']}, expected {total}. {_REBUILD_HINT}")
@@ -256,6 +290,13 @@ def validate_manifest(manifest: Any, path: Path) -> dict:
         if total != manifest["count"]:
             raise IndexCorruptError(f"Index manifest {str(path)!r}: its shards hold {total} rows but count is "
                                     f"{manifest['count']}. {_REBUILD_HINT}")
+        record = manifest.get("embeddings_file")
+        if record is not None:
+            if not (isinstance(record.get("file"), str) and isinstance(record.get("count"), int)
+                    and not isinstance(record.get("count"), bool)):
+                raise IndexCorruptError(f"Index manifest {str(path)!r}: embeddings_file must hold a file name and a "
+                                        f"row count, got {record!r}. {_REBUILD_HINT}")
+            check_confined(record["file"], "embeddings_file", path)
     return manifest
 
 
@@ -284,6 +325,9 @@ def validate_build_state(state: Any, path: Path) -> dict:
         bad += [f"shards[{number}].{k}" for k, t in _STATE_SHARD_KEYS.items() if not isinstance(shard.get(k), t)]
     if bad:
         raise IndexCorruptError(f"Index build state {str(path)!r} lacks valid key(s) {bad}. {hint}")
+    for number, shard in enumerate(state["shards"]):
+        if shard["file"] is not None:
+            check_confined(shard["file"], f"shards[{number}].file", path)
     return state
 
 
@@ -439,6 +483,72 @@ class ShardWriter:
             self.directory.rmdir()
 
 
+# ----------------------------------------------------------------------------------------------- write lock
+WRITE_LOCK_NAME = ".mtgfe-write.lock"
+WRITE_LOCK_OWNER = ".mtgfe-write.lock.json"  # who holds the lock (PID, host, since): for the waiting writer's message
+
+
+class IndexBusyError(RuntimeError):
+    """Another writer holds an index folder's write lock (and the caller would not, or no longer, wait)."""
+
+
+def _lock_holder(directory: Path) -> str:
+    """`PID 123 on host, since 2026-...` from the owner file, or a plain phrase when it is unreadable (the
+    holder may be between taking the lock and writing it)."""
+    try:
+        owner = json.loads((directory / WRITE_LOCK_OWNER).read_text(encoding="utf-8"))
+        return f"PID {int(owner['pid'])} on {owner.get('host', '?')}, since {owner.get('since', '?')}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not said who it is yet"
+
+
+@contextlib.contextmanager
+def index_write_lock(directory: str | os.PathLike, timeout: float | None = None,
+                     on_wait: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Hold `directory`'s exclusive write lock for a whole build, update (load, add, save) or delete.
+
+    Why: an update reads the manifest, encodes for minutes and writes a new manifest; two writers that
+    overlap would each write a manifest holding only their own additions, and one's work would be lost
+    without an error. Writers therefore queue on an OS file lock in the folder (`filelock`; released by
+    the OS when the holder dies, so a killed writer never leaves the index locked). Readers take no lock:
+    the manifest is replaced atomically and written last.
+
+    `timeout`: seconds to wait for another writer (None: as long as it takes; 0: not at all). When the lock
+    is held, `on_wait` is called once with a description of the holder (PID, host, since when) before
+    waiting; past `timeout`, `IndexBusyError` names the holder. The folder is created if missing.
+    """
+    import datetime as _dt
+    import socket
+
+    from filelock import FileLock, Timeout
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(directory / WRITE_LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = _lock_holder(directory)
+        if timeout == 0:
+            raise IndexBusyError(f"another writer ({holder}) is writing the index {directory} "
+                                 f"(it holds {directory / WRITE_LOCK_NAME}); try again when it has finished") from None
+        if on_wait is not None:
+            on_wait(holder)
+        try:
+            lock.acquire(timeout=-1 if timeout is None else timeout)
+        except Timeout:
+            raise IndexBusyError(f"another writer ({_lock_holder(directory)}) still holds the write lock of the index "
+                                 f"{directory} after {timeout:g} s; nothing was written, try again later") from None
+    try:
+        since = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        atomic_write_text(directory / WRITE_LOCK_OWNER,
+                          json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}))
+        yield directory
+    finally:
+        (directory / WRITE_LOCK_OWNER).unlink(missing_ok=True)
+        lock.release()
+
+
 def shard_metadata(start: int, count: int) -> dict[str, str]:
     """Header metadata of a shard: the manifest rows it holds (makes every shard's header hash distinct)."""
     return {"mtgfe_rows": f"{start}:{start + count}"}
@@ -453,15 +563,19 @@ __all__ = [
     "BUILD_STATE_NAME",
     "INDEX_FORMAT_VERSION",
     "MANIFEST_NAME",
+    "WRITE_LOCK_NAME",
+    "IndexBusyError",
     "IndexCorruptError",
     "IndexMismatchError",
     "VERIFY_MODES",
     "ShardWriter",
     "TokenStore",
     "atomic_save_tensors",
+    "check_confined",
     "check_model",
     "config_hash",
     "file_checksums",
+    "index_write_lock",
     "open_safetensors",
     "read_index_json",
     "shard_metadata",

@@ -25,6 +25,7 @@ from PIL import Image
 
 from mtgfe.processing.image_decoding import load_image
 
+from .geo import SceneError
 from .scenes import (
     TilingReport,
     apply_stretch,
@@ -197,11 +198,16 @@ def tile_image_loader(hits_by_id: Mapping[str, Mapping]):
     return load
 
 
-def scene_quicklooks_html(results: Sequence[Mapping], out_dir: str | os.PathLike, max_size: int = 1024) -> str:
+def scene_quicklooks_html(results: Sequence[Mapping], out_dir: str | os.PathLike, max_size: int = 1024,
+                          unreadable: list[str] | None = None) -> str:
     """HTML `<section>`s, one per query and scene hit, with the quicklook (hits drawn as ranked boxes) embedded.
 
     Why embedded PNG (base64): the report must stay one self-contained file like the rest of
     `report_html`; the PNGs are also left in `out_dir` for GIS users.
+
+    A scene that cannot be read any more (moved or deleted since it was indexed; search itself needs only
+    the index) gets a section saying so instead of its quicklook, and one line per scene is appended to
+    `unreadable` (when given) for the caller to report: the rest of the page is still worth having.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,9 +216,18 @@ def scene_quicklooks_html(results: Sequence[Mapping], out_dir: str | os.PathLike
         hits = [h for h in result["hits"] if is_tile_hit(h)]
         scenes = list(dict.fromkeys(str(h["scene"]) for h in hits))
         for s, scene in enumerate(scenes):
-            png = render_scene_quicklook(scene, hits, out_dir / f"quicklook_q{q}_s{s}.png", max_size=max_size)
-            data = base64.b64encode(png.read_bytes()).decode("ascii")
             n = sum(1 for h in hits if str(h["scene"]) == scene)
+            try:
+                png = render_scene_quicklook(scene, hits, out_dir / f"quicklook_q{q}_s{s}.png", max_size=max_size)
+            except (SceneError, OSError) as error:  # SceneReadError: missing / unreadable scene, named
+                if unreadable is not None and not any(line.startswith(f"{scene}: ") for line in unreadable):
+                    unreadable.append(f"{scene}: {error}")
+                parts.append(
+                    f"<section class='quicklook'><h2>{html.escape(str(result['query']))} — "
+                    f"{html.escape(Path(scene).name)} ({n} hit(s))</h2><p class='missing'>No quicklook: the scene "
+                    f"cannot be read ({html.escape(str(error))}). Was it moved after indexing?</p></section>")
+                continue
+            data = base64.b64encode(png.read_bytes()).decode("ascii")
             parts.append(
                 f"<section class='quicklook'><h2>{html.escape(str(result['query']))} — {html.escape(Path(scene).name)}"
                 f" ({n} hit(s))</h2><img class='quicklook' data-scene='{html.escape(scene)}' "

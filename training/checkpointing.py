@@ -11,9 +11,12 @@ Every checkpoint carries the run's identity (`run_identity`: a hash of the confi
 the trajectory) and a manifest of its files (size + sha256), both in `trainer_state.json`. A resume
 checks both before loading anything (`verify_checkpoint`): a checkpoint of another run, or one with a
 truncated, missing or bit-flipped file, is refused with an error naming the run hashes / the file.
-accelerate's `load_state` would otherwise swallow a damaged RNG state and resume inexactly.
+accelerate's `load_state` would otherwise swallow a damaged RNG state and resume inexactly. The manifest
+only catches accidents: whoever hands over a folder can rewrite it. What stops a hostile folder is that no
+file of it is ever unpickled: every pickle-format file is read first with `weights_only=True` and an
+explicit allow-list (`load_state_file`), and one naming anything else is refused, naming the file.
 A fresh run never starts in a folder holding another run's artefacts (`check_output_dir`), unless
-`overwrite: true`, which first removes them.
+`overwrite: true`, which removes them once the new run has passed every check (`remove_run_artefacts`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 
 from transformers.utils import logging
 
-from mtgfe.utils.io import FileFormatError, atomic_write_json, atomic_write_text, read_json
+from mtgfe.utils.io import FileFormatError, atomic_write_json, atomic_write_text, read_json, unsafe_pickle_global
 
 from .config import ConfigError, TrainConfig
 
@@ -89,14 +92,16 @@ def run_artefacts(output_dir: Path) -> list[Path]:
     return found
 
 
-def check_output_dir(cfg: TrainConfig, remove: bool = True) -> None:
-    """A fresh run (no checkpoint to resume) refuses a folder that holds another run's work; with
-    `overwrite: true` it removes that run's artefacts first (and says which). Runs before any work."""
+def check_output_dir(cfg: TrainConfig) -> list[Path]:
+    """A fresh run (no checkpoint to resume) refuses a folder that holds another run's work. With
+    `overwrite: true` it returns that run's artefacts instead, for `remove_run_artefacts` to delete once the
+    new run has passed every check: a run that is refused (a bad batch size for its data, a missing
+    tokenizer) must not have removed the run it was going to replace. Deletes and writes nothing."""
     output_dir = Path(cfg.output_dir)
     found = run_artefacts(output_dir)
     work = [p for p in found if p.name.startswith(("checkpoint-", "final", "best", LOG_FILE))]
     if not work:
-        return
+        return found
     if not cfg.overwrite:
         names = ", ".join(p.name for p in work[:6]) + (", ..." if len(work) > 6 else "")
         if cfg.checkpoint.resume_from == "latest":
@@ -107,15 +112,22 @@ def check_output_dir(cfg: TrainConfig, remove: bool = True) -> None:
             f"output_dir={str(output_dir)!r} already holds a training run ({names}); a fresh run there would "
             "delete or mix with its work. Continue it with --set checkpoint.resume_from=latest, start over with "
             "--set overwrite=true (removes that run's checkpoints, final/, best/, metrics), or pick another output_dir")
-    if not remove:  # other ranks: the main process removes them
-        return
+    return found
+
+
+def remove_run_artefacts(output_dir: Path, found: list[Path]) -> None:
+    """Delete what `check_output_dir` found (main process only; call it after every check has passed)."""
+    removed = []
     for path in found:
         if path.is_dir():
             shutil.rmtree(path)
-        else:
+        elif path.exists():
             path.unlink()
-    logger.warning("overwrite=true: removed the previous run's artefacts from %s: %s", output_dir,
-                   ", ".join(p.name for p in found))
+        else:
+            continue
+        removed.append(path.name)
+    if removed:
+        logger.warning("overwrite=true: removed the previous run's artefacts from %s: %s", output_dir, ", ".join(removed))
 
 
 # ------------------------------------------------------------------------------------------ integrity
@@ -134,21 +146,58 @@ def file_manifest(folder: Path) -> dict:
             for path in sorted(folder.rglob("*")) if path.is_file() and path.name != STATE_FILE}
 
 
-def _unloadable_rng_state(path: Path) -> str | None:
-    """Why `random_states_N.pkl` cannot restore the RNGs, or None. accelerate's `load_state` catches every
-    error here and logs at INFO, so a damaged file would resume silently with the wrong random streams.
+# What a checkpoint's pickle-format files (optimizer.bin, random_states_N.pkl, ...) may construct when read:
+# tensors and plain containers (torch's weights-only unpickler) plus the numpy pieces of the numpy RNG state.
+# Nothing else: a hand-made file naming any other callable (`exec`, `os.system`) is refused, never run.
+def _numpy_rng_globals() -> list:
+    import codecs
 
-    Read exactly as `load_state` reads it: accelerate's `load`, i.e. `torch.load(weights_only=True)` with only
-    the numpy array/dtype constructors of the numpy RNG state allowed, so a file holding any other object
-    (code) is refused here, never unpickled.
-    """
-    from accelerate.utils import load
+    import numpy as np
 
+    allowed = [np.ndarray(0).__reduce__()[0], np.ndarray, np.dtype, codecs.encode]  # [0]: numpy's _reconstruct
+    allowed += [getattr(np.dtypes, name) for name in ("UInt32DType",) if hasattr(getattr(np, "dtypes", None), name)]
+    return allowed
+
+
+def load_state_file(path: Path, mmap: bool = False):
+    """A pickle-format checkpoint file read without running code: `torch.load(weights_only=True)` with the
+    explicit allow-list above, on CPU. Raises whatever torch raises; callers name the file."""
+    import torch
+
+    with torch.serialization.safe_globals(_numpy_rng_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+# Pickle-format files accelerate's `load_state` may read from a checkpoint folder (the model itself is
+# safetensors). Each is read here first with `load_state_file`, so a file holding code is named and refused
+# before accelerate opens it, whichever of its own loaders (and `weights_only` defaults) it would use.
+PICKLED_STATE_PATTERNS = ("optimizer*.bin", "scheduler*.bin", "sampler*.bin", "dl_state_dict*.bin", "scaler.pt",
+                          "pytorch_model*.bin", "random_states_*.pkl", "custom_checkpoint_*.pkl")
+
+
+UNSAFE_STATE = "it names objects other than tensors, arrays and plain containers"
+
+
+def _unloadable_state_file(path: Path) -> str | None:
+    """Why a pickle-format state file cannot be read safely (it is damaged, or names code), or None."""
     try:
-        states = load(path)
-    except Exception as err:
-        return f"cannot be loaded ({type(err).__name__}: {str(err)[:120]})"
-    missing = [k for k in ("random_state", "numpy_random_seed", "torch_manual_seed") if k not in (states or {})]
+        states = load_state_file(path, mmap=True)
+    except Exception as err:  # noqa: BLE001  any failure to read means "do not resume from it"; named below
+        name = unsafe_pickle_global(err)
+        if name is not None:
+            return f"cannot be loaded: {UNSAFE_STATE} ({name}); refused without unpickling it"
+        return f"cannot be loaded ({type(err).__name__}: {str(err)[:160]})"
+    if path.name.startswith("random_states_"):
+        return _missing_rng_states(states)
+    return None
+
+
+def _missing_rng_states(states) -> str | None:
+    """Why `random_states_N.pkl` cannot restore the RNGs, or None. accelerate's `load_state` catches every
+    error here and logs at INFO, so a damaged file would resume silently with the wrong random streams."""
+    if not isinstance(states, dict):
+        return f"holds a {type(states).__name__}, not the RNG states"
+    missing = [k for k in ("random_state", "numpy_random_seed", "torch_manual_seed") if k not in states]
     return f"lacks the RNG states {missing}" if missing else None
 
 
@@ -190,17 +239,20 @@ def verify_checkpoint(checkpoint: Path, cfg: TrainConfig, num_processes: int = 1
             problems.append((name, f"has {path.stat().st_size} bytes, {expected['size']} were written (truncated?)"))
         elif _sha256(path) != expected["sha256"]:
             problems.append((name, "fails its sha256 check (changed or damaged since it was written)"))
-    for rank in range(num_processes):  # what accelerate's load_state would swallow: load the RNG states now
-        name = f"random_states_{rank}.pkl"
-        if (checkpoint / name).is_file() and not any(n == name for n, _ in problems):
-            why = _unloadable_rng_state(checkpoint / name)
+    # Every pickle-format file is read now, safely: a damaged RNG state (which accelerate's load_state would
+    # swallow) or a file that names code is refused here, naming it, before load_state opens anything.
+    pickled = sorted({path for pattern in PICKLED_STATE_PATTERNS for path in checkpoint.glob(pattern)})
+    for path in pickled:
+        if path.is_file() and not any(n == path.name for n, _ in problems):
+            why = _unloadable_state_file(path)
             if why:
-                problems.append((name, why))
+                problems.append((path.name, why))
     problems = list(dict.fromkeys(problems))
     if not problems:
         return saved
     text = "; ".join(f"{checkpoint / name} {why}" for name, why in problems)
-    only_rng = all(name.startswith("random_states_") for name, _ in problems)
+    # A damaged RNG state may be skipped on request; one that names code never is (it was not written by us).
+    only_rng = all(name.startswith("random_states_") and UNSAFE_STATE not in why for name, why in problems)
     if only_rng and cfg.checkpoint.allow_inexact_resume:
         logger.warning("%s. checkpoint.allow_inexact_resume=true: resuming WITHOUT the saved RNG state; the run "
                        "continues but is no longer an exact continuation", text)

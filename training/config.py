@@ -27,8 +27,9 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import yaml
 from pydantic import BaseModel, ValidationError
+
+from mtgfe.utils.io import FileFormatError, load_yaml_text, read_yaml
 
 from .config_schema import (
     TwinsConfig,
@@ -188,9 +189,9 @@ def parse_overrides(overrides: Sequence[str] | None) -> list[tuple[str, Any]]:
         if not sep or not key:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {error}") from error
+            value = load_yaml_text(raw, f"--set {key}") if raw.strip() else None
+        except FileFormatError as error:
+            raise ConfigError(str(error)) from error
         parsed.append((key, value))
     return parsed
 
@@ -221,10 +222,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
 
 
 def _read_mapping(file: Path) -> dict:
+    """One config file as a mapping. Read through `read_yaml`, which refuses oversized files and alias bombs
+    before expanding them: the deep copy in `config_from_dict` walks every alias as a copy."""
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{file}: not valid YAML/JSON: {error}") from error
+        data = read_yaml(file, what="config file") or {}
+    except FileFormatError as error:
+        raise ConfigError(str(error)) from error
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: the top level must be a mapping, got {type(data).__name__}")
     return data

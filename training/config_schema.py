@@ -29,7 +29,7 @@ from typing import Any, Iterator, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from modeling_mtgfe.configuration_mtgfe import PRESETS, RETRIEVAL_SCORES, TASK_FIELDS, MTGFEConfig
+from modeling_mtgfe.configuration_mtgfe import MAX_RETRIEVAL_ALPHA, PRESETS, RETRIEVAL_SCORES, TASK_FIELDS, MTGFEConfig
 
 from mtgfe.data import registry as benchmarks
 from mtgfe.data import views
@@ -390,8 +390,8 @@ class EvalConfig(Section):
     """Fuse every (image, caption) pair: the no-filter baseline."""
     score: Literal[RETRIEVAL_SCORES] = "itm"  # type: ignore[valid-type]
     """How the shortlist is ranked: `itm`, `itm+itc` (ITM + alpha * cosine) or `filter`."""
-    alpha: float = Field(0.0, ge=0.0)
-    """Weight of the cosine with `score: itm+itc`."""
+    alpha: float = Field(0.0, ge=0.0, le=MAX_RETRIEVAL_ALPHA)
+    """Weight of the cosine with `score: itm+itc` (at most `MAX_RETRIEVAL_ALPHA`: beyond it the ITM term vanishes)."""
     batch_size: int = Field(32, ge=1)
     """Images per encoding batch."""
     max_images: Optional[int] = Field(None, ge=2)
@@ -407,8 +407,8 @@ class EvalConfig(Section):
     @field_validator("alpha_sweep")
     @classmethod
     def _non_negative(cls, value: list[float] | None) -> list[float] | None:
-        if value is not None and any(a < 0 for a in value):
-            raise ValueError("must be a non-empty list of numbers >= 0")
+        if value is not None and any(not 0 <= a <= MAX_RETRIEVAL_ALPHA for a in value):
+            raise ValueError(f"must be a non-empty list of numbers >= 0 and <= {MAX_RETRIEVAL_ALPHA:g}")
         return value
 
 

@@ -21,7 +21,11 @@ def load_config_split(cfg: TrainConfig, split: str, view: str):
         file = d.train_file if split == d.train_split else d.val_file
         if not file:
             return None
-        return load_dataset_split("jsonl", split, view, data_file=file, image_dir=d.image_dir)
+        try:
+            return load_dataset_split("jsonl", split, view, data_file=file, image_dir=d.image_dir)
+        except FileNotFoundError as error:  # the file or images it names: a setting of the run (exit 2), named
+            key = "data.train_file" if split == d.train_split else "data.val_file"
+            raise ConfigError(f"{key}={file}: {error}") from None
     train = split == d.train_split
     scenes = d.synthetic.train_scenes if train else d.synthetic.val_scenes
     # Placeless focus captions are a training-data choice: held-out splits keep the generator's captions.
@@ -32,6 +36,8 @@ def load_config_split(cfg: TrainConfig, split: str, view: str):
                                   synthetic_placeless_focus=d.synthetic.train_placeless_focus if train else 0.0)
     except DataDirNotSetError as error:  # a missing setting of the run: reported like any config error (exit 2)
         raise ConfigError(f"data.data_dir: {error}") from None
+    except FileNotFoundError as error:  # annotations or images missing under data_dir / image_dir
+        raise ConfigError(f"data.dataset={d.dataset} ({split} split): {error}") from None
 
 
 def load_cv(cfg: TrainConfig) -> CVData:

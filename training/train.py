@@ -38,6 +38,8 @@ reduce in a thread-dependent order, so two straight multi-threaded runs already 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -54,13 +56,14 @@ from transformers.utils import logging
 
 from modeling_mtgfe import MTGFEForPreTraining
 from modeling_mtgfe.configuration_mtgfe import PRESETS, TASK_FIELDS, MTGFEConfig
+from modeling_mtgfe.pipeline_mtgfe import check_gallery_files
 from mtgfe.processing import MTGFEImageProcessor, MTGFEProcessor, build_wordpiece_tokenizer, load_default_tokenizer
 from mtgfe.evaluation import cv as cross_validation
 from mtgfe.evaluation.retrieval import evaluate_model
 from mtgfe.utils.io import atomic_write_json, atomic_write_text
 
 from . import backbone_cache, checkpointing
-from .collate import CachedTrainCollator, EpochCaptionDataset, TrainCollator
+from .collate import CachedTrainCollator, EpochCaptionDataset, TrainCollator, image_sources
 from .config import (
     ConfigError,
     TrainConfig,
@@ -103,14 +106,28 @@ def build_tokenizer(cfg: TrainConfig, train_captions: Sequence[str], accelerator
     if d.tokenizer == "default":
         return load_default_tokenizer(model_max_length=d.max_length)
     if d.tokenizer == "wordpiece":
-        folder = Path(cfg.output_dir) / "tokenizer"
+        # Staged beside the run and renamed to `tokenizer/` by `publish_tokenizer` once every check has passed:
+        # with overwrite=true the previous run's `tokenizer/` stays until then.
+        folder = Path(cfg.output_dir) / STAGED_TOKENIZER
         if accelerator.is_main_process:
             tokenizer = build_wordpiece_tokenizer(train_captions, vocab_size=d.tokenizer_vocab_size,
                                                   model_max_length=d.max_length)
+            shutil.rmtree(folder, ignore_errors=True)  # a staging copy a killed run left: never another run's work
             tokenizer.save_pretrained(str(folder))
         accelerator.wait_for_everyone()
         return AutoTokenizer.from_pretrained(str(folder), model_max_length=d.max_length)
     return AutoTokenizer.from_pretrained(d.tokenizer, model_max_length=d.max_length)
+
+
+STAGED_TOKENIZER = ".tmp-tokenizer"
+
+
+def publish_tokenizer(output_dir: Path) -> None:
+    """Move a staged WordPiece tokenizer (`build_tokenizer`) to `output_dir/tokenizer` (main process)."""
+    staged = output_dir / STAGED_TOKENIZER
+    if staged.is_dir():
+        shutil.rmtree(output_dir / "tokenizer", ignore_errors=True)
+        os.replace(staged, output_dir / "tokenizer")
 
 
 def build_processor(cfg: TrainConfig, tokenizer):
@@ -274,11 +291,11 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     )
 
 
-def load_run_data(cfg: TrainConfig, accelerator, output_dir: Path):
+def load_run_data(cfg: TrainConfig, accelerator):
     """`(train captions view, val images view or None, val label, CVData or None)` of the run.
 
-    Annotations only: images decode lazily. With `data.cv` the fold assignment is written beside the run
-    (`cv_folds.json`), so `mtgfe-cv` can check that fold runs come from one setup.
+    Annotations only: images decode lazily. With `data.cv`, `train` writes the fold assignment beside the
+    run (`cv_folds.json`) once every check has passed, so `mtgfe-cv` can check fold runs come from one setup.
     """
     cv = load_cv(cfg) if cfg.data.cv.folds is not None else None
     val_name = cfg.data.val_split
@@ -288,8 +305,6 @@ def load_run_data(cfg: TrainConfig, accelerator, output_dir: Path):
         accelerator.print(f"data.cv: {m['pool_images']} pooled images in folds of {m['fold_sizes']}; training on "
                           f"{m['train']['images']} images ({m['train']['captions']} captions), validating on fold "
                           f"{m['fold']}: {m['val']['images']} images ({m['val']['captions']} captions)")
-        if accelerator.is_main_process:
-            atomic_write_json(output_dir / cross_validation.FOLDS_FILE, m)
     train_rows = cv.train if cv is not None else load_config_split(cfg, cfg.data.train_split, "captions")
     val_set = None
     if cfg.eval.every > 0 or cfg.eval.at_end:
@@ -299,6 +314,20 @@ def load_run_data(cfg: TrainConfig, accelerator, output_dir: Path):
         elif cfg.eval.max_images is not None and cfg.eval.max_images < len(val_set):
             val_set = val_set.select(range(cfg.eval.max_images))
     return train_rows, val_set, val_name, cv
+
+
+def check_image_files(rows, what: str) -> None:
+    """Header-check every distinct image file of a split before the model is built: a missing file or one
+    that is no image (a typo in a JSONL row, `/etc/hostname`) is named now, as a config error, instead of
+    crashing the first step that samples it. Images held as bytes (synthetic) are decoded later as usual."""
+    if rows is None or "image" not in rows.column_names:
+        return
+    sources, _ = image_sources(rows)
+    try:
+        check_gallery_files([s for s in sources if isinstance(s, str)], what=f"{what} image(s)",
+                            outcome="Fix or remove those rows; nothing was trained.")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def load_twins(cfg: TrainConfig, train_rows):
@@ -482,21 +511,20 @@ def train(cfg: TrainConfig) -> dict:
     # run never mixes with another run's folder, a resume only continues this run from intact files
     resume_dir = checkpointing.resolve_resume(cfg)
     accelerator = make_accelerator(cfg)
+    replaced: list[Path] = []  # with overwrite=true: the previous run's artefacts, removed once all checks pass
     if resume_dir is None:
-        checkpointing.check_output_dir(cfg, remove=accelerator.is_main_process)
-        accelerator.wait_for_everyone()
+        replaced = checkpointing.check_output_dir(cfg)
         resumed_state = None
     else:
         resumed_state = checkpointing.verify_checkpoint(resume_dir, cfg, accelerator.num_processes)
         if resume_dir.resolve().parent != output_dir.resolve():  # continuing into another folder: it must be free
-            checkpointing.check_output_dir(cfg, remove=accelerator.is_main_process)
-            accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_text(output_dir / checkpointing.CONFIG_FILE, cfg.to_yaml())
+            replaced = checkpointing.check_output_dir(cfg)
     set_seed(cfg.seed)
 
     # ---- data (annotations only so far: images decode lazily), tokenizer, loader, data-dependent checks
-    train_rows, val_set, val_name, cv = load_run_data(cfg, accelerator, output_dir)
+    train_rows, val_set, val_name, cv = load_run_data(cfg, accelerator)
+    check_image_files(train_rows, "training")
+    check_image_files(val_set, "validation")
     twin_rows = load_twins(cfg, train_rows)
     cache_cfg = cfg.data.backbone_cache
     train_set = EpochCaptionDataset(train_rows, cfg.data.captions_per_image, seed=cfg.seed,
@@ -505,14 +533,29 @@ def train(cfg: TrainConfig) -> dict:
     # a wordpiece vocabulary also learns the twins' words (training captions too; "top", "far" are in no other)
     vocabulary_captions = list(train_rows["caption"]) + (list(twin_rows["caption"]) if twin_rows is not None else [])
     tokenizer = build_tokenizer(cfg, vocabulary_captions, accelerator, resume_dir)
-    processor = build_processor(cfg, tokenizer)
-    collator, train_dl = build_train_loader(cfg, train_set, processor, views_pair, accelerator, twin_rows)
-    batches_per_epoch = len(train_dl)
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
-    total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
-    num_epochs = math.ceil(total_steps / steps_per_epoch)
-    check_data_dependent(cfg, total_steps, train_set.max_captions_per_image)
-    warmup = warmup_steps(cfg, total_steps)
+    try:
+        processor = build_processor(cfg, tokenizer)
+        collator, train_dl = build_train_loader(cfg, train_set, processor, views_pair, accelerator, twin_rows)
+        batches_per_epoch = len(train_dl)
+        steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+        total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
+        num_epochs = math.ceil(total_steps / steps_per_epoch)
+        check_data_dependent(cfg, total_steps, train_set.max_captions_per_image)
+        warmup = warmup_steps(cfg, total_steps)
+    except BaseException:  # a refused run leaves the folder as it found it: no staged tokenizer behind
+        if accelerator.is_main_process:
+            shutil.rmtree(output_dir / STAGED_TOKENIZER, ignore_errors=True)
+        raise
+
+    # ---- every check has passed: only now replace the previous run (overwrite=true) and write this one's files
+    accelerator.wait_for_everyone()  # every rank has read the staged tokenizer before it moves
+    if accelerator.is_main_process:
+        checkpointing.remove_run_artefacts(output_dir, replaced)
+        publish_tokenizer(output_dir)
+        atomic_write_text(output_dir / checkpointing.CONFIG_FILE, cfg.to_yaml())
+        if cv is not None:
+            atomic_write_json(output_dir / cross_validation.FOLDS_FILE, cv.membership)
+    accelerator.wait_for_everyone()
 
     # ---- model, freezing, optimizer
     model = build_model(cfg, tokenizer)

@@ -5,6 +5,7 @@ use them without creating a cycle. The model's remote-code files (`modeling_mtgf
 here, because they must load from a Hub folder where this package is not installed.
 """
 
-from .io import FileFormatError, atomic_path, atomic_write_json, atomic_write_text, read_json
+from .io import FileFormatError, atomic_path, atomic_write_json, atomic_write_text, load_yaml_text, read_json, read_yaml
 
-__all__ = ["FileFormatError", "atomic_path", "atomic_write_json", "atomic_write_text", "read_json"]
+__all__ = ["FileFormatError", "atomic_path", "atomic_write_json", "atomic_write_text", "load_yaml_text", "read_json",
+           "read_yaml"]

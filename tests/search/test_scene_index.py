@@ -225,3 +225,31 @@ def test_delete_tiles_from_the_cli_without_a_rebuild(model_dir, tmp_path, capsys
     assert sorted(windows) == [0, 512]
     assert index_main(["--model", str(model_dir), "--output", str(index_dir), "--delete", "nope#0,0"]) == 2
     assert "nope#0,0" in capsys.readouterr().err
+
+
+def test_a_scene_moved_after_indexing_still_gives_the_page_and_names_the_scene(model_dir, tmp_path, capsys):
+    """Search needs only the index; the report's quicklook needs the scene. A moved scene gets a note in the
+    page instead of its quicklook, and a warning naming it, not a traceback."""
+    import shutil
+
+    _random_scene(tmp_path / "scenes" / "a.tif", height=256, width=512)
+    assert index_main(["--model", str(model_dir), "--scenes", str(tmp_path / "scenes"), "--output",
+                       str(tmp_path / "idx"), "--tile-size", "256", "--quiet"]) == 0
+    shutil.move(tmp_path / "scenes", tmp_path / "moved")
+    capsys.readouterr()
+    page = tmp_path / "page.html"
+    rc = search_main(["--index", str(tmp_path / "idx"), "--model", str(model_dir), "a forest", "--k", "2",
+                      "--top-k", "1", "--html", str(page)])
+    err = capsys.readouterr().err
+    assert rc == 0 and "Traceback" not in err
+    assert "1 scene(s) could not be read" in err and str(tmp_path / "scenes" / "a.tif") in err
+    text = page.read_text()
+    assert "No quicklook: the scene cannot be read" in text and "a.tif" in text
+
+
+def test_an_all_nodata_scene_says_so_instead_of_zero_unreadable_files(model_dir, tmp_path, capsys):
+    _write(tmp_path / "blank.tif", np.zeros((3, 256, 256), dtype=np.uint8), nodata=0)
+    rc = index_main(["--model", str(model_dir), "--scenes", str(tmp_path / "blank.tif"), "--output",
+                     str(tmp_path / "idx"), "--tile-size", "256", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "yielded no images" in err and "no-data" in err and "all 0 file(s)" not in err, err

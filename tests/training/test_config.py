@@ -429,3 +429,70 @@ def test_retrieval_settings_are_resolved_by_one_function():
                          ({"alpha": float("nan")}, "alpha"), ({"alpha": -1.0}, "alpha"), ({"alpha": "1"}, "alpha")):
         with pytest.raises(ValueError, match=rf"^{name} must be"):
             resolve_retrieval_settings(trained, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ hostile YAML
+def _billion_laughs(levels: int = 9, fan_out: int = 10) -> str:
+    """Nested anchors, each a list of `fan_out` aliases of the one before: fan_out**levels leaves."""
+    lines = ['a0: &a0 "lol"']
+    for level in range(1, levels + 1):
+        refs = ", ".join([f"*a{level - 1}"] * fan_out)
+        lines.append(f"a{level}: &a{level} [{refs}]")
+    return "\n".join(lines) + f"\nmodel: {{preset: tiny, extra: *a{levels}}}\n"
+
+
+# Runs in a fresh process whose address space is capped just above what it uses after imports, so an
+# expansion of the alias graph dies at once (MemoryError) instead of filling the machine.
+_CAPPED_LOAD = """
+import resource, sys, time
+from mtgfe.training.config import ConfigError, load_config
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + 150 * 2**20, hard))
+start = time.perf_counter()
+try:
+    load_config(sys.argv[1])
+except ConfigError as error:
+    print(f"REFUSED in {time.perf_counter() - start:.3f}s: {error}")
+"""
+
+
+@pytest.mark.parametrize("extends", [False, True])
+def test_an_alias_bomb_config_is_refused_fast_and_without_expanding(tmp_path, extends):
+    import subprocess
+    import sys
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_billion_laughs())
+    target = bomb
+    if extends:
+        target = tmp_path / "child.yaml"
+        target.write_text("extends: bomb.yaml\nbatch_size: 4\n")
+    result = subprocess.run([sys.executable, "-c", _CAPPED_LOAD, str(target)], capture_output=True, text=True,
+                            timeout=120)
+    assert "REFUSED" in result.stdout, result.stdout + result.stderr[-2000:]
+    seconds = float(re.search(r"REFUSED in ([0-9.]+)s", result.stdout).group(1))
+    assert seconds < 1.0
+    assert "bomb.yaml" in result.stdout and "aliases" in result.stdout
+
+
+def test_alias_budget_and_file_bounds(tmp_path):
+    from mtgfe.utils.io import MAX_YAML_BYTES, read_yaml
+
+    small = tmp_path / "ok.yaml"
+    small.write_text('base: &b {lr: 1.0e-4}\noptim: *b\n')  # ordinary alias use still works
+    assert read_yaml(small)["optim"] == {"lr": 1.0e-4}
+    with pytest.raises(ConfigError, match=r"--set model\.extra: YAML expands"):
+        parse_overrides(["model.extra=" + "{" + _billion_laughs(levels=7).replace("\n", ", ").rstrip(", ") + "}"])
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * MAX_YAML_BYTES + "\n")
+    with pytest.raises(ConfigError, match=r"big\.yaml is \d+ bytes, over the"):
+        load_config(big)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("a: &a [*a]\n")
+    with pytest.raises(ConfigError, match=r"loop\.yaml: a YAML anchor refers to itself"):
+        load_config(loop)
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"deep\.yaml: YAML nested"):
+        load_config(deep)

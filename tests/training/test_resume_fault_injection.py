@@ -106,6 +106,21 @@ def test_overwrite_true_removes_the_old_run_first(reference, tmp_path, tokenizer
     assert steps_logged(out) == [1, 2]
 
 
+@pytest.mark.parametrize("extra", [
+    ("batch_size=100000",),  # refused by the loader: too few rows for one batch
+    ("batch_size=100000", "data.tokenizer=wordpiece"),  # ... after a tokenizer was trained for the new run
+])
+def test_overwrite_true_keeps_the_old_run_when_the_new_one_is_refused(reference, tmp_path, tokenizer_dir, capsys,
+                                                                       extra):
+    out = copy_run(reference, tmp_path)
+    before = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert main(args(out, tokenizer_dir, "overwrite=true", *extra)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "too few for batch_size=100000" in err, err
+    after = {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before  # nothing removed, nothing written, nothing left behind
+
+
 def test_resume_refuses_a_checkpoint_of_another_run(reference, tmp_path, tokenizer_dir, capsys):
     out = copy_run(reference, tmp_path)
     assert main(args(out, tokenizer_dir, "max_steps=20", "checkpoint.resume_from=latest")) == 2
@@ -206,6 +221,50 @@ def test_an_rng_state_holding_code_is_refused_without_unpickling_it(reference, t
     assert main(args(out, tokenizer_dir, "checkpoint.resume_from=latest")) == 2
     err = capsys.readouterr().err
     assert "random_states_0.pkl cannot be loaded" in err
+    assert not (tmp_path / "UNPICKLED").exists()
+
+
+def _plant_payload_with_a_matching_manifest(checkpoint: Path, name: str, payload) -> None:
+    """Replace `name` by a pickle holding `payload`, and record its new size and sha256 in the folder's own
+    manifest, as someone who hands over the folder would: a hash stored beside a file proves nothing."""
+    import hashlib
+
+    torch.save(payload, checkpoint / name)
+    state_file = checkpoint / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    data = (checkpoint / name).read_bytes()
+    state["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    state_file.write_text(json.dumps(state))
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("optimizer.bin", ()),
+    ("random_states_0.pkl", ()),
+    ("random_states_0.pkl", ("checkpoint.allow_inexact_resume=true",)),  # skippable damage, but never code
+    ("scheduler.bin", ()),  # a file accelerate would read although this trainer never writes it
+])
+def test_a_planted_pickle_payload_with_a_matching_manifest_never_runs(reference, tmp_path, tokenizer_dir, capsys,
+                                                                      monkeypatch, name, extra):
+    out = copy_run(reference, tmp_path, keep_up_to=4)
+    _plant_payload_with_a_matching_manifest(out / "checkpoint-4", name, {"state": _RunsCodeWhenUnpickled()})
+    monkeypatch.chdir(tmp_path)
+    assert main(args(out, tokenizer_dir, "checkpoint.resume_from=latest", *extra)) == 2
+    err = capsys.readouterr().err
+    assert f"{name} cannot be loaded: it names objects other than tensors" in err and "(exec)" in err, err
+    assert "Traceback" not in err and "allow_inexact_resume=true to resume" not in err
+    assert not (tmp_path / "UNPICKLED").exists()
+    assert not (out / "checkpoint-6").exists()
+
+
+def test_accelerates_own_loader_refuses_code_too(tmp_path, monkeypatch):
+    """`load_state` reads each file again with accelerate's `load`; it must also default to weights_only, or
+    a file swapped after the pre-check would run. Guards against an accelerate upgrade changing that."""
+    from accelerate.utils import load
+
+    torch.save({"random_state": _RunsCodeWhenUnpickled()}, tmp_path / "random_states_0.pkl")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception, match="Unsupported global"):
+        load(tmp_path / "random_states_0.pkl")
     assert not (tmp_path / "UNPICKLED").exists()
 
 

@@ -209,3 +209,33 @@ def test_the_default_recipe_is_the_shipped_two_stage_ucm_recipe(capsys):
     assert main(["--print-config"]) == 0
     printed = capsys.readouterr().out
     assert "pretrained_recipe: ucm_dual_finetune" in printed and "score: itm+itc" in printed
+
+
+# ------------------------------------------------------------------------------------------ bad training files
+def _jsonl_run(tmp_path: Path, last_image: str) -> list[str]:
+    """Overrides for a JSONL run over 8 good PNGs plus one row whose image is `last_image`."""
+    import numpy as np
+    from PIL import Image
+
+    rows = []
+    for i in range(8):
+        Image.fromarray(np.full((32, 32, 3), i * 30, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append({"image": f"{i}.png", "captions": [f"a field of shade {i}"]})
+    rows.append({"image": last_image, "captions": ["the bad row"]})
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return ["data.dataset=jsonl", f"data.train_file={tmp_path / 'train.jsonl'}", "data.tokenizer=wordpiece",
+            "batch_size=4", "max_steps=2", "eval.at_end=false", "eval.every=0"]
+
+
+@pytest.mark.parametrize("bad, named", [
+    ("/etc/hostname", "training image(s) cannot be used: 8: '/etc/hostname' (not a readable image"),
+    ("missing.png", "data.train_file="),
+    ("notes.png", "training image(s) cannot be used: 8: "),  # text with an image ending
+])
+def test_a_training_image_that_is_missing_or_not_an_image_is_named_before_training(tmp_path, capsys, bad, named):
+    (tmp_path / "notes.png").write_text("not an image\n")
+    out = tmp_path / "run"
+    assert run(out, *_jsonl_run(tmp_path, bad)) == 2
+    err = capsys.readouterr().err
+    assert named in err and Path(bad).name in err and "Traceback" not in err, err
+    assert not (out / "final").exists() and not (out / "metrics.jsonl").exists()
