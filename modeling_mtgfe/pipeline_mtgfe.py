@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from transformers import AutoProcessor, Pipeline
 
 from .configuration_mtgfe import RETRIEVAL_SCORES, resolve_retrieval_settings
@@ -275,6 +277,55 @@ def _pixel_budget() -> int:
     return int(env) if env.isdigit() and int(env) > 0 else _MAX_IMAGE_PIXELS
 
 
+def _png_text_problem(path: str) -> str | None:
+    """Why a PNG's text chunks would make decoding fail, from a walk over every chunk, or None.
+
+    PIL reads text chunks before IDAT in `Image.open` but those after IDAT only in `load()`, so a
+    compressed iTXt / zTXt "bomb" placed after the pixels passed the header check and failed later, while
+    encoding. The walk reads each chunk's 8-byte head and seeks past its data; only compressed text
+    chunks are inflated, and never beyond PIL's own per-chunk limit (`PngImagePlugin.MAX_TEXT_CHUNK`) + 1
+    byte, so the check costs at most that much memory. Total text is held to PIL's `MAX_TEXT_MEMORY`.
+    """
+    limit, total_limit, total = PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY, 0
+    with open(path, "rb") as handle:
+        if handle.read(8) != b"\x89PNG\r\n\x1a\n":
+            return None  # not a PNG (or a PNG with another ending): PIL's own checks apply
+        while True:
+            head = handle.read(8)
+            if len(head) < 8:
+                return None
+            length, kind = struct.unpack(">I4s", head)
+            if kind in (b"zTXt", b"iTXt", b"tEXt"):
+                if length > total_limit:
+                    return f"a {length:,}-byte {kind.decode()} text chunk, over PIL's text limit"
+                data = handle.read(length)
+                size = length
+                if kind != b"tEXt":
+                    key_end = data.find(b"\x00")
+                    compressed = kind == b"zTXt" or (key_end >= 0 and data[key_end + 1 : key_end + 2] == b"\x01")
+                    if compressed:
+                        if kind == b"zTXt":  # keyword \0, method, stream
+                            start = key_end + 2
+                        else:  # keyword \0, flag, method, language \0, translated keyword \0, stream
+                            start = data.find(b"\x00", data.find(b"\x00", key_end + 3) + 1) + 1
+                        try:
+                            inflated = zlib.decompressobj().decompress(data[start:], limit + 1)
+                        except zlib.error:
+                            inflated = b""  # a corrupt stream is PIL's to report (it skips or refuses it)
+                        size = len(inflated)
+                        if size > limit:
+                            return (f"a compressed {kind.decode()} text chunk inflating past PIL's "
+                                    f"{limit:,}-byte limit (a decompression bomb)")
+                total += size
+                if total > total_limit:
+                    return f"text chunks over PIL's {total_limit:,}-byte text memory limit"
+                handle.seek(4, os.SEEK_CUR)  # CRC
+            else:
+                if kind == b"IEND":
+                    return None
+                handle.seek(length + 4, os.SEEK_CUR)
+
+
 def _header_problem(path: str, budget: int) -> str | None:
     """Why `path` cannot be decoded, from its header alone (nothing decoded), or None when it looks fine."""
     if not os.path.isfile(path):
@@ -298,7 +349,10 @@ def _header_problem(path: str, budget: int) -> str | None:
             return f"not a readable image ({error})"
     if width * height > budget:
         return f"{width}x{height} pixels, over the pixel budget of {budget:,} pixels"
-    return None
+    try:
+        return _png_text_problem(path)
+    except OSError as error:
+        return f"not a readable image ({error})"
 
 
 def is_blank_query(text: str) -> bool:
