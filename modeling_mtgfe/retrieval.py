@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from PIL import features
 
 from .configuration_mtgfe import RETRIEVAL_SCORES
 from .retrieval_features import (  # re-exported: step 1 lives there
@@ -61,8 +62,12 @@ logger = logging.getLogger(__name__)
 # the benchmark loaders in `mtgfe.data.annotations` all use it). Every entry is one `load_image` decodes: PIL
 # reads PNG/JPEG/BMP/GIF/WebP/JPEG 2000 (its wheels bundle libwebp and OpenJPEG), TIFFs PIL cannot open go
 # through tifffile. The order is the benchmark loaders' preference when an annotation's stem exists with
-# several endings (TIFF originals first); matching by ending does not depend on it.
-IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".jp2")
+# several endings (TIFF originals first); matching by ending does not depend on it. `.avif` is on the list
+# only when this Pillow build decodes AVIF (its wheels bundle libavif since 11.2; the package allows
+# Pillow 10), so a folder never lists a file the decoder then refuses, nor skips one it reads.
+IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".jp2") + (
+    (".avif",) if features.check("avif") else ()
+)
 
 # Scores per chunk of the chunked torch similarity product (coarse top-k, exhaustive re-rank): 16M float32 =
 # 64 MiB. 2**24 is measurably faster for the coarse top-k than 2**22 (2,000 x 50,000 queries x gallery,
