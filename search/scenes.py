@@ -287,9 +287,19 @@ def select_bands(src, bands: Sequence[int] | None, where: str) -> tuple[tuple[in
     if len(colour) == 3:
         return tuple(colour), alpha
     try:
-        chosen = validate_bands(DEFAULT_BANDS if bands is None else bands, len(colour), where)
+        chosen = validate_bands(DEFAULT_BANDS if bands is None else bands, None, where)
     except ImageDecodeError as err:
         raise SceneError(str(err)) from err
+    if max(chosen) >= len(colour):
+        # Scene bands are chosen both from the CLI (`--bands`, 1-based as in gdalinfo / QGIS, converted by
+        # `parse_bands`) and from Python (0-based); the message leads with the 1-based numbers the CLI user
+        # typed, so "--bands 1,2,9" does not come back as "index 8".
+        typed = tuple(b + 1 for b in chosen)
+        raise SceneError(
+            f"Band {max(typed)} in bands {typed} (numbered from 1, as `--bands` takes them) is out of range for "
+            f"{where}, which has {len(colour)} colour band(s): use 1..{len(colour)} with `--bands`, or "
+            f"0..{len(colour) - 1} in the Python API's 0-based `bands` (given {chosen})."
+        )
     return tuple(colour[b] for b in chosen), alpha
 
 

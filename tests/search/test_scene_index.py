@@ -253,3 +253,12 @@ def test_an_all_nodata_scene_says_so_instead_of_zero_unreadable_files(model_dir,
                      str(tmp_path / "idx"), "--tile-size", "256", "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2 and "yielded no images" in err and "no-data" in err and "all 0 file(s)" not in err, err
+
+
+def test_out_of_range_bands_are_reported_one_based_as_typed(model_dir, tmp_path, capsys):
+    scene = _write(tmp_path / "ms.tif", np.ones((4, 64, 64), np.uint16))
+    assert index_main(["--model", str(model_dir), "--quiet", "--scenes", str(scene), "--output", str(tmp_path / "i"),
+                       "--tile-size", "64", "--bands", "1,2,9"]) == 2
+    err = capsys.readouterr().err
+    assert "ms.tif" in err and "Band 9" in err and "1..4" in err and "(1, 2, 9)" in err
+    assert "index 8" not in err and "(0, 1, 8)" not in err.split("Python")[0]
