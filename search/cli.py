@@ -32,7 +32,7 @@ from mtgfe.utils.validation import check_finite
 
 from . import sharded_encode
 from .gallery_index import BUILD_STATE_NAME, MANIFEST_NAME, GalleryIndex, IndexMismatchError
-from .index_storage import IndexBusyError, index_write_lock
+from .index_storage import IndexBusyError, index_write_lock, missing_folders, remove_created_folder
 from .geo import hits_to_geojson, suppress_overlapping
 from .explain import explain_results
 from .like import search_like
@@ -201,6 +201,19 @@ def index_main(argv: list[str] | None = None) -> int:
         print(f"mtgfe-index: another writer ({holder}) is writing {args.output}; waiting for it to finish "
               "(--lock-timeout to bound the wait)", file=sys.stderr, flush=True)
 
+    created = missing_folders(args.output)  # removed again if the build fails before committing anything
+    status = 2
+    try:
+        status = _index_locked(args, model, processor, captions, waiting)
+        return status
+    finally:
+        if status != 0 and created:
+            remove_created_folder(args.output, created)
+
+
+def _index_locked(args: argparse.Namespace, model, processor, captions: dict, waiting) -> int:
+    """The index write of `index_main`, under the folder's write lock; every failure becomes status 2 (or
+    the interruption's status) with one line naming the folder."""
     try:
         with index_write_lock(args.output, timeout=args.lock_timeout, on_wait=waiting):
             if args.scenes:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -549,6 +549,57 @@ def index_write_lock(directory: str | os.PathLike, timeout: float | None = None,
         lock.release()
 
 
+def missing_folders(directory: str | os.PathLike) -> list[Path]:
+    """The folders on the way to `directory` that do not exist yet, deepest first: what a build would create."""
+    missing = []
+    path = Path(directory).absolute()
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_created_folder(directory: str | os.PathLike, created: Sequence[Path]) -> bool:
+    """Remove an index folder that this run created (`created`, from `missing_folders`) after a build that
+    failed before committing anything; return whether it was removed.
+
+    Why: a failed first build used to leave an empty folder that looked like an index. Only a folder that
+    holds nothing but the write lock file goes, and only when the lock can be taken at once: a folder that
+    holds anything else (a resumable build state, a file someone put there) or whose lock another writer
+    holds or waits on is left as it is. The lock file is unlinked while held, so no writer can hold it
+    afterwards; a writer that opened it in the instant before finds its folder gone and stops with a write
+    error, having written nothing. Parent folders this run created go too when they are left empty.
+    """
+    from filelock import FileLock, Timeout
+
+    directory = Path(directory)
+    if not created or directory.absolute() != Path(created[0]):
+        return False
+    lock_path = directory / WRITE_LOCK_NAME
+    try:
+        if any(entry.name != WRITE_LOCK_NAME for entry in directory.iterdir()):
+            return False
+        lock = FileLock(str(lock_path))
+        lock.acquire(timeout=0)
+    except (OSError, Timeout):
+        return False
+    try:
+        if any(entry.name != WRITE_LOCK_NAME for entry in directory.iterdir()):
+            return False
+        lock_path.unlink(missing_ok=True)
+        directory.rmdir()
+    except OSError:
+        return False
+    finally:
+        lock.release()
+    for parent in created[1:]:
+        try:
+            parent.rmdir()
+        except OSError:  # not empty (something else landed there) or gone: keep going no further
+            break
+    return True
+
+
 def shard_metadata(start: int, count: int) -> dict[str, str]:
     """Header metadata of a shard: the manifest rows it holds (makes every shard's header hash distinct)."""
     return {"mtgfe_rows": f"{start}:{start + count}"}
@@ -576,8 +627,10 @@ __all__ = [
     "config_hash",
     "file_checksums",
     "index_write_lock",
+    "missing_folders",
     "open_safetensors",
     "read_index_json",
+    "remove_created_folder",
     "shard_metadata",
     "shard_record",
     "tensor_sha256",

@@ -207,3 +207,45 @@ def test_readers_keep_searching_while_one_writer_updates_and_another_waits(world
     p95 = seconds[min(len(seconds) - 1, int(0.95 * len(seconds)))]
     print(f"\nload test: {len(records)} load+search cycles by 3 readers, {len(records) / sum(seconds) * 3:.1f} "
           f"cycles/s in total, p95 {p95 * 1000:.0f} ms; versions seen {sorted({r['version'] for r in records})}")
+
+
+def test_a_failed_first_build_leaves_no_folder_behind(world, tmp_path, capsys):
+    empty = tmp_path / "no_images"
+    empty.mkdir()
+    output = tmp_path / "new" / "idx"
+    assert index_main(["--model", str(world / "model"), "--images", str(empty), "--output", str(output), "--quiet"]) == 2
+    assert "no_images" in capsys.readouterr().err
+    assert not output.exists() and not output.parent.exists()  # both folders were created by this run
+    # A folder that existed before the run is kept, with what it held.
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert index_main(["--model", str(world / "model"), "--images", str(empty), "--output", str(kept), "--quiet"]) == 2
+    assert (kept / "notes.txt").read_text() == "mine"
+    existing_empty = tmp_path / "existing_empty"
+    existing_empty.mkdir()
+    assert index_main(["--model", str(world / "model"), "--images", str(empty), "--output", str(existing_empty),
+                       "--quiet"]) == 2
+    assert existing_empty.is_dir()
+    capsys.readouterr()
+
+
+def test_a_created_folder_whose_lock_another_writer_holds_is_left_alone(tmp_path):
+    from mtgfe.search.index_storage import remove_created_folder
+
+    folder = tmp_path / "idx"
+    with index_write_lock(folder):
+        pass
+    from filelock import FileLock
+
+    other = FileLock(str(folder / WRITE_LOCK_NAME))  # another writer, queued behind the failed one
+    other.acquire(timeout=0)
+    try:
+        assert remove_created_folder(folder, [folder]) is False
+        assert (folder / WRITE_LOCK_NAME).exists()
+    finally:
+        other.release()
+    (folder / "shard_0.safetensors").write_bytes(b"x")  # something this helper cannot know it created
+    assert remove_created_folder(folder, [folder]) is False and folder.is_dir()
+    (folder / "shard_0.safetensors").unlink()
+    assert remove_created_folder(folder, [folder]) is True and not folder.exists()
