@@ -567,8 +567,10 @@ def remove_created_folder(directory: str | os.PathLike, created: Sequence[Path])
     holds nothing but the write lock file goes, and only when the lock can be taken at once: a folder that
     holds anything else (a resumable build state, a file someone put there) or whose lock another writer
     holds or waits on is left as it is. The lock file is unlinked while held, so no writer can hold it
-    afterwards; a writer that opened it in the instant before finds its folder gone and stops with a write
-    error, having written nothing. Parent folders this run created go too when they are left empty.
+    afterwards through that file; a writer that opened it in the instant before gets the unlinked lock and
+    finds its folder gone (a write error, nothing written) unless a third writer recreated the folder in
+    between, a three-writer race on a brand-new folder that this does not cover. Parent folders this run
+    created go too when they are left empty.
     """
     from filelock import FileLock, Timeout
 
