@@ -49,3 +49,32 @@ def run_fresh(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", NO_PROMPT + textwrap.dedent(code)], cwd=REPO_ROOT, env=env,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+
+
+def remote_code_itm_logits(folder, pixel_values, input_ids, module: str, class_name: str, tmp_path) -> list[float]:
+    """ITM logits of a saved folder loaded with `trust_remote_code` in a fresh process (the package importable
+    or not, it reads the folder's own modeling file), after checking that `model.<module>` is `class_name`:
+    a module that only lives in remote code must travel with the folder and give the same scores."""
+    import json
+
+    import torch
+
+    torch.save({"pixel_values": pixel_values, "input_ids": input_ids}, f"{folder}/inputs.pt")
+    result = run_isolated(
+        f"""
+        import torch
+        from transformers import AutoModel
+        folder = {str(folder)!r}
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        assert type(model.{module}).__name__ == {class_name!r}, type(model.{module})
+        inputs = torch.load(folder + "/inputs.pt")
+        with torch.no_grad():
+            out = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
+                        attention_mask=(inputs["input_ids"] != 0).long())
+        print("LOGITS", out.itm_logits.flatten().tolist())
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("LOGITS"))
+    return json.loads(line.split(" ", 1)[1])

@@ -189,32 +189,15 @@ def test_convolutional_presets_and_recipes_turn_positions_on():
 def test_positions_load_through_remote_code_without_the_package(tmp_path, kind):
     """The position module lives in the modeling file that travels with a saved folder: a process that cannot
     import the package loads it with trust_remote_code and gets the same ITM logits."""
-    from tests.helpers.isolated import run_isolated
+    from tests.helpers.isolated import remote_code_itm_logits
 
     model = model_of(resnet_config(kind))
     folder = tmp_path / "ckpt"
     model.save_pretrained(folder)
     assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModel"] == "modeling_mtgfe.MTGFEModel"
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
-    torch.save({"pixel_values": pixels, "input_ids": INPUT_IDS[:2]}, folder / "inputs.pt")
     with torch.no_grad():
         expected = model(pixel_values=pixels, input_ids=INPUT_IDS[:2], attention_mask=(INPUT_IDS[:2] != 0).long())
-    result = run_isolated(
-        f"""
-        import torch
-        from transformers import AutoModel
-        folder = {str(folder)!r}
-        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-        assert type(model.image_position).__name__ == "MTGFEImagePositionEmbedding", type(model.image_position)
-        inputs = torch.load(folder + "/inputs.pt")
-        with torch.no_grad():
-            out = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
-                        attention_mask=(inputs["input_ids"] != 0).long())
-        print("LOGITS", out.itm_logits.flatten().tolist())
-        """,
-        tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(l for l in result.stdout.splitlines() if l.startswith("LOGITS"))
-    torch.testing.assert_close(torch.tensor(json.loads(line.split(" ", 1)[1])), expected.itm_logits.flatten(),
-                               atol=1e-5, rtol=1e-5)
+    logits = remote_code_itm_logits(folder, pixels, INPUT_IDS[:2], "image_position", "MTGFEImagePositionEmbedding",
+                                    tmp_path)
+    torch.testing.assert_close(torch.tensor(logits), expected.itm_logits.flatten(), atol=1e-5, rtol=1e-5)

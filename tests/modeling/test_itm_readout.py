@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.helpers.isolated import run_isolated
+from tests.helpers.isolated import remote_code_itm_logits
 from tests.helpers.retrieval import CAPTIONS, random_images, tiny_processor
 from transformers import pipeline
 
@@ -153,22 +153,5 @@ def test_mlp_readout_round_trips_through_save_and_remote_code(tmp_path):
     with torch.no_grad():
         expected = model.mtgfe(pixel_values=pixels, input_ids=INPUT_IDS, attention_mask=MASK).itm_logits
         assert torch.equal(reloaded(pixel_values=pixels, input_ids=INPUT_IDS, attention_mask=MASK).itm_logits, expected)
-    torch.save({"pixel_values": pixels, "input_ids": INPUT_IDS}, folder / "inputs.pt")
-    result = run_isolated(
-        f"""
-        import torch
-        from transformers import AutoModel
-        folder = {str(folder)!r}
-        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-        assert type(model.itm_head).__name__ == "MTGFEClsMeanITMHead", type(model.itm_head)
-        inputs = torch.load(folder + "/inputs.pt")
-        with torch.no_grad():
-            out = model(pixel_values=inputs["pixel_values"], input_ids=inputs["input_ids"],
-                        attention_mask=(inputs["input_ids"] != 0).long())
-        print("LOGITS", out.itm_logits.flatten().tolist())
-        """,
-        tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = next(line for line in result.stdout.splitlines() if line.startswith("LOGITS"))
-    torch.testing.assert_close(torch.tensor(json.loads(line.split(" ", 1)[1])), expected.flatten(), atol=1e-5, rtol=1e-5)
+    logits = remote_code_itm_logits(folder, pixels, INPUT_IDS, "itm_head", "MTGFEClsMeanITMHead", tmp_path)
+    torch.testing.assert_close(torch.tensor(logits), expected.flatten(), atol=1e-5, rtol=1e-5)
